@@ -1,0 +1,12 @@
+# Warnings and sanitizers in one place; every metro target links metro_compile_options.
+add_library(metro_compile_options INTERFACE)
+target_compile_options(metro_compile_options INTERFACE
+  -Wall -Wextra -Wpedantic -Wshadow -Wconversion -Wno-sign-conversion -Wnon-virtual-dtor
+  -Wold-style-cast -Woverloaded-virtual -Wimplicit-fallthrough)
+if(METRO_WERROR)
+  target_compile_options(metro_compile_options INTERFACE -Werror)
+endif()
+if(METRO_SANITIZE)
+  target_compile_options(metro_compile_options INTERFACE -fsanitize=${METRO_SANITIZE} -fno-omit-frame-pointer)
+  target_link_options(metro_compile_options INTERFACE -fsanitize=${METRO_SANITIZE})
+endif()

@@ -1,0 +1,11 @@
+# Every third-party library comes from Debian packages (script/bootstrap installs them).
+find_package(PkgConfig REQUIRED)
+find_package(Threads REQUIRED)
+find_package(OpenSSL 3 REQUIRED)
+find_package(tomlplusplus 3 REQUIRED)
+find_package(nlohmann_json 3 REQUIRED)
+find_package(spdlog REQUIRED)
+pkg_check_modules(RE2 REQUIRED IMPORTED_TARGET re2)
+if(METRO_BUILD_CLI)
+  find_package(CLI11 REQUIRED)
+endif()

@@ -1,0 +1,162 @@
+#pragma once
+
+/// The settings file (`metro.toml`): plain option structs with defaults, and the loader that
+/// fills them, interpolating `${VAR}` / `${VAR:-default}` from the environment and validating
+/// everything at once. Thread-safety: loading is reentrant; the structs are plain values.
+
+#include <chrono>
+#include <cstddef>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <metro/error.hpp>
+#include <metro/routing/router.hpp>
+#include <metro/sb/connection_string.hpp>
+
+namespace metro::config {
+
+using std::chrono::milliseconds;
+
+/// What happens to a message that no handler's subject matches.
+enum class NoMatchPolicy { kComplete, kDeadLetter, kAbandon };
+/// What happens to a message whose body the subject source needs and cannot decode.
+enum class MalformedBodyPolicy { kDeadLetter, kComplete };
+/// Who completes a deferred message: metro when every handler succeeded, or the handler itself.
+enum class Completion { kAuto, kExplicit };
+/// What happens when a handler has used all its attempts.
+enum class FailurePolicy { kPark, kDeadLetter };
+/// How a handler runs.
+enum class HandlerKind { kFunction, kExec, kHttp };
+
+std::string_view to_string(NoMatchPolicy policy);
+std::string_view to_string(MalformedBodyPolicy policy);
+std::string_view to_string(Completion completion);
+std::string_view to_string(FailurePolicy policy);
+std::string_view to_string(HandlerKind kind);
+
+/// Retries of one handler: `immediate_retries` right away, then exponential backoff from
+/// `backoff` up to `max_backoff` (with jitter), `max_attempts` runs in all.
+struct RetryOptions {
+  int max_attempts = 5;
+  int immediate_retries = 0;
+  milliseconds backoff{1000};
+  milliseconds max_backoff{std::chrono::minutes(5)};
+};
+
+/// `[[subscriptions.handlers]]`: which subjects it takes and how it runs.
+struct HandlerOptions {
+  std::string name;  ///< Unique in its subscription; names the handler in the ledger and API.
+  std::string subject;
+  routing::MatchKind match = routing::MatchKind::kExact;
+  HandlerKind kind = HandlerKind::kFunction;
+  std::string function;           ///< `handler = "name"`: a function registered with metro::App.
+  std::vector<std::string> exec;  ///< `exec = ["cmd", "arg"]`: a process.
+  std::string http;               ///< `http = "http://host/path"`: a POST endpoint.
+  Completion completion = Completion::kAuto;
+  milliseconds timeout{std::chrono::minutes(5)};
+  RetryOptions retry;
+  FailurePolicy on_failure = FailurePolicy::kPark;
+  int line = 0;  ///< Where it is defined in the file.
+};
+
+/// `[[subscriptions]]`, with the `[metro]` defaults already applied.
+struct SubscriptionOptions {
+  std::string topic_name;
+  std::string subscription_name;
+  std::string connection_string;  ///< Interpolated; holds a secret: log only the redacted form.
+  sb::ConnectionString connection;
+  routing::SubjectSource subject_source = routing::SubjectSource::kBody;
+  NoMatchPolicy on_no_match = NoMatchPolicy::kComplete;
+  MalformedBodyPolicy on_malformed_body = MalformedBodyPolicy::kDeadLetter;
+  int prefetch = 0;  ///< Upper bound on messages held unprocessed; 0 = as many as free workers.
+  std::vector<HandlerOptions> handlers;
+  int line = 0;
+
+  /// `topic/Subscriptions/subscription`, the entity path on the wire.
+  std::string entity_path() const { return topic_name + "/Subscriptions/" + subscription_name; }
+};
+
+/// `[metro]`: the process.
+struct MetroOptions {
+  int workers = 8;
+  std::string ledger = "sqlite://metro-ledger.db";
+  routing::SubjectSource subject_source = routing::SubjectSource::kBody;
+  NoMatchPolicy on_no_match = NoMatchPolicy::kComplete;
+  MalformedBodyPolicy on_malformed_body = MalformedBodyPolicy::kDeadLetter;
+  int prefetch = 0;
+  milliseconds deferred_deadline{std::chrono::hours(1)};  ///< Reaper: a deferral older is stale.
+  milliseconds shutdown_grace{std::chrono::seconds(30)};  ///< In-flight handlers get this long.
+  std::size_t ledger_body_limit = 256 * 1024;             ///< Bodies kept in the ledger, bytes.
+};
+
+enum class Role { kViewer, kAdmin };
+std::string_view to_string(Role role);
+
+struct AdminToken {
+  std::string name;   ///< Shown in audit lines instead of the token.
+  std::string token;  ///< A secret.
+  Role role = Role::kViewer;
+};
+
+/// `[admin]`: the HTTP API and dashboard.
+struct AdminOptions {
+  bool enabled = true;
+  std::string listen = "127.0.0.1:8080";
+  std::vector<AdminToken> tokens;
+};
+
+struct Config {
+  std::string path;
+  MetroOptions metro;
+  std::vector<SubscriptionOptions> subscriptions;
+  AdminOptions admin;
+};
+
+/// One problem in a settings file.
+struct Diagnostic {
+  std::string file;
+  int line = 0;     ///< 1-based; 0 when unknown.
+  int column = 0;   ///< 1-based; 0 when not given.
+  std::string key;  ///< e.g. `subscriptions[0].handlers[1].subject`; empty for the whole file.
+  std::string message;
+
+  /// `file:line: key: message` (the form compilers use, so editors can jump to it).
+  std::string to_string() const;
+};
+
+/// Thrown when a settings file cannot be used; carries every problem found, not just the first.
+class ConfigError : public Error {
+ public:
+  explicit ConfigError(std::vector<Diagnostic> diagnostics);
+  const std::vector<Diagnostic>& diagnostics() const { return diagnostics_; }
+
+ private:
+  std::vector<Diagnostic> diagnostics_;
+};
+
+/// Looks up an environment variable; nullopt when it is not set.
+using Environment = std::function<std::optional<std::string>(std::string_view)>;
+/// The process environment.
+Environment process_environment();
+
+/// Replaces `${NAME}` and `${NAME:-default}` with values from `env`; `$$` stands for `$`.
+/// Throws `metro::InvalidArgument` naming an unset variable that has no default, or bad syntax.
+std::string interpolate(std::string_view text, const Environment& env);
+
+/// Parses a duration: an integer (seconds) or a string of number+unit parts, units `ms`, `s`, `m`,
+/// `h` (`"250ms"`, `"30s"`, `"1h30m"`). Nullopt when it is not one.
+std::optional<milliseconds> parse_duration(std::string_view text);
+
+/// Reads and validates a settings file. Throws `ConfigError` with all problems found.
+Config load_config(const std::filesystem::path& path,
+                   const Environment& env = process_environment());
+
+/// The same, from text; `file_name` is used in diagnostics and as `Config::path`.
+Config parse_config(std::string_view text, std::string_view file_name,
+                    const Environment& env = process_environment());
+
+}  // namespace metro::config

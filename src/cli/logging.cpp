@@ -1,0 +1,100 @@
+#include "logging.hpp"
+
+#include <spdlog/pattern_formatter.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <metro/sb/connection_string.hpp>
+
+namespace metro::cli {
+namespace {
+
+std::string redacted(std::string_view payload) {
+  if (payload.find("SharedAccess") == std::string_view::npos &&
+      payload.find("sig=") == std::string_view::npos) {
+    return std::string(payload);
+  }
+  return sb::redact_connection_string(payload);
+}
+
+void append(spdlog::memory_buf_t& dest, std::string_view text) {
+  dest.append(text.data(), text.data() + text.size());
+}
+
+/// `%*` in text logs: the message, redacted.
+class RedactedMessage : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg& msg, const std::tm& /*tm*/,
+              spdlog::memory_buf_t& dest) override {
+    append(dest, redacted(std::string_view(msg.payload.data(), msg.payload.size())));
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override {
+    return std::make_unique<RedactedMessage>();
+  }
+};
+
+/// `%*` in JSON logs: the message, redacted and escaped as a JSON string body.
+class JsonMessage : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg& msg, const std::tm& /*tm*/,
+              spdlog::memory_buf_t& dest) override {
+    constexpr std::string_view kHex = "0123456789abcdef";
+    for (char c : redacted(std::string_view(msg.payload.data(), msg.payload.size()))) {
+      switch (c) {
+        case '"':
+          append(dest, "\\\"");
+          break;
+        case '\\':
+          append(dest, "\\\\");
+          break;
+        case '\n':
+          append(dest, "\\n");
+          break;
+        case '\r':
+          append(dest, "\\r");
+          break;
+        case '\t':
+          append(dest, "\\t");
+          break;
+        default:
+          if (static_cast<unsigned char>(c) < 0x20) {
+            const char escape[] = {'\\', 'u', '0', '0', kHex[(c >> 4) & 0xF], kHex[c & 0xF]};
+            dest.append(escape, escape + sizeof(escape));
+          } else {
+            dest.push_back(c);
+          }
+      }
+    }
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override {
+    return std::make_unique<JsonMessage>();
+  }
+};
+
+}  // namespace
+
+std::optional<std::string> setup_logging(std::string_view level, LogFormat format) {
+  auto parsed = spdlog::level::from_str(std::string(level));
+  if (parsed == spdlog::level::off && level != "off") {
+    return "unknown log level '" + std::string(level) +
+           "' (expected trace, debug, info, warn, error, critical or off)";
+  }
+  std::shared_ptr<spdlog::logger> logger;
+  auto formatter = std::make_unique<spdlog::pattern_formatter>();
+  if (format == LogFormat::kJson) {
+    logger = spdlog::stderr_logger_mt("metro");
+    formatter = std::make_unique<spdlog::pattern_formatter>(spdlog::pattern_time_type::utc);
+    formatter->add_flag<JsonMessage>('*').set_pattern(
+        R"({"time":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","thread":%t,"message":"%*"})");
+  } else {
+    logger = spdlog::stderr_color_mt("metro");
+    formatter->add_flag<RedactedMessage>('*').set_pattern("%Y-%m-%d %H:%M:%S.%e %^%-5l%$ %*");
+  }
+  logger->set_formatter(std::move(formatter));
+  logger->set_level(parsed);
+  spdlog::set_default_logger(logger);
+  return std::nullopt;
+}
+
+}  // namespace metro::cli

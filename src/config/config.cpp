@@ -1,0 +1,737 @@
+// The settings-file loader: TOML in, option structs out, every problem reported at once.
+
+#include <algorithm>
+#include <cctype>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include <toml++/toml.h>
+
+#include <metro/config/config.hpp>
+
+namespace metro::config {
+
+std::string_view to_string(NoMatchPolicy policy) {
+  switch (policy) {
+    case NoMatchPolicy::kComplete:
+      return "complete";
+    case NoMatchPolicy::kDeadLetter:
+      return "dead-letter";
+    case NoMatchPolicy::kAbandon:
+      return "abandon";
+  }
+  return "complete";
+}
+
+std::string_view to_string(MalformedBodyPolicy policy) {
+  return policy == MalformedBodyPolicy::kDeadLetter ? "dead-letter" : "complete";
+}
+
+std::string_view to_string(Completion completion) {
+  return completion == Completion::kAuto ? "auto" : "explicit";
+}
+
+std::string_view to_string(FailurePolicy policy) {
+  return policy == FailurePolicy::kPark ? "park" : "dead-letter";
+}
+
+std::string_view to_string(HandlerKind kind) {
+  switch (kind) {
+    case HandlerKind::kFunction:
+      return "handler";
+    case HandlerKind::kExec:
+      return "exec";
+    case HandlerKind::kHttp:
+      return "http";
+  }
+  return "handler";
+}
+
+std::string_view to_string(Role role) { return role == Role::kAdmin ? "admin" : "viewer"; }
+
+std::string Diagnostic::to_string() const {
+  std::string out = file;
+  if (line > 0) out += ":" + std::to_string(line);
+  if (column > 0) out += ":" + std::to_string(column);
+  out += ": ";
+  if (!key.empty()) out += key + ": ";
+  return out + message;
+}
+
+namespace {
+
+std::string join_messages(const std::vector<Diagnostic>& diagnostics) {
+  std::string out;
+  for (const auto& d : diagnostics) {
+    if (!out.empty()) out += '\n';
+    out += d.to_string();
+  }
+  return out;
+}
+
+}  // namespace
+
+ConfigError::ConfigError(std::vector<Diagnostic> diagnostics)
+    : Error(join_messages(diagnostics)), diagnostics_(std::move(diagnostics)) {}
+
+namespace {
+
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diagonal = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      std::size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+std::string type_name(const toml::node& node) {
+  switch (node.type()) {
+    case toml::node_type::string:
+      return "a string";
+    case toml::node_type::integer:
+      return "an integer";
+    case toml::node_type::floating_point:
+      return "a float";
+    case toml::node_type::boolean:
+      return "a boolean";
+    case toml::node_type::table:
+      return "a table";
+    case toml::node_type::array:
+      return "an array";
+    case toml::node_type::date:
+    case toml::node_type::time:
+    case toml::node_type::date_time:
+      return "a date/time";
+    case toml::node_type::none:
+      break;
+  }
+  return "nothing";
+}
+
+std::string lower(std::string_view text) {
+  std::string out(text);
+  std::transform(out.begin(), out.end(), out.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return out;
+}
+
+int line_of(const toml::node& node) { return static_cast<int>(node.source().begin.line); }
+
+/// Collects diagnostics for one file.
+class Context {
+ public:
+  Context(std::string file, const Environment& env) : file_(std::move(file)), env_(env) {}
+
+  void error(int line, std::string key, std::string message) {
+    diagnostics_.push_back({file_, line, 0, std::move(key), std::move(message)});
+  }
+  const Environment& env() const { return env_; }
+  std::vector<Diagnostic>& diagnostics() { return diagnostics_; }
+
+ private:
+  std::string file_;
+  const Environment& env_;
+  std::vector<Diagnostic> diagnostics_;
+};
+
+/// Reads the keys of one table, checking types and remembering which keys it knows, so that
+/// `finish()` can report the rest as unknown (with a suggestion when one is close).
+class TableReader {
+ public:
+  TableReader(Context& ctx, const toml::table& table, std::string path)
+      : ctx_(ctx), table_(table), path_(std::move(path)) {}
+
+  std::string key_path(std::string_view key) const {
+    return path_.empty() ? std::string(key) : path_ + "." + std::string(key);
+  }
+  int line() const { return line_of(table_); }
+
+  const toml::node* node(std::string_view key) {
+    known_.insert(std::string(key));
+    return table_.get(key);
+  }
+
+  int line_of_key(std::string_view key) const {
+    const auto* n = table_.get(key);
+    return n != nullptr ? line_of(*n) : line();
+  }
+
+  void missing(std::string_view key, std::string_view expected) {
+    ctx_.error(line(), key_path(key), "missing (expected " + std::string(expected) + ")");
+  }
+
+  void wrong(std::string_view key, std::string_view expected) {
+    const auto* n = table_.get(key);
+    ctx_.error(line_of_key(key), key_path(key),
+               "expected " + std::string(expected) + ", got " + (n ? type_name(*n) : "nothing"));
+  }
+
+  void invalid(std::string_view key, std::string message) {
+    ctx_.error(line_of_key(key), key_path(key), std::move(message));
+  }
+
+  /// A string value, interpolated.
+  std::optional<std::string> string(std::string_view key, bool required = false) {
+    const auto* n = node(key);
+    if (n == nullptr) {
+      if (required) missing(key, "a string");
+      return std::nullopt;
+    }
+    const auto* s = n->as_string();
+    if (s == nullptr) {
+      wrong(key, "a string");
+      return std::nullopt;
+    }
+    return interpolated(key, s->get(), line_of(*n));
+  }
+
+  std::optional<std::string> interpolated(std::string_view key, std::string_view text, int at) {
+    try {
+      return interpolate(text, ctx_.env());
+    } catch (const InvalidArgument& e) {
+      ctx_.error(at, key_path(key), e.what());
+      return std::nullopt;
+    }
+  }
+
+  std::optional<bool> boolean(std::string_view key) {
+    const auto* n = node(key);
+    if (n == nullptr) return std::nullopt;
+    if (const auto* b = n->as_boolean()) return b->get();
+    wrong(key, "true or false");
+    return std::nullopt;
+  }
+
+  std::optional<std::int64_t> integer(std::string_view key, std::int64_t min, std::int64_t max) {
+    const auto* n = node(key);
+    if (n == nullptr) return std::nullopt;
+    const auto* i = n->as_integer();
+    std::string expected = "an integer from " + std::to_string(min) + " to " + std::to_string(max);
+    if (i == nullptr) {
+      wrong(key, expected);
+      return std::nullopt;
+    }
+    if (i->get() < min || i->get() > max) {
+      invalid(key, "expected " + expected + ", got " + std::to_string(i->get()));
+      return std::nullopt;
+    }
+    return i->get();
+  }
+
+  std::optional<milliseconds> duration(std::string_view key) {
+    const auto* n = node(key);
+    if (n == nullptr) return std::nullopt;
+    constexpr std::string_view kExpected =
+        "a duration such as \"250ms\", \"30s\", \"5m\", \"1h30m\", or whole seconds";
+    if (const auto* i = n->as_integer()) {
+      if (i->get() >= 0) return std::chrono::seconds(i->get());
+      invalid(key, "expected " + std::string(kExpected) + ", got " + std::to_string(i->get()));
+      return std::nullopt;
+    }
+    const auto* s = n->as_string();
+    if (s == nullptr) {
+      wrong(key, kExpected);
+      return std::nullopt;
+    }
+    auto text = interpolated(key, s->get(), line_of(*n));
+    if (!text) return std::nullopt;
+    if (auto d = parse_duration(*text)) return d;
+    invalid(key, "expected " + std::string(kExpected) + ", got \"" + *text + "\"");
+    return std::nullopt;
+  }
+
+  /// A string that must be one of `choices`; returns its index.
+  std::optional<std::size_t> choice(std::string_view key,
+                                    std::initializer_list<std::string_view> choices) {
+    std::string expected = "one of ";
+    std::size_t position = 0;
+    for (auto c : choices) {
+      if (position > 0) expected += position + 1 == choices.size() ? " or " : ", ";
+      expected += "\"" + std::string(c) + "\"";
+      ++position;
+    }
+    const auto* n = node(key);
+    if (n == nullptr) return std::nullopt;
+    const auto* s = n->as_string();
+    if (s == nullptr) {
+      wrong(key, expected);
+      return std::nullopt;
+    }
+    auto text = interpolated(key, s->get(), line_of(*n));
+    if (!text) return std::nullopt;
+    std::size_t index = 0;
+    for (auto c : choices) {
+      if (*text == c) return index;
+      ++index;
+    }
+    invalid(key, "expected " + expected + ", got \"" + *text + "\"");
+    return std::nullopt;
+  }
+
+  const toml::array* array(std::string_view key, std::string_view expected) {
+    const auto* n = node(key);
+    if (n == nullptr) return nullptr;
+    if (const auto* a = n->as_array()) return a;
+    wrong(key, expected);
+    return nullptr;
+  }
+
+  const toml::table* table(std::string_view key) {
+    const auto* n = node(key);
+    if (n == nullptr) return nullptr;
+    if (const auto* t = n->as_table()) return t;
+    wrong(key, "a table");
+    return nullptr;
+  }
+
+  /// Reports every key of the table that nothing asked for.
+  void finish() {
+    for (const auto& [key, value] : table_) {
+      std::string name(key.str());
+      if (known_.count(name) != 0) continue;
+      std::string message = "unknown key";
+      std::string best;
+      std::size_t best_distance = 3;
+      for (const auto& k : known_) {
+        auto d = edit_distance(lower(name), lower(k));
+        if (d < best_distance) {
+          best_distance = d;
+          best = k;
+        }
+      }
+      if (!best.empty()) {
+        message += "; did you mean '" + best + "'?";
+      } else {
+        message += " (expected one of:";
+        for (const auto& k : known_) message += " " + k;
+        message += ")";
+      }
+      ctx_.error(line_of(value), key_path(name), message);
+    }
+  }
+
+  Context& context() { return ctx_; }
+
+ private:
+  Context& ctx_;
+  const toml::table& table_;
+  std::string path_;
+  std::set<std::string> known_;
+};
+
+template <typename Enum>
+void read_choice(TableReader& reader, std::string_view key,
+                 std::initializer_list<std::string_view> choices,
+                 std::initializer_list<Enum> values, Enum& out) {
+  if (auto index = reader.choice(key, choices)) out = *(values.begin() + *index);
+}
+
+void read_no_match(TableReader& r, NoMatchPolicy& out) {
+  read_choice(r, "on_no_match", {"complete", "dead-letter", "abandon"},
+              {NoMatchPolicy::kComplete, NoMatchPolicy::kDeadLetter, NoMatchPolicy::kAbandon}, out);
+}
+
+void read_malformed(TableReader& r, MalformedBodyPolicy& out) {
+  read_choice(r, "on_malformed_body", {"dead-letter", "complete"},
+              {MalformedBodyPolicy::kDeadLetter, MalformedBodyPolicy::kComplete}, out);
+}
+
+void read_subject_source(TableReader& r, routing::SubjectSource& out) {
+  read_choice(r, "subject_source", {"body", "property", "body-then-property"},
+              {routing::SubjectSource::kBody, routing::SubjectSource::kProperty,
+               routing::SubjectSource::kBodyThenProperty},
+              out);
+}
+
+void read_metro(TableReader& r, MetroOptions& m) {
+  if (auto v = r.integer("workers", 1, 4096)) m.workers = static_cast<int>(*v);
+  if (auto v = r.string("ledger")) {
+    if (v->rfind("sqlite://", 0) == 0 && v->size() > 9) {
+      m.ledger = *v;
+    } else if (v->rfind("postgresql://", 0) == 0 || v->rfind("postgres://", 0) == 0) {
+      m.ledger = *v;
+    } else {
+      r.invalid("ledger", "expected \"sqlite://<file>\" or \"postgresql://…\", got \"" + *v + "\"");
+    }
+  }
+  read_subject_source(r, m.subject_source);
+  read_no_match(r, m.on_no_match);
+  read_malformed(r, m.on_malformed_body);
+  if (auto v = r.integer("prefetch", 0, 100000)) m.prefetch = static_cast<int>(*v);
+  if (auto v = r.duration("deferred_deadline")) m.deferred_deadline = *v;
+  if (auto v = r.duration("shutdown_grace")) m.shutdown_grace = *v;
+  if (auto v = r.integer("ledger_body_limit", 0, 256LL * 1024 * 1024)) {
+    m.ledger_body_limit = static_cast<std::size_t>(*v);
+  }
+  r.finish();
+}
+
+std::string default_handler_name(const HandlerOptions& h) {
+  switch (h.kind) {
+    case HandlerKind::kFunction:
+      return h.function;
+    case HandlerKind::kExec:
+      return std::filesystem::path(h.exec.front()).filename().string();
+    case HandlerKind::kHttp:
+      return h.http;
+  }
+  return h.function;
+}
+
+void report_ways(TableReader& r, int ways) {
+  if (ways == 0) {
+    r.context().error(r.line(), r.key_path("handler"),
+                      "a handler needs one way to run: handler = \"function\", exec = [\"cmd\"], "
+                      "or http = \"http://…\"");
+  } else {
+    r.context().error(r.line(), r.key_path("handler"),
+                      "a handler runs exactly one way, but this one sets " + std::to_string(ways) +
+                          " of handler, exec and http");
+  }
+}
+
+std::optional<HandlerOptions> read_handler(TableReader& r) {
+  HandlerOptions h;
+  h.line = r.line();
+  bool ok = true;
+  auto subject = r.string("subject", true);
+  auto regex = r.boolean("regex").value_or(false);
+  auto glob = r.boolean("glob").value_or(false);
+  if (regex && glob) {
+    r.invalid("glob", "regex and glob are mutually exclusive (choose one way to match)");
+    ok = false;
+  }
+  h.match = regex ? routing::MatchKind::kRegex
+                  : (glob ? routing::MatchKind::kGlob : routing::MatchKind::kExact);
+  if (subject) {
+    h.subject = *subject;
+    if (subject->empty()) {
+      r.invalid("subject", "expected a non-empty subject");
+      ok = false;
+    } else if (h.match != routing::MatchKind::kExact) {
+      try {
+        routing::SubjectMatcher matcher(h.match, h.subject);
+      } catch (const InvalidArgument& e) {
+        r.invalid("subject", e.what());
+        ok = false;
+      }
+    }
+  } else {
+    ok = false;
+  }
+
+  int ways = 0;
+  if (auto f = r.string("handler")) {
+    ++ways;
+    h.kind = HandlerKind::kFunction;
+    h.function = *f;
+    if (f->empty()) {
+      r.invalid("handler", "expected the name of a registered function, got \"\"");
+      ok = false;
+    }
+  }
+  if (const auto* a = r.array("exec", "an array of strings (command and arguments)")) {
+    ++ways;
+    h.kind = HandlerKind::kExec;
+    if (a->empty()) {
+      r.invalid("exec", "expected a command and its arguments, got an empty array");
+      ok = false;
+    }
+    for (std::size_t i = 0; i < a->size(); ++i) {
+      const auto* s = (*a)[i].as_string();
+      auto key = "exec[" + std::to_string(i) + "]";
+      if (s == nullptr) {
+        r.context().error(line_of((*a)[i]), r.key_path(key),
+                          "expected a string, got " + type_name((*a)[i]));
+        ok = false;
+      } else if (auto v = r.interpolated(key, s->get(), line_of((*a)[i]))) {
+        h.exec.push_back(*v);
+      } else {
+        ok = false;
+      }
+    }
+    if (!h.exec.empty() && h.exec.front().empty()) {
+      r.invalid("exec", "expected a command, got \"\" as its first element");
+      ok = false;
+    }
+  } else if (r.node("exec") != nullptr) {
+    ++ways;
+    ok = false;
+  }
+  if (auto url = r.string("http")) {
+    ++ways;
+    h.kind = HandlerKind::kHttp;
+    h.http = *url;
+    if (url->rfind("http://", 0) != 0 && url->rfind("https://", 0) != 0) {
+      r.invalid("http", "expected an http:// or https:// URL, got \"" + *url + "\"");
+      ok = false;
+    }
+  }
+  if (ways != 1) {
+    report_ways(r, ways);
+    ok = false;
+  }
+
+  if (auto name = r.string("name")) {
+    if (name->empty()) {
+      r.invalid("name", "expected a non-empty name");
+      ok = false;
+    }
+    h.name = *name;
+  }
+  read_choice(r, "completion", {"auto", "explicit"}, {Completion::kAuto, Completion::kExplicit},
+              h.completion);
+  read_choice(r, "on_failure", {"park", "dead-letter"},
+              {FailurePolicy::kPark, FailurePolicy::kDeadLetter}, h.on_failure);
+  if (auto v = r.duration("timeout")) {
+    if (v->count() == 0) {
+      r.invalid("timeout", "expected a timeout above zero");
+      ok = false;
+    }
+    h.timeout = *v;
+  }
+  if (auto v = r.integer("max_attempts", 1, 1000)) h.retry.max_attempts = static_cast<int>(*v);
+  if (auto v = r.integer("immediate_retries", 0, 1000)) {
+    h.retry.immediate_retries = static_cast<int>(*v);
+  }
+  if (auto v = r.duration("backoff")) h.retry.backoff = *v;
+  if (auto v = r.duration("max_backoff")) h.retry.max_backoff = *v;
+  if (h.retry.max_backoff < h.retry.backoff) {
+    r.invalid("max_backoff", "expected max_backoff to be at least backoff");
+    ok = false;
+  }
+  r.finish();
+  if (ok && h.name.empty()) h.name = default_handler_name(h);
+  return ok ? std::optional<HandlerOptions>(std::move(h)) : std::nullopt;
+}
+
+void read_subscription(TableReader& r, const MetroOptions& defaults, SubscriptionOptions& s) {
+  s.line = r.line();
+  s.subject_source = defaults.subject_source;
+  s.on_no_match = defaults.on_no_match;
+  s.on_malformed_body = defaults.on_malformed_body;
+  s.prefetch = defaults.prefetch;
+  auto topic = r.string("topic_name", true);
+  auto subscription = r.string("subscription_name", true);
+  auto connection = r.string("connection_string", true);
+  if (topic) s.topic_name = *topic;
+  if (subscription) s.subscription_name = *subscription;
+  for (auto [key, value] :
+       {std::pair{"topic_name", topic}, std::pair{"subscription_name", subscription}}) {
+    if (value && value->empty()) {
+      r.invalid(key, "expected a non-empty name");
+    }
+  }
+  if (connection) {
+    s.connection_string = *connection;
+    try {
+      s.connection = sb::parse_connection_string(*connection);
+      if (!s.connection.entity_path.empty() && topic &&
+          lower(s.connection.entity_path) != lower(*topic)) {
+        r.invalid("connection_string", "its EntityPath '" + s.connection.entity_path +
+                                           "' disagrees with topic_name '" + *topic +
+                                           "' (remove EntityPath or make them equal)");
+      }
+    } catch (const InvalidArgument& e) {
+      r.invalid("connection_string",
+                std::string("not a valid Service Bus connection string: ") + e.what());
+    }
+  }
+  read_subject_source(r, s.subject_source);
+  read_no_match(r, s.on_no_match);
+  read_malformed(r, s.on_malformed_body);
+  if (auto v = r.integer("prefetch", 0, 100000)) s.prefetch = static_cast<int>(*v);
+
+  const auto* handlers = r.array("handlers", "an array of tables ([[subscriptions.handlers]])");
+  if (handlers == nullptr && r.node("handlers") == nullptr) {
+    r.missing("handlers", "at least one [[subscriptions.handlers]] table");
+  } else if (handlers != nullptr) {
+    if (handlers->empty()) {
+      r.invalid("handlers", "expected at least one handler");
+    }
+    std::map<std::string, std::size_t> names;
+    for (std::size_t i = 0; i < handlers->size(); ++i) {
+      auto key = r.key_path("handlers[" + std::to_string(i) + "]");
+      const auto* table = (*handlers)[i].as_table();
+      if (table == nullptr) {
+        r.context().error(line_of((*handlers)[i]), key,
+                          "expected a table, got " + type_name((*handlers)[i]));
+        continue;
+      }
+      TableReader hr(r.context(), *table, key);
+      auto handler = read_handler(hr);
+      if (!handler) {
+        continue;
+      }
+      bool explicit_name = table->contains("name");
+      if (auto [it, inserted] = names.emplace(handler->name, i); !inserted) {
+        if (explicit_name) {
+          hr.invalid("name", "handler name '" + handler->name + "' is already used by " +
+                                 r.key_path("handlers[" + std::to_string(it->second) + "]"));
+          continue;
+        }
+        handler->name += "#" + std::to_string(i);
+      }
+      s.handlers.push_back(std::move(*handler));
+    }
+  }
+  r.finish();
+}
+
+void read_admin(TableReader& r, AdminOptions& a) {
+  if (auto v = r.boolean("enabled")) a.enabled = *v;
+  if (auto v = r.string("listen")) {
+    auto colon = v->rfind(':');
+    bool valid = colon != std::string::npos && colon > 0 && colon + 1 < v->size();
+    if (valid) {
+      auto port_text = v->substr(colon + 1);
+      valid = port_text.size() <= 5 &&
+              std::all_of(port_text.begin(), port_text.end(),
+                          [](unsigned char c) { return std::isdigit(c) != 0; }) &&
+              std::stoi(port_text) <= 65535;
+    }
+    if (valid) {
+      a.listen = *v;
+    } else {
+      r.invalid("listen", "expected \"host:port\" such as \"127.0.0.1:8080\", got \"" + *v + "\"");
+    }
+  }
+  if (const auto* tokens = r.array("tokens", "an array of { token = \"…\", role = \"…\" }")) {
+    for (std::size_t i = 0; i < tokens->size(); ++i) {
+      auto key = r.key_path("tokens[" + std::to_string(i) + "]");
+      const auto* table = (*tokens)[i].as_table();
+      if (table == nullptr) {
+        r.context().error(line_of((*tokens)[i]), key,
+                          "expected { token = \"…\", role = \"viewer\" | \"admin\" }, got " +
+                              type_name((*tokens)[i]));
+        continue;
+      }
+      TableReader tr(r.context(), *table, key);
+      AdminToken token;
+      token.name = "token-" + std::to_string(i);
+      auto secret = tr.string("token", true);
+      if (!tr.node("role")) tr.missing("role", "\"viewer\" or \"admin\"");
+      std::optional<std::size_t> role = tr.choice("role", {"viewer", "admin"});
+      if (auto name = tr.string("name")) token.name = *name;
+      tr.finish();
+      if (secret && secret->empty()) {
+        tr.invalid("token", "expected a non-empty token");
+        continue;
+      }
+      if (!secret || !role) {
+        continue;
+      }
+      token.token = *secret;
+      token.role = *role == 1 ? Role::kAdmin : Role::kViewer;
+      a.tokens.push_back(std::move(token));
+    }
+  }
+  auto host = a.listen.substr(0, a.listen.rfind(':'));
+  bool loopback =
+      host == "localhost" || host == "[::1]" || host == "::1" || host.rfind("127.", 0) == 0;
+  if (a.enabled && !loopback && a.tokens.empty() && r.node("tokens") == nullptr) {
+    r.invalid("listen",
+              "without admin.tokens the API listens on loopback only (127.0.0.1, ::1 or "
+              "localhost); add tokens to listen on \"" +
+                  host + "\"");
+  }
+  r.finish();
+}
+
+Config read_root(Context& ctx, const toml::table& root, std::string_view file_name) {
+  Config config;
+  config.path = std::string(file_name);
+  TableReader r(ctx, root, "");
+  if (const auto* metro = r.table("metro")) {
+    TableReader mr(ctx, *metro, "metro");
+    read_metro(mr, config.metro);
+  }
+  const auto* subscriptions = r.array("subscriptions", "an array of tables ([[subscriptions]])");
+  if (subscriptions == nullptr) {
+    if (r.node("subscriptions") == nullptr) {
+      ctx.error(0, "subscriptions", "missing (expected at least one [[subscriptions]] table)");
+    }
+  } else {
+    std::map<std::string, std::size_t> seen;
+    for (std::size_t i = 0; i < subscriptions->size(); ++i) {
+      auto key = "subscriptions[" + std::to_string(i) + "]";
+      const auto* table = (*subscriptions)[i].as_table();
+      if (table == nullptr) {
+        ctx.error(line_of((*subscriptions)[i]), key,
+                  "expected a table, got " + type_name((*subscriptions)[i]));
+        continue;
+      }
+      TableReader sr(ctx, *table, key);
+      SubscriptionOptions s;
+      read_subscription(sr, config.metro, s);
+      if (!s.topic_name.empty() && !s.subscription_name.empty()) {
+        auto id = lower(s.topic_name) + "\n" + lower(s.subscription_name);
+        if (auto [it, inserted] = seen.emplace(id, i); !inserted) {
+          ctx.error(sr.line(), key,
+                    "duplicate subscription " + s.topic_name + "/" + s.subscription_name +
+                        " (already defined by subscriptions[" + std::to_string(it->second) +
+                        "] at line " +
+                        std::to_string(config.subscriptions.size() > it->second
+                                           ? config.subscriptions[it->second].line
+                                           : 0) +
+                        ")");
+        }
+      }
+      config.subscriptions.push_back(std::move(s));
+    }
+    if (subscriptions->empty()) {
+      ctx.error(line_of(*subscriptions), "subscriptions", "expected at least one subscription");
+    }
+  }
+  if (const auto* admin = r.table("admin")) {
+    TableReader ar(ctx, *admin, "admin");
+    read_admin(ar, config.admin);
+  }
+  r.finish();
+  return config;
+}
+
+}  // namespace
+
+Config parse_config(std::string_view text, std::string_view file_name, const Environment& env) {
+  Context ctx(std::string(file_name), env);
+  toml::table root;
+  try {
+    root = toml::parse(text, file_name);
+  } catch (const toml::parse_error& e) {
+    const auto& where = e.source().begin;
+    throw ConfigError(
+        {{std::string(file_name), static_cast<int>(where.line), static_cast<int>(where.column), "",
+          "TOML syntax error: " + std::string(e.description())}});
+  }
+  Config config = read_root(ctx, root, file_name);
+  if (!ctx.diagnostics().empty()) {
+    auto& d = ctx.diagnostics();
+    std::stable_sort(d.begin(), d.end(),
+                     [](const Diagnostic& a, const Diagnostic& b) { return a.line < b.line; });
+    throw ConfigError(std::move(d));
+  }
+  return config;
+}
+
+Config load_config(const std::filesystem::path& path, const Environment& env) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    throw ConfigError(
+        {{path.string(), 0, 0, "", "cannot read the file: " + std::string(std::strerror(errno))}});
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  return parse_config(text.str(), path.string(), env);
+}
+
+}  // namespace metro::config

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The metro command's basic contract: --version, --help, exit codes, logging options, redaction.
+set -uo pipefail
+metro=$1
+failures=0
+fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+expect_code() { # expected-code description command...
+  local want=$1 what=$2; shift 2
+  local out code
+  out=$("$@" 2>&1); code=$?
+  [[ $code == "$want" ]] || fail "$what: exit $code, expected $want: $out"
+  printf '%s' "$out"
+}
+
+out=$(expect_code 0 "--version" "$metro" --version)
+[[ $out =~ ^metro\ [0-9]+\.[0-9]+\.[0-9]+$ ]] || fail "--version printed '$out'"
+
+out=$(expect_code 0 "--help" "$metro" --help)
+[[ $out == *check* && $out == *--log-format* ]] || fail "--help lacks check or --log-format: $out"
+
+expect_code 2 "no subcommand" "$metro" >/dev/null
+expect_code 2 "unknown subcommand" "$metro" frobnicate >/dev/null
+expect_code 2 "bad log level" "$metro" --log-level loud check --config examples/metro.toml >/dev/null
+expect_code 2 "bad log format" "$metro" --log-format xml check --config examples/metro.toml >/dev/null
+
+out=$(expect_code 0 "check example" "$metro" --log-format json check --config examples/metro.toml)
+[[ $out == *"OK, 2 subscriptions, 2 handlers"* ]] || fail "check summary: $out"
+[[ $out == *"SharedAccessKey=***"* ]] || fail "check summary does not show the redacted key: $out"
+[[ $out != *SAS_KEY_VALUE* ]] || fail "check summary shows the key: $out"
+
+out=$(CONNECTION_STRING_METRO_DEMO='Endpoint=sb://h/;SharedAccessKeyName=k;SharedAccessKey=t0psecret;EntityPath=wrong' \
+  expect_code 2 "EntityPath error" "$metro" check --config examples/metro.toml)
+[[ $out != *t0psecret* ]] || fail "an error message shows the key: $out"
+[[ $out == *"EntityPath 'wrong' disagrees"* ]] || fail "EntityPath error missing: $out"
+
+if ((failures)); then echo "$failures failed"; exit 1; fi
+echo "cli: all passed"
