@@ -9,3 +9,14 @@ pkg_check_modules(RE2 REQUIRED IMPORTED_TARGET re2)
 if(METRO_BUILD_CLI)
   find_package(CLI11 REQUIRED)
 endif()
+
+# Qpid Proton ships no CMake package config and its C++ pkg-config file needs .pc files Debian
+# does not ship; find the headers and libraries directly and wrap them in one target.
+find_path(PROTON_INCLUDE_DIR proton/container.hpp REQUIRED)
+find_library(PROTON_CPP_LIBRARY qpid-proton-cpp REQUIRED)
+find_library(PROTON_LIBRARY qpid-proton REQUIRED)
+if(NOT TARGET metro_proton)
+  add_library(metro_proton INTERFACE)
+  target_include_directories(metro_proton SYSTEM INTERFACE ${PROTON_INCLUDE_DIR})
+  target_link_libraries(metro_proton INTERFACE ${PROTON_CPP_LIBRARY} ${PROTON_LIBRARY})
+endif()

@@ -2,6 +2,8 @@
 
 // The subcommands of `metro`. Each returns the process exit code.
 
+#include <cstdint>
+#include <optional>
 #include <string>
 
 namespace metro::cli {
@@ -13,5 +15,18 @@ inline constexpr int kExitUsage = 2;  ///< Bad arguments or an invalid config.
 
 /// `metro check --config FILE`: validates a config, prints a summary or every error.
 int run_check(const std::string& config_path);
+
+struct EmulatorCommand {
+  std::string config_path;
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 5672;
+  std::optional<std::uint16_t> tls_port;
+  std::string certificate_file;
+  std::string private_key_file;
+  std::string data_dir;
+};
+
+/// `metro emulator`: runs the local Service Bus until SIGINT or SIGTERM.
+int run_emulator(const EmulatorCommand& command);
 
 }  // namespace metro::cli

@@ -34,6 +34,20 @@ int main(int argc, char** argv) {
       ->required()
       ->envname("METRO_CONFIG");
 
+  metro::cli::EmulatorCommand emulator_command;
+  auto* emulator = app.add_subcommand(
+      "emulator", "Run the local Service Bus emulator (plain AMQP, and TLS with --tls-port)");
+  emulator->add_option("-c,--config", emulator_command.config_path,
+                       "bus.toml: keys, queues, topics, subscriptions and rules");
+  emulator->add_option("--host", emulator_command.host, "Address to listen on (default 127.0.0.1)");
+  emulator->add_option("--port", emulator_command.port, "Plain AMQP port; 0 picks one (default 5672)");
+  emulator->add_option("--tls-port", emulator_command.tls_port, "AMQP over TLS port; 0 picks one");
+  emulator->add_option("--cert", emulator_command.certificate_file,
+                       "PEM certificate for TLS (default: a self-signed one is generated)");
+  emulator->add_option("--key", emulator_command.private_key_file, "PEM private key for --cert");
+  emulator->add_option("--data-dir", emulator_command.data_dir,
+                       "Folder for durable state (default: in memory)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {
@@ -50,6 +64,7 @@ int main(int argc, char** argv) {
 
   try {
     if (check->parsed()) return metro::cli::run_check(config_path);
+    if (emulator->parsed()) return metro::cli::run_emulator(emulator_command);
   } catch (const std::exception& e) {
     spdlog::critical("{}", e.what());
     return metro::cli::kExitFailure;
