@@ -314,17 +314,18 @@ bool Server::handle(pn_event_t* event) {
       break;
     }
     case PN_TRANSPORT_CLOSED: {
+      // The proactor frees the connection after this batch: forget it and its links now.
       auto* c = pn_event_connection(event);
       if (c == nullptr) break;
-      for (auto* l = pn_link_head(c, 0); l != nullptr; l = pn_link_next(l, 0)) release_link(l);
-      wake_receivers();
-      break;
-    }
-    case PN_CONNECTION_FINAL: {
-      auto* c = pn_event_connection(event);
+      for (auto* l = pn_link_head(c, 0); l != nullptr; l = pn_link_next(l, 0)) {
+        release_link(l);
+        delete state_of(l);
+        pn_link_set_context(l, nullptr);
+      }
       connections_.erase(c);
       delete state_of(c);
       pn_connection_set_context(c, nullptr);
+      wake_receivers();
       break;
     }
     case PN_SESSION_REMOTE_OPEN:
@@ -768,7 +769,9 @@ void Server::reply(pn_link_t* request_link, const amqp::Message& request, Value 
   if (!reply_to.empty()) properties[amqp::kTo] = Value::string(reply_to);
   auto* state = state_of(out);
   state->pending.push_back(amqp::encode_value_message(properties, app_properties, body));
-  send_pending(out, *state);
+  // Send on the next turn, after the request's disposition has gone out: uamqp-based clients
+  // drop a reply that arrives before they saw their request accepted.
+  pn_connection_wake(connection);
 }
 
 void Server::on_cbs_request(pn_link_t* link, const amqp::Message& request) {
