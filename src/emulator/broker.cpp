@@ -82,8 +82,8 @@ Entity& Broker::add_entity(std::string path, Entity::Kind kind, const EntityOpti
   if (kind == Entity::Kind::kQueue || kind == Entity::Kind::kSubscription) {
     EntityOptions dlq_options = options;
     dlq_options.default_ttl.reset();  // Dead-letter queues do not expire messages.
-    auto dlq = std::make_unique<Entity>(path + "/$DeadLetterQueue",
-                                        Entity::Kind::kDeadLetterQueue, dlq_options);
+    auto dlq = std::make_unique<Entity>(path + "/$DeadLetterQueue", Entity::Kind::kDeadLetterQueue,
+                                        dlq_options);
     ref.dead_letter_queue_ = dlq.get();
     entities_[key + std::string(kDeadLetterSuffix)] = std::move(dlq);
   }
@@ -115,9 +115,9 @@ void Broker::enqueue(Entity& entity, const amqp::Message& message, std::int64_t 
   if (m.message.message_annotations.type() == amqp::Type::kMap) {
     // The service owns these annotations; a sender's are dropped.
     auto& ma = m.message.message_annotations;
-    for (const char* key : {"x-opt-sequence-number", "x-opt-enqueued-time", "x-opt-locked-until",
-                            "x-opt-message-state", "x-opt-enqueue-sequence-number",
-                            "x-opt-deadletter-source"}) {
+    for (const char* key :
+         {"x-opt-sequence-number", "x-opt-enqueued-time", "x-opt-locked-until",
+          "x-opt-message-state", "x-opt-enqueue-sequence-number", "x-opt-deadletter-source"}) {
       ma.erase(key);
     }
   }
@@ -129,6 +129,7 @@ void Broker::enqueue(Entity& entity, const amqp::Message& message, std::int64_t 
     ttl = ttl ? std::min(*ttl, limit) : limit;
   }
   if (ttl) m.expires = (scheduled_for ? *scheduled_for : now) + *ttl;
+  if (m.expires) entity.expiries_.insert({*m.expires, sequence});
   if (scheduled_for && *scheduled_for > now) {
     m.state = MessageState::kScheduled;
     m.scheduled_for = *scheduled_for;
@@ -138,6 +139,7 @@ void Broker::enqueue(Entity& entity, const amqp::Message& message, std::int64_t 
     entity.messages_.emplace(sequence, std::move(m));
     entity.available_.insert(sequence);
   }
+  dirty(entity, sequence);
 }
 
 std::vector<std::int64_t> Broker::send(Entity& target, std::vector<amqp::Message> messages,
@@ -145,6 +147,7 @@ std::vector<std::int64_t> Broker::send(Entity& target, std::vector<amqp::Message
   std::vector<std::int64_t> numbers;
   for (auto& message : messages) {
     auto sequence = target.next_sequence_++;
+    dirty_sequences_.insert(&target);
     numbers.push_back(sequence);
     if (message.property(amqp::kMessageId).is_null()) {
       // Service Bus gives every message an id; the SDKs rely on it (JS tracks locks by it).
@@ -192,7 +195,7 @@ void Broker::cancel_scheduled(Entity& target, const std::vector<std::int64_t>& n
       auto it = e.messages_.find(n);
       if (it != e.messages_.end() && it->second.state == MessageState::kScheduled) {
         e.schedule_.erase({it->second.scheduled_for, n});
-        e.messages_.erase(it);
+        remove(e, n);
       }
     }
   };
@@ -206,7 +209,8 @@ void Broker::cancel_scheduled(Entity& target, const std::vector<std::int64_t>& n
 Outgoing Broker::encode(const StoredMessage& m, bool with_lock) const {
   amqp::Message out = m.message;
   out.set_header_field(amqp::kDeliveryCount, Value::uint(m.delivery_count));
-  if (out.header_field(amqp::kDurable).is_null()) out.set_header_field(amqp::kDurable, Value::boolean(true));
+  if (out.header_field(amqp::kDurable).is_null())
+    out.set_header_field(amqp::kDurable, Value::boolean(true));
   out.delivery_annotations = Value::null();
   if (with_lock && m.lock) {
     out.delivery_annotations = Value::map({});
@@ -233,17 +237,12 @@ std::optional<Outgoing> Broker::acquire(Entity& entity, bool peek_lock, std::uin
     entity.available_.erase(entity.available_.begin());
     auto& m = entity.messages_.at(sequence);
     if (m.expires && *m.expires <= now) {
-      if (entity.options_.dead_lettering_on_expiration && entity.dead_letter_queue_ != nullptr) {
-        move_to_dead_letter(entity, sequence, "TTLExpiredException",
-                            "The message expired and was dead lettered.");
-      } else {
-        entity.messages_.erase(sequence);
-      }
+      expire(entity, sequence);
       continue;
     }
     if (!peek_lock) {
       auto out = encode(m, false);
-      entity.messages_.erase(sequence);
+      remove(entity, sequence);
       return out;
     }
     m.lock = amqp::random_uuid();
@@ -285,7 +284,9 @@ void Broker::remove(Entity& entity, std::int64_t sequence) {
   if (it == entity.messages_.end()) return;
   unlock(entity, it->second);
   entity.available_.erase(sequence);
+  if (it->second.expires) entity.expiries_.erase({*it->second.expires, sequence});
   entity.messages_.erase(it);
+  dirty(entity, sequence);
 }
 
 void Broker::move_to_dead_letter(Entity& entity, std::int64_t sequence, const std::string& reason,
@@ -294,8 +295,10 @@ void Broker::move_to_dead_letter(Entity& entity, std::int64_t sequence, const st
   if (it == entity.messages_.end()) return;
   unlock(entity, it->second);
   entity.available_.erase(sequence);
+  if (it->second.expires) entity.expiries_.erase({*it->second.expires, sequence});
   auto m = std::move(it->second);
   entity.messages_.erase(it);
+  dirty(entity, sequence);
   auto* dlq = entity.dead_letter_queue_;
   if (dlq == nullptr) return;
   m.message.application_properties.set(Value::string("DeadLetterReason"), Value::string(reason));
@@ -310,10 +313,12 @@ void Broker::move_to_dead_letter(Entity& entity, std::int64_t sequence, const st
   auto key = m.sequence_number;
   dlq->messages_.emplace(key, std::move(m));
   dlq->available_.insert(key);
+  dirty(*dlq, key);
 }
 
 void Broker::count_delivery(Entity& entity, StoredMessage& m) {
   ++m.delivery_count;
+  dirty(entity, m.sequence_number);
   if (entity.kind_ != Entity::Kind::kDeadLetterQueue &&
       static_cast<int>(m.delivery_count) >= entity.options_.max_delivery_count) {
     move_to_dead_letter(entity, m.sequence_number, "MaxDeliveryCountExceeded",
@@ -347,6 +352,7 @@ std::optional<Failure> Broker::abandon(Entity& entity, const amqp::Uuid& lock,
   if (m == nullptr) return lock_lost();
   unlock(entity, *m);
   merge_properties(*m, properties);
+  dirty(entity, m->sequence_number);
   count_delivery(entity, *m);
   return std::nullopt;
 }
@@ -359,13 +365,17 @@ std::optional<Failure> Broker::defer(Entity& entity, const amqp::Uuid& lock,
   merge_properties(*m, properties);
   m->state = MessageState::kDeferred;
   entity.available_.erase(m->sequence_number);
+  // Deferred messages do not expire.
+  if (m->expires) entity.expiries_.erase({*m->expires, m->sequence_number});
+  m->expires.reset();
+  dirty(entity, m->sequence_number);
   return std::nullopt;
 }
 
 std::optional<Failure> Broker::dead_letter(Entity& entity, const amqp::Uuid& lock,
                                            const std::string& reason,
-                                           const std::string& description,
-                                           const Value& properties, TimeMs now) {
+                                           const std::string& description, const Value& properties,
+                                           TimeMs now) {
   if (entity.kind_ == Entity::Kind::kDeadLetterQueue) {
     return Failure{"com.microsoft:argument-error",
                    "A message in a dead-letter queue cannot be dead-lettered.", 400};
@@ -506,10 +516,95 @@ bool Broker::tick(TimeMs now) {
       auto& m = entity.messages_.at(sequence);
       m.state = MessageState::kActive;
       entity.available_.insert(sequence);
+      dirty(entity, sequence);
+    }
+    while (!entity.expiries_.empty() && entity.expiries_.begin()->first <= now) {
+      auto sequence = entity.expiries_.begin()->second;
+      auto& m = entity.messages_.at(sequence);
+      if (m.lock || m.state == MessageState::kScheduled) {
+        // A locked message is not taken away mid-lock; check again when the lock ends.
+        entity.expiries_.erase(entity.expiries_.begin());
+        entity.expiries_.insert({std::max(m.locked_until, m.scheduled_for) + 1, sequence});
+        if (m.expires) m.expires = std::max(m.locked_until, m.scheduled_for) + 1;
+        continue;
+      }
+      expire(entity, sequence);
     }
     if (entity.available_.size() > before) available = true;
   }
   return available;
+}
+
+void Broker::expire(Entity& entity, std::int64_t sequence) {
+  if (entity.options_.dead_lettering_on_expiration && entity.dead_letter_queue_ != nullptr) {
+    move_to_dead_letter(entity, sequence, "TTLExpiredException",
+                        "The message expired and was dead lettered.");
+  } else {
+    remove(entity, sequence);
+  }
+}
+
+void Broker::restore(Journal& journal, TimeMs now) {
+  journal.load(
+      [&](const JournalRow& row) {
+        auto* entity = find(row.entity);
+        if (entity == nullptr) return;  // The entity is no longer configured.
+        StoredMessage m;
+        m.sequence_number = row.sequence_number;
+        m.message = amqp::parse_message(row.bytes);
+        m.enqueued = row.enqueued;
+        if (row.expires != 0) m.expires = row.expires;
+        m.scheduled_for = row.scheduled_for;
+        m.delivery_count = static_cast<std::uint32_t>(row.delivery_count);
+        m.state = static_cast<MessageState>(row.state);
+        auto sequence = m.sequence_number;
+        if (m.expires) entity->expiries_.insert({*m.expires, sequence});
+        if (m.state == MessageState::kScheduled) {
+          entity->schedule_.insert({m.scheduled_for, sequence});
+        } else if (m.state == MessageState::kActive) {
+          entity->available_.insert(sequence);
+        }
+        entity->messages_[sequence] = std::move(m);
+        if (entity->topic_ != nullptr) {
+          entity->topic_->next_sequence_ = std::max(entity->topic_->next_sequence_, sequence + 1);
+        }
+        entity->next_sequence_ = std::max(entity->next_sequence_, sequence + 1);
+      },
+      [&](const std::string& path, std::int64_t next) {
+        if (auto* entity = find(path))
+          entity->next_sequence_ = std::max(entity->next_sequence_, next);
+      });
+  dirty_.clear();
+  tick(now);
+}
+
+void Broker::flush(Journal& journal) {
+  if (dirty_.empty() && dirty_sequences_.empty()) return;
+  journal.begin();
+  for (auto* entity : dirty_sequences_) {
+    journal.set_next_sequence(entity->path_, entity->next_sequence_);
+  }
+  for (const auto& [entity, sequence] : dirty_) {
+    auto it = entity->messages_.find(sequence);
+    if (it == entity->messages_.end()) {
+      journal.erase(entity->path_, sequence);
+      continue;
+    }
+    const auto& m = it->second;
+    JournalRow row;
+    row.entity = entity->path_;
+    row.sequence_number = sequence;
+    row.bytes = amqp::encode_message(m.message, false, m.application_properties_modified);
+    row.enqueued = m.enqueued;
+    row.expires = m.expires.value_or(0);
+    row.scheduled_for = m.scheduled_for;
+    row.delivery_count = m.delivery_count;
+    row.state = static_cast<int>(m.state);
+    journal.put(row);
+  }
+  journal.commit();
+  dirty_.clear();
+  dirty_sequences_.clear();
 }
 
 void Broker::expire_locks(Entity& entity, TimeMs now) {

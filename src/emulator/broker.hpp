@@ -17,6 +17,7 @@
 
 #include "../amqp/message.hpp"
 #include "filter.hpp"
+#include "journal.hpp"
 
 namespace metro::emulator {
 
@@ -72,6 +73,7 @@ class Entity {
   std::set<std::int64_t> available_;
   std::set<std::pair<TimeMs, std::int64_t>> lock_expiries_;
   std::set<std::pair<TimeMs, std::int64_t>> schedule_;
+  std::set<std::pair<TimeMs, std::int64_t>> expiries_;  // Active messages with a TTL.
   std::map<amqp::Uuid, std::int64_t> locks_;
   std::map<std::string, TimeMs> recent_message_ids_;
 };
@@ -86,9 +88,9 @@ struct Outgoing {
 
 /// A failure a client sees as an AMQP error condition.
 struct Failure {
-  std::string condition;    ///< e.g. `com.microsoft:message-lock-lost`
+  std::string condition;  ///< e.g. `com.microsoft:message-lock-lost`
   std::string description;
-  int status = 400;         ///< For $management replies.
+  int status = 400;  ///< For $management replies.
 };
 
 class Broker {
@@ -131,15 +133,13 @@ class Broker {
   std::vector<Outgoing> receive_deferred(Entity& entity, const std::vector<std::int64_t>& numbers,
                                          bool peek_lock, TimeMs now, std::optional<Failure>& error);
   /// New lock expiry per token.
-  std::vector<TimeMs> renew_locks(Entity& entity, const std::vector<amqp::Uuid>& locks,
-                                  TimeMs now, std::optional<Failure>& error);
+  std::vector<TimeMs> renew_locks(Entity& entity, const std::vector<amqp::Uuid>& locks, TimeMs now,
+                                  std::optional<Failure>& error);
 
   std::optional<Failure> add_rule(Entity& subscription, const std::string& name,
                                   std::shared_ptr<const Filter> filter, TimeMs now);
   std::optional<Failure> remove_rule(Entity& subscription, const std::string& name);
-  const std::vector<Rule>& rules(const Entity& subscription) const {
-    return subscription.rules_;
-  }
+  const std::vector<Rule>& rules(const Entity& subscription) const { return subscription.rules_; }
 
   /// Expires locks and activates scheduled messages. True when a message became available.
   bool tick(TimeMs now);
@@ -147,7 +147,14 @@ class Broker {
   void expire_locks(Entity& entity, TimeMs now);
   EntityCounts counts(const Entity& entity) const;
 
+  /// Loads what a journal holds (messages lose their locks, as after a broker restart).
+  void restore(Journal& journal, TimeMs now);
+  /// Writes every change since the last flush, in one transaction.
+  void flush(Journal& journal);
+
  private:
+  void dirty(Entity& entity, std::int64_t sequence) { dirty_.insert({&entity, sequence}); }
+  void expire(Entity& entity, std::int64_t sequence);
   Entity& add_entity(std::string path, Entity::Kind kind, const EntityOptions& options);
   void enqueue(Entity& entity, const amqp::Message& message, std::int64_t sequence, TimeMs now,
                std::optional<TimeMs> scheduled_for);
@@ -163,6 +170,8 @@ class Broker {
   Outgoing encode(const StoredMessage& m, bool with_lock) const;
 
   std::map<std::string, std::unique_ptr<Entity>> entities_;  // by lower-case path
+  std::set<std::pair<Entity*, std::int64_t>> dirty_;
+  std::set<Entity*> dirty_sequences_;
 };
 
 /// Lower-cases and strips an address to an entity path: drops `scheme://authority`, a leading

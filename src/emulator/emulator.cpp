@@ -1,6 +1,13 @@
 // The emulator's AMQP server: one Proton proactor thread drives every connection and the broker.
 
-#include <metro/emulator/emulator.hpp>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <future>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
 
 #include <proton/condition.h>
 #include <proton/connection.h>
@@ -18,20 +25,13 @@
 #include <proton/transport.h>
 #include <spdlog/spdlog.h>
 
-#include <condition_variable>
-#include <deque>
-#include <functional>
-#include <future>
-#include <map>
-#include <mutex>
-#include <set>
-#include <thread>
-
+#include <metro/emulator/emulator.hpp>
 #include <metro/sb/sas.hpp>
 
 #include "../amqp/message.hpp"
 #include "../amqp/value_pn.hpp"
 #include "broker.hpp"
+#include "journal.hpp"
 #include "management.hpp"
 #include "tls.hpp"
 
@@ -72,8 +72,8 @@ struct LinkState {
   std::uint64_t id = 0;
   Entity* entity = nullptr;
   bool peek_lock = true;
-  std::string target;  // for outgoing reply links: the client's address (reply-to)
-  std::string buffer;  // partial incoming transfer
+  std::string target;               // for outgoing reply links: the client's address (reply-to)
+  std::string buffer;               // partial incoming transfer
   std::deque<std::string> pending;  // replies waiting for credit
   std::uint64_t tag = 0;
 };
@@ -149,6 +149,7 @@ class Server {
 
   EmulatorOptions options_;
   Broker broker_;
+  std::unique_ptr<Journal> journal_;
   pn_proactor_t* proactor_ = nullptr;
   pn_ssl_domain_t* ssl_domain_ = nullptr;
   pn_listener_t* plain_listener_ = nullptr;
@@ -175,19 +176,25 @@ std::uint16_t bound_port(pn_listener_t* listener) {
 }
 
 void Server::start() {
+  if (!options_.data_dir.empty()) {
+    journal_ = std::make_unique<Journal>(options_.data_dir);
+    broker_.restore(*journal_, now_ms());
+  }
   proactor_ = pn_proactor();
   if (options_.tls_port) {
     certificate_ = options_.certificate_file;
     auto key = options_.private_key_file;
     if (certificate_.empty()) {
-      auto dir = options_.data_dir.empty() ? std::filesystem::temp_directory_path() / "metro-emulator"
-                                           : options_.data_dir;
+      auto dir = options_.data_dir.empty()
+                     ? std::filesystem::temp_directory_path() / "metro-emulator"
+                     : options_.data_dir;
       auto generated = generate_self_signed_certificate(dir);
       certificate_ = generated.certificate;
       key = generated.private_key;
     }
     ssl_domain_ = pn_ssl_domain(PN_SSL_MODE_SERVER);
-    if (pn_ssl_domain_set_credentials(ssl_domain_, certificate_.c_str(), key.c_str(), nullptr) != 0) {
+    if (pn_ssl_domain_set_credentials(ssl_domain_, certificate_.c_str(), key.c_str(), nullptr) !=
+        0) {
       throw Error("cannot load the TLS certificate " + certificate_.string() + " and key " +
                   key.string());
     }
@@ -241,6 +248,14 @@ void Server::run() {
     auto* batch = pn_proactor_wait(proactor_);
     while (auto* event = pn_event_batch_next(batch)) {
       if (!handle(event)) done = true;
+    }
+    // Store the batch's changes before its acknowledgements go out.
+    if (journal_) {
+      try {
+        broker_.flush(*journal_);
+      } catch (const Error& e) {
+        spdlog::critical("emulator: {}", e.what());
+      }
     }
     pn_proactor_done(proactor_, batch);
   }
@@ -565,9 +580,10 @@ void Server::on_incoming(pn_link_t* link, LinkState& state, pn_delivery_t* deliv
     case LinkKind::kEntityIn: {
       std::vector<amqp::Message> messages;
       // A batch (message-format 0x80013700): every data section holds one encoded message.
-      bool batch = !message.data_sections.empty() && !message.value_body &&
-                   std::all_of(message.data_sections.begin(), message.data_sections.end(),
-                               [](const std::string& d) { return amqp::looks_like_encoded_message(d); });
+      bool batch =
+          !message.data_sections.empty() && !message.value_body &&
+          std::all_of(message.data_sections.begin(), message.data_sections.end(),
+                      [](const std::string& d) { return amqp::looks_like_encoded_message(d); });
       try {
         if (batch) {
           for (const auto& d : message.data_sections) messages.push_back(amqp::parse_message(d));
@@ -736,8 +752,8 @@ void Server::reply(pn_link_t* request_link, const amqp::Message& request, Value 
   auto* session = pn_link_session(request_link);
   auto* connection = pn_session_connection(session);
   auto reply_to = request.property_text(amqp::kReplyTo).value_or("");
-  auto node = normalize_address(
-      text_of(pn_terminus_get_address(pn_link_remote_target(request_link))));
+  auto node =
+      normalize_address(text_of(pn_terminus_get_address(pn_link_remote_target(request_link))));
   pn_link_t* by_target = nullptr;
   pn_link_t* by_name = nullptr;
   pn_link_t* same_session = nullptr;
@@ -758,7 +774,10 @@ void Server::reply(pn_link_t* request_link, const amqp::Message& request, Value 
       same_connection = l;
     }
   }
-  auto* out = by_target ? by_target : by_name ? by_name : same_session ? same_session : same_connection;
+  auto* out = by_target      ? by_target
+              : by_name      ? by_name
+              : same_session ? same_session
+                             : same_connection;
   if (out == nullptr) {
     spdlog::warn("emulator: no link to send the reply to '{}' on", reply_to);
     return;
@@ -803,9 +822,9 @@ void Server::on_cbs_request(pn_link_t* link, const amqp::Message& request) {
     if (auto problem = sb::verify_sas_token(token, key->key, audience, now)) {
       throw InvalidArgument(*problem);
     }
-    auto expiry = std::chrono::duration_cast<std::chrono::milliseconds>(
-                      token.expiry.time_since_epoch())
-                      .count();
+    auto expiry =
+        std::chrono::duration_cast<std::chrono::milliseconds>(token.expiry.time_since_epoch())
+            .count();
     auto* connection = pn_session_connection(pn_link_session(link));
     state_of(connection)->audiences[normalize_address(audience)] = expiry;
   } catch (const Error& e) {

@@ -99,9 +99,10 @@ class CorrelationFilterImpl : public Filter {
     auto check = [&](const std::optional<std::string>& want, amqp::PropertyField field) {
       return !want || text_of(m.property(field)) == *want;
     };
-    if (!check(f_.correlation_id, amqp::kCorrelationId) || !check(f_.message_id, amqp::kMessageId) ||
-        !check(f_.to, amqp::kTo) || !check(f_.reply_to, amqp::kReplyTo) ||
-        !check(f_.label, amqp::kSubject) || !check(f_.session_id, amqp::kGroupId) ||
+    if (!check(f_.correlation_id, amqp::kCorrelationId) ||
+        !check(f_.message_id, amqp::kMessageId) || !check(f_.to, amqp::kTo) ||
+        !check(f_.reply_to, amqp::kReplyTo) || !check(f_.label, amqp::kSubject) ||
+        !check(f_.session_id, amqp::kGroupId) ||
         !check(f_.reply_to_session_id, amqp::kReplyToGroupId) ||
         !check(f_.content_type, amqp::kContentType)) {
       return false;
@@ -169,7 +170,8 @@ std::vector<Token> tokenize(const std::string& s) {
       }
       tokens.push_back({Token::kString, text, start});
     } else if (std::isdigit(static_cast<unsigned char>(c)) ||
-               (c == '.' && i + 1 < s.size() && std::isdigit(static_cast<unsigned char>(s[i + 1])))) {
+               (c == '.' && i + 1 < s.size() &&
+                std::isdigit(static_cast<unsigned char>(s[i + 1])))) {
       std::size_t start = i;
       bool is_float = false;
       while (i < s.size() && (std::isdigit(static_cast<unsigned char>(s[i])) || s[i] == '.' ||
@@ -177,7 +179,8 @@ std::vector<Token> tokenize(const std::string& s) {
         if (s[i] == '.' || s[i] == 'e' || s[i] == 'E') is_float = true;
         ++i;
       }
-      tokens.push_back({is_float ? Token::kFloat : Token::kInteger, s.substr(start, i - start), start});
+      tokens.push_back(
+          {is_float ? Token::kFloat : Token::kInteger, s.substr(start, i - start), start});
     } else if (std::isalpha(static_cast<unsigned char>(c)) || c == '_' || c == '[') {
       std::size_t start = i;
       std::string text;
@@ -288,9 +291,9 @@ class Parser {
     }
     return false;
   }
-  [[noreturn]] void fail(const std::string& what) const {
-    throw InvalidArgument("SQL filter: " + what + " at position " +
-                          std::to_string(peek().position + 1));
+  [[noreturn]] void fail(const std::string& what) const { fail_at(peek().position, what); }
+  [[noreturn]] static void fail_at(std::size_t position, const std::string& what) {
+    throw InvalidArgument("SQL filter: " + what + " at position " + std::to_string(position + 1));
   }
   void expect(Token::Kind kind, std::string_view what) {
     if (peek().kind != kind) fail("expected " + std::string(what));
@@ -345,9 +348,10 @@ class Parser {
     if (keyword("exists")) {
       expect(Token::kLParen, "'(' after EXISTS");
       if (peek().kind != Token::kIdent) fail("expected a property name in EXISTS");
+      auto position = peek().position;
       auto name = next().text;
       expect(Token::kRParen, "')'");
-      return [this_name = name, lookup = property_lookup(name)](const amqp::Message& m) -> Scalar {
+      return [lookup = property_lookup(name, position)](const amqp::Message& m) -> Scalar {
         return !std::holds_alternative<std::monostate>(lookup(m));
       };
     }
@@ -403,7 +407,8 @@ class Parser {
         return [left, right, o](const amqp::Message& m) -> Scalar {
           auto a = left(m);
           auto b = right(m);
-          if (std::holds_alternative<std::monostate>(a) || std::holds_alternative<std::monostate>(b)) {
+          if (std::holds_alternative<std::monostate>(a) ||
+              std::holds_alternative<std::monostate>(b)) {
             return std::monostate{};
           }
           if (o == "=") return scalar_equal(a, b);
@@ -460,22 +465,32 @@ class Parser {
       auto* j = std::get_if<std::int64_t>(&b);
       if (i && j) {
         switch (o) {
-          case '+': return *i + *j;
-          case '-': return *i - *j;
-          case '*': return *i * *j;
-          case '/': return *j == 0 ? Scalar{} : Scalar{*i / *j};
-          default: return *j == 0 ? Scalar{} : Scalar{*i % *j};
+          case '+':
+            return *i + *j;
+          case '-':
+            return *i - *j;
+          case '*':
+            return *i * *j;
+          case '/':
+            return *j == 0 ? Scalar{} : Scalar{*i / *j};
+          default:
+            return *j == 0 ? Scalar{} : Scalar{*i % *j};
         }
       }
       auto x = number(a);
       auto y = number(b);
       if (!x || !y) return std::monostate{};
       switch (o) {
-        case '+': return *x + *y;
-        case '-': return *x - *y;
-        case '*': return *x * *y;
-        case '/': return *y == 0 ? Scalar{} : Scalar{*x / *y};
-        default: return *y == 0 ? Scalar{} : Scalar{std::fmod(*x, *y)};
+        case '+':
+          return *x + *y;
+        case '-':
+          return *x - *y;
+        case '*':
+          return *x * *y;
+        case '/':
+          return *y == 0 ? Scalar{} : Scalar{*x / *y};
+        default:
+          return *y == 0 ? Scalar{} : Scalar{std::fmod(*x, *y)};
       }
     };
   }
@@ -537,20 +552,23 @@ class Parser {
       for (const char* r : kReserved) {
         if (word == r) fail("unexpected keyword '" + t.text + "'");
       }
+      auto position = t.position;
       auto name = next().text;
-      return property_lookup(name);
+      return property_lookup(name, position);
     }
     if (t.kind == Token::kEnd) fail("unexpected end of the expression");
     fail("unexpected '" + t.text + "'");
   }
 
-  Eval property_lookup(const std::string& name) {
+  Eval property_lookup(const std::string& name, std::size_t position) {
     auto dot = name.find('.');
     auto scope = dot == std::string::npos ? std::string() : lower(name.substr(0, dot));
     if (scope == "sys") {
       auto field = name.substr(dot + 1);
       amqp::Message probe;
-      if (!system_property(probe, field)) fail("unknown system property '" + name + "'");
+      if (!system_property(probe, field)) {
+        fail_at(position, "unknown system property '" + name + "'");
+      }
       return [field](const amqp::Message& m) { return *system_property(m, field); };
     }
     auto key = scope == "user" ? name.substr(dot + 1) : name;
@@ -587,19 +605,31 @@ std::optional<std::string> optional_text(const Value& map, std::string_view key)
 
 Scalar to_scalar(const Value& v) {
   switch (v.type()) {
-    case amqp::Type::kBool: return v.as_bool();
-    case amqp::Type::kUbyte: case amqp::Type::kUshort: case amqp::Type::kUint:
-    case amqp::Type::kByte: case amqp::Type::kShort: case amqp::Type::kInt:
-    case amqp::Type::kLong: case amqp::Type::kTimestamp:
+    case amqp::Type::kBool:
+      return v.as_bool();
+    case amqp::Type::kUbyte:
+    case amqp::Type::kUshort:
+    case amqp::Type::kUint:
+    case amqp::Type::kByte:
+    case amqp::Type::kShort:
+    case amqp::Type::kInt:
+    case amqp::Type::kLong:
+    case amqp::Type::kTimestamp:
       return v.type() == amqp::Type::kTimestamp ? v.as_timestamp() : v.as_int64();
     case amqp::Type::kUlong:
       return v.as_uint64() > static_cast<std::uint64_t>(INT64_MAX)
                  ? Scalar{static_cast<double>(v.as_uint64())}
                  : Scalar{static_cast<std::int64_t>(v.as_uint64())};
-    case amqp::Type::kFloat: case amqp::Type::kDouble: return v.as_double();
-    case amqp::Type::kString: case amqp::Type::kSymbol: return v.as_bytes();
-    case amqp::Type::kUuid: return amqp::to_string(v.as_uuid());
-    default: return std::monostate{};
+    case amqp::Type::kFloat:
+    case amqp::Type::kDouble:
+      return v.as_double();
+    case amqp::Type::kString:
+    case amqp::Type::kSymbol:
+      return v.as_bytes();
+    case amqp::Type::kUuid:
+      return amqp::to_string(v.as_uuid());
+    default:
+      return std::monostate{};
   }
 }
 

@@ -30,11 +30,11 @@ async function startEmulator(extraArgs = []) {
     connectionString: (key = "SAS_KEY_VALUE") =>
       `Endpoint=sb://localhost:${ready.port};SharedAccessKeyName=RootManageSharedAccessKey;` +
       `SharedAccessKey=${key};UseDevelopmentEmulator=true`,
-    stop: () =>
+    stop: (signal = "SIGTERM") =>
       new Promise((resolve) => {
-        if (child.exitCode !== null) return resolve();
+        if (child.exitCode !== null || child.signalCode !== null) return resolve();
         child.once("exit", resolve);
-        child.kill("SIGTERM");
+        child.kill(signal);
       }),
   };
 }
