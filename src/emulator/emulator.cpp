@@ -116,7 +116,9 @@ class Server {
   }
 
   Broker& broker() { return broker_; }
-  void drop_all_connections();
+  /// Marks every connection to be dropped; returns how many.
+  std::size_t drop_all_connections();
+  std::size_t dropping() const { return dropping_; }
 
  private:
   void run();
@@ -164,6 +166,7 @@ class Server {
   bool stopping_ = false;
   std::uint64_t next_id_ = 1;
   std::set<pn_connection_t*> connections_;
+  std::size_t dropping_ = 0;  // connections marked to drop whose transport has not closed yet
   int listeners_pending_ = 0;
   std::promise<void> listening_;
   std::string listen_error_;
@@ -338,6 +341,7 @@ bool Server::handle(pn_event_t* event) {
         pn_link_set_context(l, nullptr);
       }
       connections_.erase(c);
+      if (state_of(c)->drop) --dropping_;
       delete state_of(c);
       pn_connection_set_context(c, nullptr);
       wake_receivers();
@@ -857,11 +861,13 @@ void Server::on_management_request(pn_link_t* link, LinkState& state,
   if (result.status == 200) wake_receivers();
 }
 
-void Server::drop_all_connections() {
+std::size_t Server::drop_all_connections() {
   for (auto* c : connections_) {
+    if (!state_of(c)->drop) ++dropping_;
     state_of(c)->drop = true;
     pn_connection_wake(c);
   }
+  return connections_.size();
 }
 
 }  // namespace
@@ -898,7 +904,15 @@ void Emulator::expire_locks(std::string_view entity) {
 }
 
 void Emulator::drop_connections() {
-  impl_->server.call([&] { impl_->server.drop_all_connections(); });
+  impl_->server.call([&] { return impl_->server.drop_all_connections(); });
+  // Return once every dropped connection is gone, so a test's next step meets a clean slate.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (impl_->server.call([&] { return impl_->server.dropping(); }) > 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      throw Error("the emulator could not drop its connections within 10 s");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
 }
 
 EntityCounts Emulator::counts(std::string_view entity) const {

@@ -95,14 +95,14 @@ struct EmulatorOptions {
   std::optional<std::uint16_t> tls_port;   ///< AMQP over TLS; 0 picks a free port.
   std::filesystem::path certificate_file;  ///< PEM; empty: a self-signed one is generated.
   std::filesystem::path private_key_file;
-  std::filesystem::path data_dir;          ///< Empty: state lives in memory only.
+  std::filesystem::path data_dir;  ///< Empty: state lives in memory only.
   BusConfig bus;
 };
 
 /// Counts of one entity's messages by state.
 struct EntityCounts {
-  std::size_t active = 0;      ///< Available or locked, not deferred.
-  std::size_t locked = 0;      ///< Of the above, currently locked.
+  std::size_t active = 0;  ///< Available or locked, not deferred.
+  std::size_t locked = 0;  ///< Of the above, currently locked.
   std::size_t deferred = 0;
   std::size_t scheduled = 0;
   std::size_t dead_lettered = 0;  ///< In the entity's dead-letter queue.
@@ -131,7 +131,8 @@ class Emulator {
 
   /// Test hook: every lock held on `entity` (a queue, `topic/Subscriptions/sub`) expires now.
   void expire_locks(std::string_view entity);
-  /// Test hook: drops every client connection at once, as a network failure would.
+  /// Test hook: drops every client connection at once, as a network failure would (no close
+  /// frame), and returns when they are gone.
   void drop_connections();
   /// Test hook: the entity's message counts. Throws `metro::InvalidArgument` for an unknown one.
   EntityCounts counts(std::string_view entity) const;
