@@ -15,9 +15,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     auto cs = metro::sb::parse_connection_string(text);
     (void)cs.audience("entity");
     if (cs.has_key()) {
+      // The key's own value never survives redaction. (A key of a few characters, or one that
+      // also stands inside another value, may still occur elsewhere in the text.)
+      const auto& key = cs.shared_access_key;
       auto redacted = metro::sb::redact_connection_string(text);
-      if (redacted.find("SharedAccessKey=" + cs.shared_access_key + ";") != std::string::npos &&
-          cs.shared_access_key != "***") {
+      auto first = text.find(key);
+      bool once =
+          first != std::string_view::npos && text.find(key, first + 1) == std::string_view::npos;
+      if (key.size() >= 12 && once && key.find("***") == std::string::npos &&
+          redacted.find(key) != std::string::npos) {
         std::abort();
       }
     }

@@ -1,5 +1,7 @@
 // bus.toml: the namespace the emulator hosts, and the one a metro config implies.
 
+#include <algorithm>
+
 #include <toml++/toml.h>
 
 #include <metro/config/config.hpp>
@@ -17,8 +19,7 @@ class Reader {
   explicit Reader(std::string file) : file_(std::move(file)) {}
 
   void error(const toml::node& node, const std::string& key, const std::string& message) {
-    diagnostics_.push_back(
-        {file_, static_cast<int>(node.source().begin.line), 0, key, message});
+    diagnostics_.push_back({file_, static_cast<int>(node.source().begin.line), 0, key, message});
   }
 
   void check_keys(const toml::table& table, const std::string& path,
@@ -49,7 +50,8 @@ class Reader {
     auto duration = [&](std::string_view key) -> std::optional<milliseconds> {
       const auto* n = t.get(key);
       if (n == nullptr) return std::nullopt;
-      if (const auto* i = n->as_integer(); i && i->get() >= 0) return std::chrono::seconds(i->get());
+      if (const auto* i = n->as_integer(); i && i->get() >= 0)
+        return std::chrono::seconds(i->get());
       if (const auto* s = n->as_string()) {
         if (auto d = config::parse_duration(s->get())) return d;
       }
@@ -66,8 +68,9 @@ class Reader {
         error(*n, path + ".max_delivery_count", "expected an integer from 1 to 2000");
       }
     }
-    for (auto [key, field] : {std::pair{"dead_lettering_on_expiration", &o.dead_lettering_on_expiration},
-                              std::pair{"requires_duplicate_detection", &o.requires_duplicate_detection}}) {
+    for (auto [key, field] :
+         {std::pair{"dead_lettering_on_expiration", &o.dead_lettering_on_expiration},
+          std::pair{"requires_duplicate_detection", &o.requires_duplicate_detection}}) {
       if (const auto* n = t.get(key)) {
         if (const auto* b = n->as_boolean()) {
           *field = b->get();
@@ -103,7 +106,6 @@ class Reader {
   std::string file_;
 };
 
-
 }  // namespace
 
 BusConfig load_bus_config(const std::filesystem::path& path) {
@@ -127,23 +129,26 @@ BusConfig load_bus_config(const std::filesystem::path& path) {
   });
   r.each_table(root, "", "queues", [&](const toml::table& t, const std::string& p) {
     QueueOptions q;
-    r.check_keys(t, p, {"name", "lock_duration", "max_delivery_count", "default_ttl",
-                        "dead_lettering_on_expiration", "requires_duplicate_detection",
-                        "duplicate_detection_window"});
+    r.check_keys(t, p,
+                 {"name", "lock_duration", "max_delivery_count", "default_ttl",
+                  "dead_lettering_on_expiration", "requires_duplicate_detection",
+                  "duplicate_detection_window"});
     if (auto name = r.string(t, p, "name", true)) q.name = *name;
     r.entity_options(t, p, q.options);
     bus.queues.push_back(std::move(q));
   });
   r.each_table(root, "", "topics", [&](const toml::table& t, const std::string& p) {
     TopicOptions topic;
-    r.check_keys(t, p, {"name", "requires_duplicate_detection", "duplicate_detection_window",
-                        "subscriptions"});
+    r.check_keys(
+        t, p,
+        {"name", "requires_duplicate_detection", "duplicate_detection_window", "subscriptions"});
     if (auto name = r.string(t, p, "name", true)) topic.name = *name;
     r.entity_options(t, p, topic.options);
     r.each_table(t, p + ".", "subscriptions", [&](const toml::table& st, const std::string& sp) {
       SubscriptionOptions sub;
-      r.check_keys(st, sp, {"name", "lock_duration", "max_delivery_count", "default_ttl",
-                            "dead_lettering_on_expiration", "rules"});
+      r.check_keys(st, sp,
+                   {"name", "lock_duration", "max_delivery_count", "default_ttl",
+                    "dead_lettering_on_expiration", "rules"});
       if (auto name = r.string(st, sp, "name", true)) sub.name = *name;
       r.entity_options(st, sp, sub.options);
       r.each_table(st, sp + ".", "rules", [&](const toml::table& rt, const std::string& rp) {
@@ -158,9 +163,9 @@ BusConfig load_bus_config(const std::filesystem::path& path) {
           } else {
             CorrelationFilter f;
             auto cp = rp + ".correlation";
-            r.check_keys(*ct, cp, {"correlation_id", "message_id", "to", "reply_to", "label",
-                                   "subject", "session_id", "reply_to_session_id", "content_type",
-                                   "properties"});
+            r.check_keys(*ct, cp,
+                         {"correlation_id", "message_id", "to", "reply_to", "label", "subject",
+                          "session_id", "reply_to_session_id", "content_type", "properties"});
             f.correlation_id = r.string(*ct, cp, "correlation_id", false);
             f.message_id = r.string(*ct, cp, "message_id", false);
             f.to = r.string(*ct, cp, "to", false);
@@ -173,11 +178,16 @@ BusConfig load_bus_config(const std::filesystem::path& path) {
             if (const auto* props = ct->get_as<toml::table>("properties")) {
               for (const auto& [k, v] : *props) {
                 Scalar s;
-                if (const auto* str = v.as_string()) s = str->get();
-                else if (const auto* i = v.as_integer()) s = i->get();
-                else if (const auto* d = v.as_floating_point()) s = d->get();
-                else if (const auto* b = v.as_boolean()) s = b->get();
-                else r.error(v, cp + ".properties." + std::string(k.str()), "expected a simple value");
+                if (const auto* str = v.as_string())
+                  s = str->get();
+                else if (const auto* i = v.as_integer())
+                  s = i->get();
+                else if (const auto* d = v.as_floating_point())
+                  s = d->get();
+                else if (const auto* b = v.as_boolean())
+                  s = b->get();
+                else
+                  r.error(v, cp + ".properties." + std::string(k.str()), "expected a simple value");
                 f.properties[std::string(k.str())] = s;
               }
             }
@@ -200,7 +210,11 @@ BusConfig load_bus_config(const std::filesystem::path& path) {
     });
     bus.topics.push_back(std::move(topic));
   });
-  if (!r.diagnostics_.empty()) throw config::ConfigError(std::move(r.diagnostics_));
+  if (!r.diagnostics_.empty()) {
+    std::stable_sort(r.diagnostics_.begin(), r.diagnostics_.end(),
+                     [](const Diagnostic& a, const Diagnostic& b) { return a.line < b.line; });
+    throw config::ConfigError(std::move(r.diagnostics_));
+  }
   return bus;
 }
 

@@ -154,37 +154,43 @@ ConnectionString parse_connection_string(std::string_view text) {
 
 std::string redact_connection_string(std::string_view text) {
   // Scans for the secret-bearing keys anywhere, so that the same function also cleans a log line
-  // or an error message that embeds a connection string or a token.
-  struct Secret {
-    std::string_view marker;
-    std::string_view stops;
-  };
-  constexpr Secret kSecrets[] = {
-      {"sharedaccesskey=", ";\"'\n"},
-      {"sharedaccesssignature=", ";\"'\n"},
-      {"sig=", "&;\"' \n"},
-  };
+  // or an error message that embeds a connection string or a token. Matching follows the parser:
+  // key names in any case, blanks around `=`.
+  constexpr std::string_view kKeys[] = {"sharedaccesskey", "sharedaccesssignature", "sig"};
   std::string lowered(text);
   std::transform(lowered.begin(), lowered.end(), lowered.begin(),
                  [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  auto blank = [&](std::size_t i) {
+    return i < text.size() && (text[i] == ' ' || text[i] == '\t');
+  };
   std::string out;
   out.reserve(text.size());
   std::size_t i = 0;
   while (i < text.size()) {
-    const Secret* hit = nullptr;
-    for (const auto& secret : kSecrets) {
-      if (std::string_view(lowered).substr(i, secret.marker.size()) == secret.marker) {
-        hit = &secret;
+    std::size_t value = std::string_view::npos;
+    std::string_view key;
+    for (auto k : kKeys) {
+      if (std::string_view(lowered).substr(i, k.size()) != k) continue;
+      auto j = i + k.size();
+      while (blank(j)) ++j;
+      if (j < text.size() && text[j] == '=') {
+        ++j;
+        while (blank(j)) ++j;
+        value = j;
+        key = k;
         break;
       }
     }
-    if (hit == nullptr) {
+    if (value == std::string_view::npos) {
       out += text[i++];
       continue;
     }
-    out.append(text.substr(i, hit->marker.size()));
-    i += hit->marker.size();
-    auto end = text.find_first_of(hit->stops, i);
+    out.append(text.substr(i, value - i));
+    i = value;
+    // As the parser reads them: a value runs to the next `;` (a token's sig to the next `&`).
+    // Quotes are not part of the grammar, so they end nothing; over-redacting a log line is safe.
+    std::string_view stops = key == "sig" ? "&; \n" : ";\n";
+    auto end = text.find_first_of(stops, i);
     if (end == std::string_view::npos) end = text.size();
     if (end > i) out += "***";
     i = end;

@@ -3,7 +3,8 @@
 "use strict";
 const { test, before, after } = require("node:test");
 const assert = require("node:assert/strict");
-const { ServiceBusClient, ServiceBusAdministrationClient } = require("@azure/service-bus");
+const { ServiceBusClient } = require("@azure/service-bus");
+const { createSasTokenProvider } = require("@azure/core-amqp");
 const { startEmulator, waitFor } = require("./emulator.js");
 
 let emulator;
@@ -275,6 +276,23 @@ test("a wrong key fails with an authorisation error", async () => {
     });
   } finally {
     await bad.close();
+  }
+});
+
+test("a SharedAccessSignature connection string (no SASL layer at all) works", async () => {
+  const namespace = `sb://localhost:${emulator.port}/`;
+  const { token } = await createSasTokenProvider({
+    sharedAccessKeyName: "RootManageSharedAccessKey", sharedAccessKey: "SAS_KEY_VALUE",
+  }).getToken(namespace);
+  const sas = new ServiceBusClient(
+    `Endpoint=${namespace};SharedAccessSignature=${token};UseDevelopmentEmulator=true`);
+  try {
+    await sas.createSender("basic").sendMessages({ body: "signed" });
+    const receiver = sas.createReceiver("basic", { receiveMode: "receiveAndDelete" });
+    const [m] = await receiveAll(receiver, 1);
+    assert.equal(m.body, "signed");
+  } finally {
+    await sas.close();
   }
 });
 
