@@ -160,8 +160,8 @@ std::string redact_connection_string(std::string_view text) {
   std::string lowered(text);
   std::transform(lowered.begin(), lowered.end(), lowered.begin(),
                  [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  auto blank = [&](std::size_t i) {
-    return i < text.size() && (text[i] == ' ' || text[i] == '\t');
+  auto blank = [&](std::size_t i) {  // what the parser's trim() drops
+    return i < text.size() && std::isspace(static_cast<unsigned char>(text[i])) != 0;
   };
   std::string out;
   out.reserve(text.size());
@@ -189,7 +189,7 @@ std::string redact_connection_string(std::string_view text) {
     i = value;
     // As the parser reads them: a value runs to the next `;` (a token's sig to the next `&`).
     // Quotes are not part of the grammar, so they end nothing; over-redacting a log line is safe.
-    std::string_view stops = key == "sig" ? "&; \n" : ";\n";
+    std::string_view stops = key == "sig" ? "&; \n" : ";";
     auto end = text.find_first_of(stops, i);
     if (end == std::string_view::npos) end = text.size();
     if (end > i) out += "***";

@@ -116,8 +116,8 @@ TEST(Redaction, HidesKeysSignaturesAndTokenSignatures) {
             "Endpoint=sb://h/;SharedAccessSignature=***;EntityPath=t");
   EXPECT_EQ(redact_connection_string("token SharedAccessSignature sr=a&sig=abc%3D&se=1&skn=k"),
             "token SharedAccessSignature sr=a&sig=***&se=1&skn=k");
-  EXPECT_EQ(redact_connection_string("bad: \"x;sharedaccesskey=s3cret\" here\nnext"),
-            "bad: \"x;sharedaccesskey=***\nnext");
+  EXPECT_EQ(redact_connection_string("bad: \"x;sharedaccesskey=s3cret\" here\nnext;more"),
+            "bad: \"x;sharedaccesskey=***;more");
   EXPECT_EQ(redact_connection_string("no secrets here"), "no secrets here");
   // Spelled as the parser accepts it: any case, blanks around '='; quotes are part of the value.
   EXPECT_EQ(redact_connection_string("Endpoint=sb://h/; sharedaccesskey = s3cret ;x=1"),
