@@ -457,8 +457,6 @@ void Server::on_link_open(pn_link_t* link) {
   std::string address = text_of(pn_terminus_get_address(remote));
   auto path = normalize_address(address);
   auto* connection = pn_session_connection(pn_link_session(link));
-  pn_terminus_copy(pn_link_source(link), pn_link_remote_source(link));
-  pn_terminus_copy(pn_link_target(link), pn_link_remote_target(link));
 
   auto state = std::make_unique<LinkState>();
   state->id = next_id_++;
@@ -509,6 +507,9 @@ void Server::on_link_open(pn_link_t* link) {
   if (!client_sends) {
     state->target = text_of(pn_terminus_get_address(pn_link_remote_target(link)));
   }
+  // Echo the client's termini verbatim (Python compares the echoed source with its own).
+  pn_terminus_copy(pn_link_source(link), pn_link_remote_source(link));
+  pn_terminus_copy(pn_link_target(link), pn_link_remote_target(link));
   pn_link_set_snd_settle_mode(link, pn_link_remote_snd_settle_mode(link));
   pn_link_set_rcv_settle_mode(link, pn_link_remote_rcv_settle_mode(link));
   pn_link_set_max_message_size(link, kMaxMessageSize);

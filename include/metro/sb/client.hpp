@@ -1,0 +1,164 @@
+#pragma once
+
+/// A Service Bus client over AMQP 1.0: senders, peek-lock and receive-and-delete receivers,
+/// settlement on the link and by lock token, and the `$management` operations (receive and settle
+/// deferred messages by sequence number, peek, renew locks, schedule). One connection carries
+/// every link of a `Client`; it is authorised per entity with CBS and SAS tokens, refreshed before
+/// they expire.
+///
+/// Thread-safety: `Client`, `Sender` and `Receiver` may be used from any number of threads at
+/// once. Every blocking call has a timeout (`ClientOptions::operation_timeout`) and has a
+/// `std::future` form for asynchronous use. No Proton type appears in this header.
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include <metro/sb/connection_string.hpp>
+#include <metro/sb/errors.hpp>
+
+namespace metro::sb {
+
+using Clock = std::chrono::system_clock;
+using std::chrono::milliseconds;
+
+/// A simple application-property value.
+using PropertyValue = std::variant<std::monostate, bool, std::int64_t, double, std::string>;
+
+/// A message to send.
+struct Message {
+  std::string body;  ///< Sent as one data section (bytes as they are).
+  std::optional<std::string> subject;
+  std::optional<std::string> message_id;
+  std::optional<std::string> correlation_id;
+  std::optional<std::string> content_type;
+  std::optional<std::string> to;
+  std::optional<std::string> reply_to;
+  std::map<std::string, PropertyValue> application_properties;
+  std::optional<milliseconds> time_to_live;
+  std::optional<Clock::time_point> scheduled_enqueue_time;
+};
+
+enum class MessageState { kActive = 0, kDeferred = 1, kScheduled = 2 };
+
+/// A message received from a queue or subscription (or fetched by sequence number, or peeked).
+struct ReceivedMessage : Message {
+  std::int64_t sequence_number = 0;
+  Clock::time_point enqueued_time;
+  std::optional<Clock::time_point> locked_until;
+  std::string lock_token;  ///< RFC-4122 text; empty in receive-and-delete mode and for peeks.
+  std::uint32_t delivery_count = 0;
+  MessageState state = MessageState::kActive;
+  std::optional<std::string> dead_letter_reason;
+  std::optional<std::string> dead_letter_description;
+
+  /// Where to settle it: the receiving link, or (for deferred messages) `$management`.
+  std::shared_ptr<void> settlement;
+};
+
+enum class ConnectionState { kConnecting, kConnected, kDisconnected, kClosed };
+
+struct ClientOptions {
+  milliseconds operation_timeout{std::chrono::seconds(60)};
+  std::string ca_file;  ///< PEM to trust for TLS; empty: the system's CA store.
+  milliseconds reconnect_initial_backoff{100};
+  milliseconds reconnect_max_backoff{std::chrono::seconds(30)};
+  std::chrono::seconds token_lifetime{3600};
+  /// Called on the client's thread when the connection changes state; must not block.
+  std::function<void(ConnectionState, const std::string& why)> on_state_change;
+};
+
+enum class ReceiveMode { kPeekLock, kReceiveAndDelete };
+
+struct ReceiverOptions {
+  ReceiveMode mode = ReceiveMode::kPeekLock;
+  std::uint32_t prefetch = 0;  ///< Messages held ahead of receive(); 0: only what receive() asks.
+};
+
+class Client;
+
+class Sender {
+ public:
+  /// Sends one message; returns when the service accepted it.
+  void send(const Message& message);
+  /// Sends messages in one batch transfer where they fit.
+  void send(const std::vector<Message>& messages);
+  std::future<void> send_async(std::vector<Message> messages);
+  /// Schedules messages; returns their sequence numbers.
+  std::vector<std::int64_t> schedule(const std::vector<Message>& messages, Clock::time_point at);
+  void cancel_scheduled(const std::vector<std::int64_t>& sequence_numbers);
+  const std::string& entity() const;
+
+  struct Impl;  ///< Opaque.
+
+ private:
+  friend class Client;
+  explicit Sender(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+  std::shared_ptr<Impl> impl_;
+};
+
+class Receiver {
+ public:
+  /// Up to `max` messages; waits up to `timeout` for the first, returns early with what is there.
+  std::vector<ReceivedMessage> receive(std::size_t max, milliseconds timeout);
+  std::future<std::vector<ReceivedMessage>> receive_async(std::size_t max, milliseconds timeout);
+
+  void complete(const ReceivedMessage& message);
+  void abandon(const ReceivedMessage& message,
+               const std::map<std::string, PropertyValue>& properties_to_modify = {});
+  void defer(const ReceivedMessage& message,
+             const std::map<std::string, PropertyValue>& properties_to_modify = {});
+  void dead_letter(const ReceivedMessage& message, const std::string& reason,
+                   const std::string& description);
+  /// Moves the lock's expiry; returns the new one.
+  Clock::time_point renew_lock(const ReceivedMessage& message);
+
+  /// Fetches deferred messages by sequence number (peek-lock: they are locked for settlement).
+  std::vector<ReceivedMessage> receive_deferred(const std::vector<std::int64_t>& sequence_numbers);
+  /// Settles many messages fetched by sequence number in one `update-disposition` request.
+  void complete_deferred(const std::vector<ReceivedMessage>& messages);
+  /// Browses from a sequence number without locking; includes deferred and scheduled messages.
+  std::vector<ReceivedMessage> peek(std::int64_t from_sequence_number, std::size_t count);
+
+  const std::string& entity_path() const;
+
+  struct Impl;  ///< Opaque.
+
+ private:
+  friend class Client;
+  explicit Receiver(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+  std::shared_ptr<Impl> impl_;
+};
+
+class Client {
+ public:
+  /// Parses the connection string and connects in the background. Throws `InvalidArgument`
+  /// for a string that does not parse.
+  explicit Client(std::string_view connection_string, ClientOptions options = {});
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  /// A sender to a queue or topic. Attaches now; throws NotFound / Unauthorized errors.
+  Sender create_sender(const std::string& entity);
+  /// A receiver on a queue, `topic/Subscriptions/name`, or either's `/$DeadLetterQueue`.
+  Receiver create_receiver(const std::string& entity_path, ReceiverOptions options = {});
+  ConnectionState state() const;
+  /// Closes every link and the connection. Idempotent.
+  void close();
+
+  struct Impl;
+
+ private:
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace metro::sb
