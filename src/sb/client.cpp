@@ -357,6 +357,7 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
           open_for_wake = true;
         }
         set_state(ConnectionState::kConnected, "connected to " + cs.host);
+        pn_proactor_set_timeout(proactor, kTickMs);
         for (auto& l : links) attach(l);
         run_tasks();
         break;
@@ -392,7 +393,13 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
         break;
       }
       case PN_PROACTOR_TIMEOUT:
-        if (!is_closing()) connect();
+        if (is_closing()) break;
+        if (open) {
+          refresh_tokens();
+          pn_proactor_set_timeout(proactor, kTickMs);
+        } else {
+          connect();
+        }
         break;
       case PN_LINK_REMOTE_OPEN:
         on_link_open(pn_event_link(e));
@@ -463,6 +470,28 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
     pn_proactor_set_timeout(proactor, static_cast<pn_millis_t>(backoff.count() + jitter));
   }
 
+  static constexpr pn_millis_t kTickMs = 1000;
+
+  /// A token is put again once a quarter of its life is left (15 minutes of an hour, as the JS
+  /// SDK does), so links never meet an expired one.
+  bool due(Clock::time_point expiry) const {
+    return expiry - Clock::now() <
+           std::chrono::duration_cast<Clock::duration>(options.token_lifetime) / 4;
+  }
+
+  void refresh_tokens() {
+    if (!cs.has_key()) return;  // A given signature cannot be renewed here.
+    std::vector<std::string> stale;
+    for (const auto& [audience, expiry] : tokens) {
+      if (due(expiry) && tokens_pending.count(audience) == 0) stale.push_back(audience);
+    }
+    for (const auto& audience : stale) {
+      put_token(audience, [audience](std::exception_ptr error) {
+        (void)error;  // The next attach or refresh tries again; open links keep working.
+      });
+    }
+  }
+
   // ---- CBS -----------------------------------------------------------------------------------
 
   void authorize(const std::string& path, Done done) {
@@ -471,6 +500,10 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
         it != tokens.end() && it->second > Clock::now() + std::chrono::minutes(5)) {
       return done(nullptr);
     }
+    put_token(audience, std::move(done));
+  }
+
+  void put_token(const std::string& audience, Done done) {
     auto& waiting = tokens_pending[audience];
     waiting.push_back(std::move(done));
     if (waiting.size() > 1) return;

@@ -226,3 +226,22 @@ TEST(SbClientTls, WorksOverTlsWithTheEmulatorsCertificate) {
 
 }  // namespace
 }  // namespace metro::sb
+
+namespace metro::sb {
+namespace {
+
+TEST_F(SbClient, ShortLivedTokensAreRenewedForNewLinks) {
+  auto options = quick();
+  options.token_lifetime = std::chrono::seconds(2);
+  Client client(bus_.connection_string(), options);
+  auto sender = client.create_sender("q");
+  // The first token has expired by now; a new link on the same entity needs the refreshed one.
+  std::this_thread::sleep_for(3s);
+  auto second = client.create_sender("q");
+  second.send(text("fresh"));
+  sender.send(text("old link"));
+  EXPECT_EQ(bus_.counts("q").active, 2u);
+}
+
+}  // namespace
+}  // namespace metro::sb

@@ -4,6 +4,7 @@
 "use strict";
 const readline = require("node:readline");
 const { ServiceBusClient } = require("@azure/service-bus");
+const Long = require("long");
 
 const client = new ServiceBusClient(process.argv[2], {
   retryOptions: { maxRetries: 5, retryDelayInMs: 100, timeoutInMs: 5000 },
@@ -19,6 +20,15 @@ function receiverFor(entity) {
   return receivers.get(entity);
 }
 
+function describe(m) {
+  return {
+    body: m.body, sequence: m.sequenceNumber.toNumber(), deliveryCount: m.deliveryCount,
+    subject: m.subject, messageId: m.messageId, correlationId: m.correlationId,
+    contentType: m.contentType, applicationProperties: m.applicationProperties || {},
+    state: m.state,
+  };
+}
+
 const ops = {
   async send({ entity, bodies }) {
     await client.createSender(entity).sendMessages(bodies.map((body) => ({ body })));
@@ -28,8 +38,17 @@ const ops = {
     const receiver = receiverFor(entity);
     const got = await receiver.receiveMessages(count, { maxWaitTimeInMs: timeout });
     for (const m of got) held.set(m.sequenceNumber.toNumber(), [receiver, m]);
-    return { messages: got.map((m) => ({ body: m.body, sequence: m.sequenceNumber.toNumber(),
-                                         deliveryCount: m.deliveryCount })) };
+    return { messages: got.map(describe) };
+  },
+  async "send-full"({ entity, message }) {
+    await client.createSender(entity).sendMessages(message);
+    return {};
+  },
+  async "receive-deferred"({ entity, sequences }) {
+    const receiver = receiverFor(entity);
+    const got = await receiver.receiveDeferredMessages(sequences.map((n) => Long.fromNumber(n)));
+    for (const m of got) held.set(m.sequenceNumber.toNumber(), [receiver, m]);
+    return { messages: got.map(describe) };
   },
   async settle({ sequence, how }) {
     const [receiver, message] = held.get(sequence);
