@@ -215,6 +215,13 @@ struct LinkEntry {
   std::map<pn_delivery_t*, Done> in_flight;          // sends and settlements awaiting the peer
   std::deque<ReceivedMessage> buffer;                // receiver: messages not yet handed out
   std::set<pn_delivery_t*> unsettled;                // receiver: deliveries we may still settle
+  struct Held {
+    amqp::Uuid lock;
+    Clock::time_point locked_until;
+    Clock::time_point received;
+    bool renewing = false;
+  };
+  std::map<pn_delivery_t*, Held> held;  // receiver: locks to renew automatically
   std::uint64_t tag = 0;
   std::string partial;
   std::exception_ptr attach_error;
@@ -395,7 +402,12 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
       case PN_PROACTOR_TIMEOUT:
         if (is_closing()) break;
         if (open) {
-          refresh_tokens();
+          // A timeout arrives outside the connection's batch: do the work in the connection's
+          // own turn, where what it writes goes out.
+          post([this] {
+            refresh_tokens();
+            renew_held_locks();
+          });
           pn_proactor_set_timeout(proactor, kTickMs);
         } else {
           connect();
@@ -440,6 +452,7 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
       for (auto& [d, done] : l->in_flight) done(error);
       l->in_flight.clear();
       l->unsettled.clear();
+      l->held.clear();
       l->partial.clear();
     }
     for (auto& [id, callback] : requests) {
@@ -489,6 +502,44 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
       put_token(audience, [audience](std::exception_ptr error) {
         (void)error;  // The next attach or refresh tries again; open links keep working.
       });
+    }
+  }
+
+  /// Renews locks of held messages that run short (auto_renew_lock_for).
+  void renew_held_locks() {
+    auto now = Clock::now();
+    std::vector<std::shared_ptr<LinkEntry>> receivers;
+    for (auto& l : links) {
+      if (l->kind == LinkEntry::Kind::kReceiver && !l->held.empty()) receivers.push_back(l);
+    }
+    for (auto& entry : receivers) {
+      for (auto& [d, h] : entry->held) {
+        if (h.renewing || now - h.received > entry->receiver.auto_renew_lock_for) continue;
+        auto left = h.locked_until - now;
+        if (left > std::chrono::seconds(10) && left > (h.locked_until - h.received) / 2) continue;
+        h.renewing = true;
+        auto* delivery = d;
+        std::weak_ptr<LinkEntry> weak = entry;
+        auto body = Value::map({{Value::string("lock-tokens"),
+                                 Value::array(amqp::Type::kUuid, {Value::uuid(h.lock)})}});
+        management(management_entry(entry->address), "com.microsoft:renew-lock", body,
+                   [weak, delivery](int status, const std::string&, const std::string&, const Value& reply) {
+                     auto e = weak.lock();
+                     if (!e) return;
+                     auto it = e->held.find(delivery);
+                     if (it == e->held.end()) return;
+                     it->second.renewing = false;
+                     const auto* expirations = reply.find("expirations");
+                     if (status == 200 && expirations && !expirations->items().empty()) {
+                       it->second.locked_until = from_ms(expirations->items().front().as_timestamp());
+                     } else {
+                       e->held.erase(it);  // Lost: settling will say so.
+                     }
+                   },
+                   [weak, delivery](std::exception_ptr) {
+                     if (auto e = weak.lock()) e->held.erase(delivery);
+                   });
+      }
     }
   }
 
@@ -674,6 +725,7 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
     for (auto& [d, done] : entry->in_flight) done(error);
     entry->in_flight.clear();
     entry->unsettled.clear();
+    entry->held.clear();
     entry->ready = false;
     entry->link = nullptr;
     entry->reply_link = nullptr;
@@ -768,6 +820,10 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
         ref->entity = entry->address;
         received.settlement = ref;
         entry->unsettled.insert(d);
+        auto lock = amqp::uuid_from_string(received.lock_token);
+        if (entry->receiver.auto_renew_lock_for.count() > 0 && lock && received.locked_until) {
+          entry->held[d] = {*lock, *received.locked_until, Clock::now(), false};
+        }
       } else {
         pn_delivery_settle(d);
       }
@@ -796,6 +852,7 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
       auto done = std::move(it->second);
       entry->in_flight.erase(it);
       entry->unsettled.erase(d);
+      entry->held.erase(d);
       pn_delivery_settle(d);
       done(error);
     }
@@ -1159,11 +1216,17 @@ std::vector<ReceivedMessage> Receiver::receive(std::size_t max, milliseconds tim
     });
   }
   std::vector<ReceivedMessage> out;
-  std::unique_lock lock(c.mutex);
-  entry->arrived.wait_for(lock, timeout, [&] { return !entry->buffer.empty(); });
-  while (!entry->buffer.empty() && out.size() < max) {
-    out.push_back(std::move(entry->buffer.front()));
-    entry->buffer.pop_front();
+  {
+    std::unique_lock lock(c.mutex);
+    entry->arrived.wait_for(lock, timeout, [&] { return !entry->buffer.empty(); });
+    while (!entry->buffer.empty() && out.size() < max) {
+      out.push_back(std::move(entry->buffer.front()));
+      entry->buffer.pop_front();
+    }
+  }
+  // Taking messages out of the buffer makes room for more: grant the credit.
+  if (!out.empty() && entry->receiver.prefetch > 0) {
+    c.post([&c, entry] { c.top_up(*entry); });
   }
   return out;
 }

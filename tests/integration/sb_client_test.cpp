@@ -245,3 +245,28 @@ TEST_F(SbClient, ShortLivedTokensAreRenewedForNewLinks) {
 
 }  // namespace
 }  // namespace metro::sb
+
+namespace metro::sb {
+namespace {
+
+TEST(SbClientLocks, AutomaticRenewalKeepsAHeldMessageLocked) {
+  auto options = bus_options();
+  emulator::EntityOptions brief;
+  brief.lock_duration = std::chrono::seconds(2);
+  options.bus.queues.push_back({"brief", brief});
+  emulator::Emulator bus(options);
+  bus.start();
+  Client client(bus.connection_string(), quick());
+  client.create_sender("brief").send(text("slow handler"));
+  ReceiverOptions renewing;
+  renewing.auto_renew_lock_for = std::chrono::seconds(30);
+  auto receiver = client.create_receiver("brief", renewing);
+  auto m = receiver.receive(1, 5s).at(0);
+  std::this_thread::sleep_for(4500ms);  // more than two lock durations
+  EXPECT_EQ(bus.counts("brief").locked, 1u);
+  receiver.complete(m);
+  EXPECT_EQ(bus.counts("brief").total(), 0u);
+}
+
+}  // namespace
+}  // namespace metro::sb

@@ -81,6 +81,9 @@ enum class ReceiveMode { kPeekLock, kReceiveAndDelete };
 struct ReceiverOptions {
   ReceiveMode mode = ReceiveMode::kPeekLock;
   std::uint32_t prefetch = 0;  ///< Messages held ahead of receive(); 0: only what receive() asks.
+  /// Renew the lock of every message received and not yet settled, for up to this long after it
+  /// arrived (0: never). Renewal happens when less than half the lock's time, or 10 s, is left.
+  milliseconds auto_renew_lock_for{0};
 };
 
 class Client;
