@@ -522,23 +522,25 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
         std::weak_ptr<LinkEntry> weak = entry;
         auto body = Value::map({{Value::string("lock-tokens"),
                                  Value::array(amqp::Type::kUuid, {Value::uuid(h.lock)})}});
-        management(management_entry(entry->address), "com.microsoft:renew-lock", body,
-                   [weak, delivery](int status, const std::string&, const std::string&, const Value& reply) {
-                     auto e = weak.lock();
-                     if (!e) return;
-                     auto it = e->held.find(delivery);
-                     if (it == e->held.end()) return;
-                     it->second.renewing = false;
-                     const auto* expirations = reply.find("expirations");
-                     if (status == 200 && expirations && !expirations->items().empty()) {
-                       it->second.locked_until = from_ms(expirations->items().front().as_timestamp());
-                     } else {
-                       e->held.erase(it);  // Lost: settling will say so.
-                     }
-                   },
-                   [weak, delivery](std::exception_ptr) {
-                     if (auto e = weak.lock()) e->held.erase(delivery);
-                   });
+        management(
+            management_entry(entry->address), "com.microsoft:renew-lock", body,
+            [weak, delivery](int status, const std::string&, const std::string&,
+                             const Value& reply) {
+              auto e = weak.lock();
+              if (!e) return;
+              auto it = e->held.find(delivery);
+              if (it == e->held.end()) return;
+              it->second.renewing = false;
+              const auto* expirations = reply.find("expirations");
+              if (status == 200 && expirations && !expirations->items().empty()) {
+                it->second.locked_until = from_ms(expirations->items().front().as_timestamp());
+              } else {
+                e->held.erase(it);  // Lost: settling will say so.
+              }
+            },
+            [weak, delivery](std::exception_ptr) {
+              if (auto e = weak.lock()) e->held.erase(delivery);
+            });
       }
     }
   }
@@ -1373,6 +1375,109 @@ std::vector<ReceivedMessage> Receiver::peek(std::int64_t from, std::size_t count
                   {Value::string("message-count"), Value::int_(static_cast<std::int32_t>(count))}}),
       true);
   return messages_of(reply, false);
+}
+
+}  // namespace metro::sb
+
+namespace metro::sb {
+
+struct Subscription::State {
+  std::atomic<bool> stopping{false};
+  std::thread thread;
+};
+
+void Subscription::stop() {
+  if (!state_) return;
+  state_->stopping = true;
+  if (state_->thread.joinable() && state_->thread.get_id() != std::this_thread::get_id()) {
+    state_->thread.join();
+  }
+  state_.reset();
+}
+
+Subscription Receiver::subscribe(std::function<void(ReceivedMessage&)> handler, std::size_t batch) {
+  Subscription subscription;
+  subscription.state_ = std::make_shared<Subscription::State>();
+  subscription.state_->thread = std::thread(
+      [impl = impl_, state = subscription.state_.get(), handler = std::move(handler), batch] {
+        Receiver receiver(impl);
+        while (!state->stopping) {
+          std::vector<ReceivedMessage> got;
+          try {
+            got = receiver.receive(batch, std::chrono::milliseconds(200));
+          } catch (const Error&) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(200));  // reconnecting
+            continue;
+          }
+          for (auto& m : got) handler(m);
+        }
+      });
+  return subscription;
+}
+
+void Receiver::add_sql_rule(const std::string& name, const std::string& expression) {
+  auto description =
+      Value::map({{Value::string("sql-filter"),
+                   Value::map({{Value::string("expression"), Value::string(expression)}})}});
+  run_management(*impl_->client, impl_->management, impl_->entry->address, "com.microsoft:add-rule",
+                 Value::map({{Value::string("rule-name"), Value::string(name)},
+                             {Value::string("rule-description"), description}}));
+}
+
+void Receiver::add_correlation_rule(const std::string& name, const RuleInfo& filter) {
+  auto opt = [](const std::optional<std::string>& v) {
+    return v ? Value::string(*v) : Value::null();
+  };
+  auto correlation = Value::map({{Value::string("correlation-id"), opt(filter.correlation_id)},
+                                 {Value::string("label"), opt(filter.label)},
+                                 {Value::string("properties"), property_map(filter.properties)}});
+  run_management(*impl_->client, impl_->management, impl_->entry->address, "com.microsoft:add-rule",
+                 Value::map({{Value::string("rule-name"), Value::string(name)},
+                             {Value::string("rule-description"),
+                              Value::map({{Value::string("correlation-filter"), correlation}})}}));
+}
+
+void Receiver::remove_rule(const std::string& name) {
+  run_management(*impl_->client, impl_->management, impl_->entry->address,
+                 "com.microsoft:remove-rule",
+                 Value::map({{Value::string("rule-name"), Value::string(name)}}));
+}
+
+std::vector<RuleInfo> Receiver::rules() {
+  auto reply = run_management(*impl_->client, impl_->management, impl_->entry->address,
+                              "com.microsoft:enumerate-rules",
+                              Value::map({{Value::string("top"), Value::int_(1 << 30)},
+                                          {Value::string("skip"), Value::int_(0)}}),
+                              true);
+  std::vector<RuleInfo> out;
+  const auto* rules = reply.find("rules");
+  if (rules == nullptr) return out;
+  for (const auto& entry : rules->items()) {
+    const auto* d = entry.find("rule-description");
+    if (d == nullptr || d->type() != amqp::Type::kDescribed) continue;
+    const auto& fields = d->described_value().items();
+    RuleInfo info;
+    if (fields.size() > 2 && fields[2].is_text()) info.name = fields[2].as_bytes();
+    if (!fields.empty() && fields[0].type() == amqp::Type::kDescribed) {
+      auto code = fields[0].descriptor().as_uint64();
+      const auto& f = fields[0].described_value().items();
+      if (code == 0x0000001370000009ULL) {  // correlation filter
+        if (f.size() > 0 && f[0].is_text()) info.correlation_id = f[0].as_bytes();
+        if (f.size() > 4 && f[4].is_text()) info.label = f[4].as_bytes();
+        if (f.size() > 8 && f[8].type() == amqp::Type::kMap) {
+          for (std::size_t i = 0; i < f[8].map_size(); ++i) {
+            if (f[8].map_key(i).is_text()) {
+              info.properties[f[8].map_key(i).as_bytes()] = to_property(f[8].map_value(i));
+            }
+          }
+        }
+      } else if (!f.empty() && f[0].is_text()) {
+        info.sql = f[0].as_bytes();
+      }
+    }
+    out.push_back(std::move(info));
+  }
+  return out;
 }
 
 }  // namespace metro::sb

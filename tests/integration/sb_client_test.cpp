@@ -270,3 +270,71 @@ TEST(SbClientLocks, AutomaticRenewalKeepsAHeldMessageLocked) {
 
 }  // namespace
 }  // namespace metro::sb
+
+namespace metro::sb {
+namespace {
+
+TEST_F(SbClient, SubscribeDeliversToACallback) {
+  Client client(bus_.connection_string(), quick());
+  auto receiver = client.create_receiver("q", {ReceiveMode::kPeekLock, 16});
+  std::mutex mutex;
+  std::vector<std::string> bodies;
+  auto subscription = receiver.subscribe([&](ReceivedMessage& m) {
+    receiver.complete(m);
+    std::lock_guard lock(mutex);
+    bodies.push_back(m.body);
+  });
+  client.create_sender("q").send(std::vector<Message>{text("1"), text("2"), text("3")});
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    {
+      std::lock_guard lock(mutex);
+      if (bodies.size() == 3) break;
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  subscription.stop();
+  EXPECT_EQ(bodies, (std::vector<std::string>{"1", "2", "3"}));
+  EXPECT_EQ(bus_.counts("q").total(), 0u);
+}
+
+TEST_F(SbClient, ManagesRules) {
+  Client client(bus_.connection_string(), quick());
+  auto receiver = client.create_receiver("metro-demo/Subscriptions/sub");
+  receiver.add_sql_rule("big", "quantity > 10");
+  RuleInfo red;
+  red.label = "order";
+  red.properties = {{"colour", std::string("red")}};
+  receiver.add_correlation_rule("red", red);
+  EXPECT_THROW(receiver.add_sql_rule("big", "1=1"), ServiceBusError);
+  receiver.remove_rule("$Default");
+  auto rules = receiver.rules();
+  ASSERT_EQ(rules.size(), 2u);
+  EXPECT_EQ(rules[0].name, "big");
+  EXPECT_EQ(rules[0].sql, "quantity > 10");
+  EXPECT_EQ(rules[1].label, "order");
+  EXPECT_EQ(std::get<std::string>(rules[1].properties.at("colour")), "red");
+  receiver.remove_rule("big");
+  EXPECT_THROW(receiver.remove_rule("big"), NotFoundError);
+}
+
+TEST_F(SbClient, AnUnansweredCallTimesOut) {
+  auto options = quick();
+  options.operation_timeout = 300ms;
+  // Nothing listens on this port: the client keeps reconnecting and the call gives up in time.
+  Client client(
+      "Endpoint=sb://localhost:1;SharedAccessKeyName=k;SharedAccessKey=v;"
+      "UseDevelopmentEmulator=true",
+      options);
+  auto start = std::chrono::steady_clock::now();
+  try {
+    client.create_sender("q");
+    FAIL();
+  } catch (const TimeoutError& e) {
+    EXPECT_TRUE(e.is_transient());
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 3s);
+}
+
+}  // namespace
+}  // namespace metro::sb

@@ -88,6 +88,32 @@ struct ReceiverOptions {
 
 class Client;
 
+/// Messages pushed to a callback on a thread of the subscription's own, until it is stopped or
+/// destroyed. The callback may block and settle the message.
+class Subscription {
+ public:
+  Subscription() = default;
+  Subscription(Subscription&&) noexcept = default;
+  Subscription& operator=(Subscription&&) noexcept = default;
+  ~Subscription() { stop(); }
+  void stop();
+
+  struct State;  ///< Opaque.
+
+ private:
+  friend class Receiver;
+  std::shared_ptr<State> state_;
+};
+
+/// A rule of a subscription, as `enumerate-rules` lists it.
+struct RuleInfo {
+  std::string name;
+  std::optional<std::string> sql;  ///< SQL expression; `1=1` for the true filter.
+  std::optional<std::string> correlation_id;
+  std::optional<std::string> label;
+  std::map<std::string, PropertyValue> properties;
+};
+
 class Sender {
  public:
   /// Sends one message; returns when the service accepted it.
@@ -130,6 +156,15 @@ class Receiver {
   void complete_deferred(const std::vector<ReceivedMessage>& messages);
   /// Browses from a sequence number without locking; includes deferred and scheduled messages.
   std::vector<ReceivedMessage> peek(std::int64_t from_sequence_number, std::size_t count);
+
+  /// Delivers messages to `handler` as they arrive (up to `batch` at a time).
+  Subscription subscribe(std::function<void(ReceivedMessage&)> handler, std::size_t batch = 16);
+
+  /// Rules of the subscription this receiver reads (`topic/Subscriptions/name`).
+  void add_sql_rule(const std::string& name, const std::string& expression);
+  void add_correlation_rule(const std::string& name, const RuleInfo& filter);
+  void remove_rule(const std::string& name);
+  std::vector<RuleInfo> rules();
 
   const std::string& entity_path() const;
 
