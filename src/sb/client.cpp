@@ -1141,24 +1141,43 @@ void Sender::send(const std::vector<Message>& messages) {
 
 namespace {
 
-/// Runs a $management operation and waits for its reply; throws the error for a failed status.
-Value run_management(Client::Impl& c, std::shared_ptr<LinkEntry>& entry, const std::string& entity,
-                     const std::string& operation, Value body, bool none_ok = false) {
-  auto shared = std::make_shared<Shared<Value>>();
-  auto future = shared->promise.get_future();
-  c.post([&c, &entry, entity, operation, body = std::move(body), shared, none_ok] {
+/// Starts a $management operation; `done` gets the reply body, or the error of a failed status.
+void start_management(Client::Impl& c, std::shared_ptr<LinkEntry>& entry, const std::string& entity,
+                      const std::string& operation, Value body, bool none_ok,
+                      std::function<void(std::exception_ptr, Value)> done) {
+  c.post([&c, &entry, entity, operation, body = std::move(body), none_ok, done] {
     if (!entry) entry = c.management_entry(entity);
     c.management(
         entry, operation, body,
-        [shared, none_ok](int status, const std::string& text, const std::string& condition,
-                          const Value& reply) {
-          if (status == 200 || (none_ok && (status == 204 || status == 202)))
-            return shared->set(reply);
-          if (status == -1) return shared->fail(connection_lost(text));
-          shared->fail(error_for(condition, text, status));
+        [done, none_ok](int status, const std::string& text, const std::string& condition,
+                        const Value& reply) {
+          if (status == 200 || (none_ok && (status == 204 || status == 202))) {
+            return done(nullptr, reply);
+          }
+          if (status == -1) return done(connection_lost(text), Value::null());
+          done(error_for(condition, text, status), Value::null());
         },
-        [shared](std::exception_ptr e) { shared->fail(e); });
+        [done](std::exception_ptr e) { done(e, Value::null()); });
   });
+}
+
+std::future<Value> management_future(Client::Impl& c, std::shared_ptr<LinkEntry>& entry,
+                                     const std::string& entity, const std::string& operation,
+                                     Value body, bool none_ok = false) {
+  auto shared = std::make_shared<Shared<Value>>();
+  auto future = shared->promise.get_future();
+  start_management(c, entry, entity, operation, std::move(body), none_ok,
+                   [shared](std::exception_ptr e, Value reply) {
+                     if (e) return shared->fail(e);
+                     shared->set(std::move(reply));
+                   });
+  return future;
+}
+
+/// Runs a $management operation and waits for its reply; throws the error for a failed status.
+Value run_management(Client::Impl& c, std::shared_ptr<LinkEntry>& entry, const std::string& entity,
+                     const std::string& operation, Value body, bool none_ok = false) {
+  auto future = management_future(c, entry, entity, operation, std::move(body), none_ok);
   return c.wait(future, operation + " on " + entity);
 }
 
@@ -1235,35 +1254,51 @@ std::vector<ReceivedMessage> Receiver::receive(std::size_t max, milliseconds tim
 
 namespace {
 
-void settle(Receiver::Impl& r, const ReceivedMessage& message, std::uint64_t outcome,
-            const Value& annotations, bool undeliverable, const std::string& reason,
-            const std::string& description) {
+Value disposition_request(const std::string& status, std::vector<Value> tokens,
+                          const Value& annotations, const std::string& reason,
+                          const std::string& description) {
+  auto body = Value::map(
+      {{Value::string("disposition-status"), Value::string(status)},
+       {Value::string("lock-tokens"), Value::array(amqp::Type::kUuid, std::move(tokens))}});
+  if (status == "suspended") {
+    body.set(Value::string("deadletter-reason"), Value::string(reason));
+    body.set(Value::string("deadletter-description"), Value::string(description));
+  }
+  if (annotations.type() == amqp::Type::kMap && annotations.map_size() > 0) {
+    body.set(Value::string("properties-to-modify"), annotations);
+  }
+  return body;
+}
+
+std::string status_of(std::uint64_t outcome, bool undeliverable) {
+  return outcome == PN_ACCEPTED   ? "completed"
+         : outcome == PN_REJECTED ? "suspended"
+         : undeliverable          ? "defered"
+                                  : "abandoned";
+}
+
+std::future<void> settle_future(Receiver::Impl& r, const ReceivedMessage& message,
+                                std::uint64_t outcome, const Value& annotations, bool undeliverable,
+                                const std::string& reason, const std::string& description) {
   auto ref = std::static_pointer_cast<DeliveryRef>(message.settlement);
   if (!ref)
     throw InvalidArgument(
         "this message cannot be settled (received in receive-and-delete mode, or peeked)");
   auto& c = *r.client;
-  if (ref->lock) {
-    // Fetched by sequence number: settle over $management.
-    std::string status = outcome == PN_ACCEPTED   ? "completed"
-                         : outcome == PN_REJECTED ? "suspended"
-                         : undeliverable          ? "defered"
-                                                  : "abandoned";
-    auto body = Value::map({{Value::string("disposition-status"), Value::string(status)},
-                            {Value::string("lock-tokens"),
-                             Value::array(amqp::Type::kUuid, {Value::uuid(*ref->lock)})}});
-    if (outcome == PN_REJECTED) {
-      body.set(Value::string("deadletter-reason"), Value::string(reason));
-      body.set(Value::string("deadletter-description"), Value::string(description));
-    }
-    if (annotations.type() == amqp::Type::kMap && annotations.map_size() > 0) {
-      body.set(Value::string("properties-to-modify"), annotations);
-    }
-    run_management(c, r.management, r.entry->address, "com.microsoft:update-disposition", body);
-    return;
-  }
   auto shared = std::make_shared<Shared<void>>();
   auto future = shared->promise.get_future();
+  if (ref->lock) {
+    // Fetched by sequence number: settle over $management.
+    start_management(
+        c, r.management, r.entry->address, "com.microsoft:update-disposition",
+        disposition_request(status_of(outcome, undeliverable), {Value::uuid(*ref->lock)},
+                            annotations, reason, description),
+        false, [shared](std::exception_ptr e, const Value&) {
+          if (e) return shared->fail(e);
+          shared->set();
+        });
+    return future;
+  }
   c.post([&c, ref, outcome, annotations, undeliverable, reason, description, shared] {
     auto entry = ref->link.lock();
     if (!entry || ref->generation != c.generation || entry->link == nullptr ||
@@ -1297,7 +1332,14 @@ void settle(Receiver::Impl& r, const ReceivedMessage& message, std::uint64_t out
       shared->set();
     };
   });
-  c.wait(future, "settling message " + std::to_string(message.sequence_number));
+  return future;
+}
+
+void settle(Receiver::Impl& r, const ReceivedMessage& message, std::uint64_t outcome,
+            const Value& annotations, bool undeliverable, const std::string& reason,
+            const std::string& description) {
+  auto future = settle_future(r, message, outcome, annotations, undeliverable, reason, description);
+  r.client->wait(future, "settling message " + std::to_string(message.sequence_number));
 }
 
 Value to_annotations(const std::map<std::string, PropertyValue>& properties) {
@@ -1318,6 +1360,38 @@ void Receiver::defer(const ReceivedMessage& m, const std::map<std::string, Prope
 void Receiver::dead_letter(const ReceivedMessage& m, const std::string& reason,
                            const std::string& description) {
   settle(*impl_, m, PN_REJECTED, Value::null(), false, reason, description);
+}
+
+std::future<void> Receiver::complete_async(const ReceivedMessage& m) {
+  return settle_future(*impl_, m, PN_ACCEPTED, Value::null(), false, "", "");
+}
+std::future<void> Receiver::abandon_async(const ReceivedMessage& m) {
+  return settle_future(*impl_, m, PN_MODIFIED, Value::null(), false, "", "");
+}
+std::future<void> Receiver::defer_async(const ReceivedMessage& m) {
+  return settle_future(*impl_, m, PN_MODIFIED, Value::null(), true, "", "");
+}
+std::future<void> Receiver::dead_letter_async(const ReceivedMessage& m, const std::string& reason,
+                                              const std::string& description) {
+  return settle_future(*impl_, m, PN_REJECTED, Value::null(), false, reason, description);
+}
+
+void Receiver::settle_deferred(const std::vector<ReceivedMessage>& messages,
+                               Disposition disposition, const std::string& reason,
+                               const std::string& description) {
+  std::vector<Value> tokens;
+  for (const auto& m : messages) {
+    auto token = amqp::uuid_from_string(m.lock_token);
+    if (!token)
+      throw InvalidArgument("message " + std::to_string(m.sequence_number) + " holds no lock");
+    tokens.push_back(Value::uuid(*token));
+  }
+  if (tokens.empty()) return;
+  static const char* kStatus[] = {"completed", "abandoned", "defered", "suspended"};
+  run_management(*impl_->client, impl_->management, impl_->entry->address,
+                 "com.microsoft:update-disposition",
+                 disposition_request(kStatus[static_cast<int>(disposition)], std::move(tokens),
+                                     Value::null(), reason, description));
 }
 
 Clock::time_point Receiver::renew_lock(const ReceivedMessage& m) {
@@ -1353,19 +1427,7 @@ std::vector<ReceivedMessage> Receiver::receive_deferred(const std::vector<std::i
 }
 
 void Receiver::complete_deferred(const std::vector<ReceivedMessage>& messages) {
-  std::vector<Value> tokens;
-  for (const auto& m : messages) {
-    auto token = amqp::uuid_from_string(m.lock_token);
-    if (!token)
-      throw InvalidArgument("message " + std::to_string(m.sequence_number) + " holds no lock");
-    tokens.push_back(Value::uuid(*token));
-  }
-  if (tokens.empty()) return;
-  run_management(
-      *impl_->client, impl_->management, impl_->entry->address, "com.microsoft:update-disposition",
-      Value::map(
-          {{Value::string("disposition-status"), Value::string("completed")},
-           {Value::string("lock-tokens"), Value::array(amqp::Type::kUuid, std::move(tokens))}}));
+  settle_deferred(messages, Disposition::kComplete);
 }
 
 std::vector<ReceivedMessage> Receiver::peek(std::int64_t from, std::size_t count) {

@@ -338,3 +338,35 @@ TEST_F(SbClient, AnUnansweredCallTimesOut) {
 
 }  // namespace
 }  // namespace metro::sb
+
+namespace metro::sb {
+namespace {
+
+TEST_F(SbClient, FutureFormsAndBatchedSettlementOfDeferredMessages) {
+  Client client(bus_.connection_string(), quick());
+  client.create_sender("q").send(std::vector<Message>{text("1"), text("2"), text("3"), text("4")});
+  auto receiver = client.create_receiver("q", {ReceiveMode::kPeekLock, 8});
+  std::vector<ReceivedMessage> got;
+  while (got.size() < 4) {
+    auto more = receiver.receive(4, 5s);
+    got.insert(got.end(), more.begin(), more.end());
+  }
+  std::vector<std::future<void>> pending;
+  for (auto& m : got) pending.push_back(receiver.defer_async(m));
+  for (auto& f : pending) f.get();
+  EXPECT_EQ(bus_.counts("q").deferred, 4u);
+  auto deferred = receiver.receive_deferred({got[0].sequence_number, got[1].sequence_number,
+                                             got[2].sequence_number, got[3].sequence_number});
+  receiver.settle_deferred({deferred[0], deferred[1]}, Disposition::kDeadLetter, "Poison", "bad");
+  receiver.complete_async(deferred[2]).get();
+  receiver.settle_deferred({deferred[3]}, Disposition::kAbandon);  // stays deferred
+  auto counts = bus_.counts("q");
+  EXPECT_EQ(counts.deferred, 1u);
+  EXPECT_EQ(counts.dead_lettered, 2u);
+  auto dead = client.create_receiver("q/$DeadLetterQueue").receive(2, 5s);
+  ASSERT_FALSE(dead.empty());
+  EXPECT_EQ(dead[0].dead_letter_reason, "Poison");
+}
+
+}  // namespace
+}  // namespace metro::sb

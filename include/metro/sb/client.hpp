@@ -78,6 +78,9 @@ struct ClientOptions {
 
 enum class ReceiveMode { kPeekLock, kReceiveAndDelete };
 
+/// How a batch of messages fetched by sequence number is settled.
+enum class Disposition { kComplete, kAbandon, kDefer, kDeadLetter };
+
 struct ReceiverOptions {
   ReceiveMode mode = ReceiveMode::kPeekLock;
   std::uint32_t prefetch = 0;  ///< Messages held ahead of receive(); 0: only what receive() asks.
@@ -147,12 +150,19 @@ class Receiver {
              const std::map<std::string, PropertyValue>& properties_to_modify = {});
   void dead_letter(const ReceivedMessage& message, const std::string& reason,
                    const std::string& description);
+  std::future<void> complete_async(const ReceivedMessage& message);
+  std::future<void> abandon_async(const ReceivedMessage& message);
+  std::future<void> defer_async(const ReceivedMessage& message);
+  std::future<void> dead_letter_async(const ReceivedMessage& message, const std::string& reason,
+                                      const std::string& description);
   /// Moves the lock's expiry; returns the new one.
   Clock::time_point renew_lock(const ReceivedMessage& message);
 
   /// Fetches deferred messages by sequence number (peek-lock: they are locked for settlement).
   std::vector<ReceivedMessage> receive_deferred(const std::vector<std::int64_t>& sequence_numbers);
   /// Settles many messages fetched by sequence number in one `update-disposition` request.
+  void settle_deferred(const std::vector<ReceivedMessage>& messages, Disposition disposition,
+                       const std::string& reason = {}, const std::string& description = {});
   void complete_deferred(const std::vector<ReceivedMessage>& messages);
   /// Browses from a sequence number without locking; includes deferred and scheduled messages.
   std::vector<ReceivedMessage> peek(std::int64_t from_sequence_number, std::size_t count);
