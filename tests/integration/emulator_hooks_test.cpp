@@ -85,7 +85,9 @@ TEST(EmulatorHooks, DroppedConnectionsReconnectAndLoseNothing) {
       },
       std::chrono::seconds(10), "the first message");
   bus.drop_connections();
-  EXPECT_TRUE(peer.call({{"op", "send"}, {"entity", "drop"}, {"bodies", {"after"}}})["ok"]);
+  // The SDK notices the drop and reconnects on its own schedule (retries with backoff).
+  EXPECT_TRUE(peer.call({{"op", "send"}, {"entity", "drop"}, {"bodies", {"after"}}},
+                        std::chrono::seconds(90))["ok"]);
   wait_until(
       [&] {
         return peer.call({{"op", "subscribed"}})["bodies"].size() == 2;

@@ -7,7 +7,7 @@ const { ServiceBusClient } = require("@azure/service-bus");
 const Long = require("long");
 
 const client = new ServiceBusClient(process.argv[2], {
-  retryOptions: { maxRetries: 5, retryDelayInMs: 100, timeoutInMs: 5000 },
+  retryOptions: { maxRetries: 10, retryDelayInMs: 100, timeoutInMs: 3000 },
 });
 const held = new Map();          // sequence number -> [receiver, message]
 const receivers = new Map();     // entity -> receiver
