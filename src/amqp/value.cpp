@@ -1,13 +1,13 @@
 #include "value.hpp"
 
-#include "value_pn.hpp"
+#include <cstring>
+#include <limits>
+#include <memory>
 
 #include <openssl/rand.h>
 #include <proton/codec.h>
 
-#include <cstring>
-#include <limits>
-#include <memory>
+#include "value_pn.hpp"
 
 namespace metro::amqp {
 namespace {
@@ -21,85 +21,152 @@ pn_bytes_t bytes_of(const std::string& s) { return pn_bytes(s.size(), s.data());
 
 const char* type_name(Type t) {
   switch (t) {
-    case Type::kNull: return "null";
-    case Type::kBool: return "boolean";
-    case Type::kUbyte: return "ubyte";
-    case Type::kUshort: return "ushort";
-    case Type::kUint: return "uint";
-    case Type::kUlong: return "ulong";
-    case Type::kByte: return "byte";
-    case Type::kShort: return "short";
-    case Type::kInt: return "int";
-    case Type::kLong: return "long";
-    case Type::kFloat: return "float";
-    case Type::kDouble: return "double";
-    case Type::kChar: return "char";
-    case Type::kTimestamp: return "timestamp";
-    case Type::kUuid: return "uuid";
-    case Type::kBinary: return "binary";
-    case Type::kString: return "string";
-    case Type::kSymbol: return "symbol";
-    case Type::kList: return "list";
-    case Type::kMap: return "map";
-    case Type::kArray: return "array";
-    case Type::kDescribed: return "described";
+    case Type::kNull:
+      return "null";
+    case Type::kBool:
+      return "boolean";
+    case Type::kUbyte:
+      return "ubyte";
+    case Type::kUshort:
+      return "ushort";
+    case Type::kUint:
+      return "uint";
+    case Type::kUlong:
+      return "ulong";
+    case Type::kByte:
+      return "byte";
+    case Type::kShort:
+      return "short";
+    case Type::kInt:
+      return "int";
+    case Type::kLong:
+      return "long";
+    case Type::kFloat:
+      return "float";
+    case Type::kDouble:
+      return "double";
+    case Type::kChar:
+      return "char";
+    case Type::kTimestamp:
+      return "timestamp";
+    case Type::kUuid:
+      return "uuid";
+    case Type::kBinary:
+      return "binary";
+    case Type::kString:
+      return "string";
+    case Type::kSymbol:
+      return "symbol";
+    case Type::kList:
+      return "list";
+    case Type::kMap:
+      return "map";
+    case Type::kArray:
+      return "array";
+    case Type::kDescribed:
+      return "described";
   }
   return "?";
 }
 
 pn_type_t to_pn(Type t) {
   switch (t) {
-    case Type::kNull: return PN_NULL;
-    case Type::kBool: return PN_BOOL;
-    case Type::kUbyte: return PN_UBYTE;
-    case Type::kUshort: return PN_USHORT;
-    case Type::kUint: return PN_UINT;
-    case Type::kUlong: return PN_ULONG;
-    case Type::kByte: return PN_BYTE;
-    case Type::kShort: return PN_SHORT;
-    case Type::kInt: return PN_INT;
-    case Type::kLong: return PN_LONG;
-    case Type::kFloat: return PN_FLOAT;
-    case Type::kDouble: return PN_DOUBLE;
-    case Type::kChar: return PN_CHAR;
-    case Type::kTimestamp: return PN_TIMESTAMP;
-    case Type::kUuid: return PN_UUID;
-    case Type::kBinary: return PN_BINARY;
-    case Type::kString: return PN_STRING;
-    case Type::kSymbol: return PN_SYMBOL;
-    case Type::kList: return PN_LIST;
-    case Type::kMap: return PN_MAP;
-    case Type::kArray: return PN_ARRAY;
-    case Type::kDescribed: return PN_DESCRIBED;
+    case Type::kNull:
+      return PN_NULL;
+    case Type::kBool:
+      return PN_BOOL;
+    case Type::kUbyte:
+      return PN_UBYTE;
+    case Type::kUshort:
+      return PN_USHORT;
+    case Type::kUint:
+      return PN_UINT;
+    case Type::kUlong:
+      return PN_ULONG;
+    case Type::kByte:
+      return PN_BYTE;
+    case Type::kShort:
+      return PN_SHORT;
+    case Type::kInt:
+      return PN_INT;
+    case Type::kLong:
+      return PN_LONG;
+    case Type::kFloat:
+      return PN_FLOAT;
+    case Type::kDouble:
+      return PN_DOUBLE;
+    case Type::kChar:
+      return PN_CHAR;
+    case Type::kTimestamp:
+      return PN_TIMESTAMP;
+    case Type::kUuid:
+      return PN_UUID;
+    case Type::kBinary:
+      return PN_BINARY;
+    case Type::kString:
+      return PN_STRING;
+    case Type::kSymbol:
+      return PN_SYMBOL;
+    case Type::kList:
+      return PN_LIST;
+    case Type::kMap:
+      return PN_MAP;
+    case Type::kArray:
+      return PN_ARRAY;
+    case Type::kDescribed:
+      return PN_DESCRIBED;
   }
   return PN_NULL;
 }
 
 std::optional<Type> from_pn(pn_type_t t) {
   switch (t) {
-    case PN_NULL: return Type::kNull;
-    case PN_BOOL: return Type::kBool;
-    case PN_UBYTE: return Type::kUbyte;
-    case PN_USHORT: return Type::kUshort;
-    case PN_UINT: return Type::kUint;
-    case PN_ULONG: return Type::kUlong;
-    case PN_BYTE: return Type::kByte;
-    case PN_SHORT: return Type::kShort;
-    case PN_INT: return Type::kInt;
-    case PN_LONG: return Type::kLong;
-    case PN_FLOAT: return Type::kFloat;
-    case PN_DOUBLE: return Type::kDouble;
-    case PN_CHAR: return Type::kChar;
-    case PN_TIMESTAMP: return Type::kTimestamp;
-    case PN_UUID: return Type::kUuid;
-    case PN_BINARY: return Type::kBinary;
-    case PN_STRING: return Type::kString;
-    case PN_SYMBOL: return Type::kSymbol;
-    case PN_LIST: return Type::kList;
-    case PN_MAP: return Type::kMap;
-    case PN_ARRAY: return Type::kArray;
-    case PN_DESCRIBED: return Type::kDescribed;
-    default: return std::nullopt;  // decimals and other types Service Bus does not use
+    case PN_NULL:
+      return Type::kNull;
+    case PN_BOOL:
+      return Type::kBool;
+    case PN_UBYTE:
+      return Type::kUbyte;
+    case PN_USHORT:
+      return Type::kUshort;
+    case PN_UINT:
+      return Type::kUint;
+    case PN_ULONG:
+      return Type::kUlong;
+    case PN_BYTE:
+      return Type::kByte;
+    case PN_SHORT:
+      return Type::kShort;
+    case PN_INT:
+      return Type::kInt;
+    case PN_LONG:
+      return Type::kLong;
+    case PN_FLOAT:
+      return Type::kFloat;
+    case PN_DOUBLE:
+      return Type::kDouble;
+    case PN_CHAR:
+      return Type::kChar;
+    case PN_TIMESTAMP:
+      return Type::kTimestamp;
+    case PN_UUID:
+      return Type::kUuid;
+    case PN_BINARY:
+      return Type::kBinary;
+    case PN_STRING:
+      return Type::kString;
+    case PN_SYMBOL:
+      return Type::kSymbol;
+    case PN_LIST:
+      return Type::kList;
+    case PN_MAP:
+      return Type::kMap;
+    case PN_ARRAY:
+      return Type::kArray;
+    case PN_DESCRIBED:
+      return Type::kDescribed;
+    default:
+      return std::nullopt;  // decimals and other types Service Bus does not use
   }
 }
 
@@ -113,33 +180,79 @@ void put_items(pn_data_t* d, const Value& v) {
 
 void put(pn_data_t* d, const Value& v) {
   switch (v.type()) {
-    case Type::kNull: pn_data_put_null(d); break;
-    case Type::kBool: pn_data_put_bool(d, v.as_bool()); break;
-    case Type::kUbyte: pn_data_put_ubyte(d, static_cast<std::uint8_t>(v.as_uint64())); break;
-    case Type::kUshort: pn_data_put_ushort(d, static_cast<std::uint16_t>(v.as_uint64())); break;
-    case Type::kUint: pn_data_put_uint(d, static_cast<std::uint32_t>(v.as_uint64())); break;
-    case Type::kUlong: pn_data_put_ulong(d, v.as_uint64()); break;
-    case Type::kByte: pn_data_put_byte(d, static_cast<std::int8_t>(v.as_int64())); break;
-    case Type::kShort: pn_data_put_short(d, static_cast<std::int16_t>(v.as_int64())); break;
-    case Type::kInt: pn_data_put_int(d, static_cast<std::int32_t>(v.as_int64())); break;
-    case Type::kLong: pn_data_put_long(d, v.as_int64()); break;
-    case Type::kFloat: pn_data_put_float(d, static_cast<float>(v.as_double())); break;
-    case Type::kDouble: pn_data_put_double(d, v.as_double()); break;
-    case Type::kChar: pn_data_put_char(d, static_cast<pn_char_t>(v.as_uint64())); break;
-    case Type::kTimestamp: pn_data_put_timestamp(d, v.as_timestamp()); break;
+    case Type::kNull:
+      pn_data_put_null(d);
+      break;
+    case Type::kBool:
+      pn_data_put_bool(d, v.as_bool());
+      break;
+    case Type::kUbyte:
+      pn_data_put_ubyte(d, static_cast<std::uint8_t>(v.as_uint64()));
+      break;
+    case Type::kUshort:
+      pn_data_put_ushort(d, static_cast<std::uint16_t>(v.as_uint64()));
+      break;
+    case Type::kUint:
+      pn_data_put_uint(d, static_cast<std::uint32_t>(v.as_uint64()));
+      break;
+    case Type::kUlong:
+      pn_data_put_ulong(d, v.as_uint64());
+      break;
+    case Type::kByte:
+      pn_data_put_byte(d, static_cast<std::int8_t>(v.as_int64()));
+      break;
+    case Type::kShort:
+      pn_data_put_short(d, static_cast<std::int16_t>(v.as_int64()));
+      break;
+    case Type::kInt:
+      pn_data_put_int(d, static_cast<std::int32_t>(v.as_int64()));
+      break;
+    case Type::kLong:
+      pn_data_put_long(d, v.as_int64());
+      break;
+    case Type::kFloat:
+      pn_data_put_float(d, static_cast<float>(v.as_double()));
+      break;
+    case Type::kDouble:
+      pn_data_put_double(d, v.as_double());
+      break;
+    case Type::kChar:
+      pn_data_put_char(d, static_cast<pn_char_t>(v.as_uint64()));
+      break;
+    case Type::kTimestamp:
+      pn_data_put_timestamp(d, v.as_timestamp());
+      break;
     case Type::kUuid: {
       pn_uuid_t u;
       std::memcpy(u.bytes, v.as_uuid().data(), 16);
       pn_data_put_uuid(d, u);
       break;
     }
-    case Type::kBinary: pn_data_put_binary(d, bytes_of(v.as_bytes())); break;
-    case Type::kString: pn_data_put_string(d, bytes_of(v.as_bytes())); break;
-    case Type::kSymbol: pn_data_put_symbol(d, bytes_of(v.as_bytes())); break;
-    case Type::kList: pn_data_put_list(d); put_items(d, v); break;
-    case Type::kMap: pn_data_put_map(d); put_items(d, v); break;
-    case Type::kArray: pn_data_put_array(d, false, to_pn(v.array_type())); put_items(d, v); break;
-    case Type::kDescribed: pn_data_put_described(d); put_items(d, v); break;
+    case Type::kBinary:
+      pn_data_put_binary(d, bytes_of(v.as_bytes()));
+      break;
+    case Type::kString:
+      pn_data_put_string(d, bytes_of(v.as_bytes()));
+      break;
+    case Type::kSymbol:
+      pn_data_put_symbol(d, bytes_of(v.as_bytes()));
+      break;
+    case Type::kList:
+      pn_data_put_list(d);
+      put_items(d, v);
+      break;
+    case Type::kMap:
+      pn_data_put_map(d);
+      put_items(d, v);
+      break;
+    case Type::kArray:
+      pn_data_put_array(d, false, to_pn(v.array_type()));
+      put_items(d, v);
+      break;
+    case Type::kDescribed:
+      pn_data_put_described(d);
+      put_items(d, v);
+      break;
   }
 }
 
@@ -151,20 +264,34 @@ Value get(pn_data_t* d) {
     throw DecodeError(std::string("unsupported AMQP type ") + pn_type_name(pn_data_type(d)));
   }
   switch (*type) {
-    case Type::kNull: return Value::null();
-    case Type::kBool: return Value::boolean(pn_data_get_bool(d));
-    case Type::kUbyte: return Value::ubyte(pn_data_get_ubyte(d));
-    case Type::kUshort: return Value::ushort(pn_data_get_ushort(d));
-    case Type::kUint: return Value::uint(pn_data_get_uint(d));
-    case Type::kUlong: return Value::ulong(pn_data_get_ulong(d));
-    case Type::kByte: return Value::byte(pn_data_get_byte(d));
-    case Type::kShort: return Value::short_(pn_data_get_short(d));
-    case Type::kInt: return Value::int_(pn_data_get_int(d));
-    case Type::kLong: return Value::long_(pn_data_get_long(d));
-    case Type::kFloat: return Value::float_(pn_data_get_float(d));
-    case Type::kDouble: return Value::double_(pn_data_get_double(d));
-    case Type::kChar: return Value::char_(pn_data_get_char(d));
-    case Type::kTimestamp: return Value::timestamp(pn_data_get_timestamp(d));
+    case Type::kNull:
+      return Value::null();
+    case Type::kBool:
+      return Value::boolean(pn_data_get_bool(d));
+    case Type::kUbyte:
+      return Value::ubyte(pn_data_get_ubyte(d));
+    case Type::kUshort:
+      return Value::ushort(pn_data_get_ushort(d));
+    case Type::kUint:
+      return Value::uint(pn_data_get_uint(d));
+    case Type::kUlong:
+      return Value::ulong(pn_data_get_ulong(d));
+    case Type::kByte:
+      return Value::byte(pn_data_get_byte(d));
+    case Type::kShort:
+      return Value::short_(pn_data_get_short(d));
+    case Type::kInt:
+      return Value::int_(pn_data_get_int(d));
+    case Type::kLong:
+      return Value::long_(pn_data_get_long(d));
+    case Type::kFloat:
+      return Value::float_(pn_data_get_float(d));
+    case Type::kDouble:
+      return Value::double_(pn_data_get_double(d));
+    case Type::kChar:
+      return Value::char_(pn_data_get_char(d));
+    case Type::kTimestamp:
+      return Value::timestamp(pn_data_get_timestamp(d));
     case Type::kUuid: {
       Uuid u;
       auto raw = pn_data_get_uuid(d);
@@ -183,7 +310,8 @@ Value get(pn_data_t* d) {
       auto b = pn_data_get_symbol(d);
       return Value::symbol(std::string(b.start, b.size));
     }
-    case Type::kList: return Value::list(get_children(d, pn_data_get_list(d)));
+    case Type::kList:
+      return Value::list(get_children(d, pn_data_get_list(d)));
     case Type::kMap: {
       auto flat = get_children(d, pn_data_get_map(d));
       if (flat.size() % 2 != 0) throw DecodeError("a map with an odd number of elements");
@@ -257,8 +385,14 @@ Value Value::described(Value descriptor, Value value) {
 
 bool Value::is_integer() const {
   switch (type_) {
-    case Type::kUbyte: case Type::kUshort: case Type::kUint: case Type::kUlong:
-    case Type::kByte: case Type::kShort: case Type::kInt: case Type::kLong:
+    case Type::kUbyte:
+    case Type::kUshort:
+    case Type::kUint:
+    case Type::kUlong:
+    case Type::kByte:
+    case Type::kShort:
+    case Type::kInt:
+    case Type::kLong:
       return true;
     default:
       return false;
@@ -266,7 +400,8 @@ bool Value::is_integer() const {
 }
 
 bool Value::as_bool() const {
-  if (type_ != Type::kBool) throw DecodeError(std::string("expected a boolean, got ") + type_name(type_));
+  if (type_ != Type::kBool)
+    throw DecodeError(std::string("expected a boolean, got ") + type_name(type_));
   return std::get<bool>(storage_);
 }
 
@@ -357,14 +492,25 @@ void Value::erase(std::string_view key) {
 
 std::string Value::to_string() const {
   switch (type_) {
-    case Type::kNull: return "null";
-    case Type::kBool: return as_bool() ? "true" : "false";
-    case Type::kString: return "\"" + as_bytes() + "\"";
-    case Type::kSymbol: return ":" + as_bytes();
-    case Type::kBinary: return "b(" + std::to_string(as_bytes().size()) + " bytes)";
-    case Type::kUuid: return amqp::to_string(as_uuid());
-    case Type::kFloat: case Type::kDouble: return std::to_string(as_double());
-    case Type::kList: case Type::kMap: case Type::kArray: case Type::kDescribed: {
+    case Type::kNull:
+      return "null";
+    case Type::kBool:
+      return as_bool() ? "true" : "false";
+    case Type::kString:
+      return "\"" + as_bytes() + "\"";
+    case Type::kSymbol:
+      return ":" + as_bytes();
+    case Type::kBinary:
+      return "b(" + std::to_string(as_bytes().size()) + " bytes)";
+    case Type::kUuid:
+      return amqp::to_string(as_uuid());
+    case Type::kFloat:
+    case Type::kDouble:
+      return std::to_string(as_double());
+    case Type::kList:
+    case Type::kMap:
+    case Type::kArray:
+    case Type::kDescribed: {
       std::string out = type_ == Type::kMap ? "{" : (type_ == Type::kDescribed ? "@" : "[");
       bool first = true;
       for (const auto& item : items()) {
@@ -382,6 +528,37 @@ std::string Value::to_string() const {
 
 bool operator==(const Value& a, const Value& b) {
   return a.type_ == b.type_ && a.array_type_ == b.array_type_ && a.storage_ == b.storage_;
+}
+
+Simple to_simple(const Value& v) {
+  switch (v.type()) {
+    case Type::kBool:
+      return v.as_bool();
+    case Type::kFloat:
+    case Type::kDouble:
+      return v.as_double();
+    case Type::kString:
+    case Type::kSymbol:
+      return v.as_bytes();
+    case Type::kTimestamp:
+      return v.as_timestamp();
+    case Type::kUuid:
+      return to_string(v.as_uuid());
+    default:
+      if (!v.is_integer()) return std::monostate{};
+      if (v.type() == Type::kUlong && v.as_uint64() > static_cast<std::uint64_t>(INT64_MAX)) {
+        return static_cast<double>(v.as_uint64());
+      }
+      return v.as_int64();
+  }
+}
+
+Value from_simple(const Simple& s) {
+  if (const auto* b = std::get_if<bool>(&s)) return Value::boolean(*b);
+  if (const auto* i = std::get_if<std::int64_t>(&s)) return Value::long_(*i);
+  if (const auto* d = std::get_if<double>(&s)) return Value::double_(*d);
+  if (const auto* t = std::get_if<std::string>(&s)) return Value::string(*t);
+  return Value::null();
 }
 
 std::string encode(const Value& value) {
@@ -453,7 +630,7 @@ Uuid random_uuid() {
 }
 
 Uuid swap_guid_bytes(const Uuid& u) {
-  return {u[3], u[2], u[1], u[0], u[5], u[4], u[7], u[6],
+  return {u[3], u[2], u[1],  u[0],  u[5],  u[4],  u[7],  u[6],
           u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]};
 }
 

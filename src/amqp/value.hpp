@@ -18,8 +18,28 @@
 namespace metro::amqp {
 
 enum class Type {
-  kNull, kBool, kUbyte, kUshort, kUint, kUlong, kByte, kShort, kInt, kLong, kFloat, kDouble,
-  kChar, kTimestamp, kUuid, kBinary, kString, kSymbol, kList, kMap, kArray, kDescribed,
+  kNull,
+  kBool,
+  kUbyte,
+  kUshort,
+  kUint,
+  kUlong,
+  kByte,
+  kShort,
+  kInt,
+  kLong,
+  kFloat,
+  kDouble,
+  kChar,
+  kTimestamp,
+  kUuid,
+  kBinary,
+  kString,
+  kSymbol,
+  kList,
+  kMap,
+  kArray,
+  kDescribed,
 };
 
 /// A UUID in RFC-4122 (network) byte order.
@@ -107,6 +127,15 @@ class Value {
   Type array_type_ = Type::kNull;
   Storage storage_;
 };
+
+/// A simple value, as application properties and filters use them (the same type as
+/// `metro::sb::PropertyValue` and `metro::emulator::Scalar`).
+using Simple = std::variant<std::monostate, bool, std::int64_t, double, std::string>;
+/// Integers (and timestamps) as int64 (a ulong beyond it as double), floats as double, text as
+/// string, a uuid as its text; anything else as monostate.
+Simple to_simple(const Value& value);
+/// bool, long, double or string; monostate as null.
+Value from_simple(const Simple& simple);
 
 /// The wire encoding of one value.
 std::string encode(const Value& value);

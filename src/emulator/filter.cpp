@@ -603,43 +603,9 @@ std::optional<std::string> optional_text(const Value& map, std::string_view key)
 
 }  // namespace
 
-Scalar to_scalar(const Value& v) {
-  switch (v.type()) {
-    case amqp::Type::kBool:
-      return v.as_bool();
-    case amqp::Type::kUbyte:
-    case amqp::Type::kUshort:
-    case amqp::Type::kUint:
-    case amqp::Type::kByte:
-    case amqp::Type::kShort:
-    case amqp::Type::kInt:
-    case amqp::Type::kLong:
-    case amqp::Type::kTimestamp:
-      return v.type() == amqp::Type::kTimestamp ? v.as_timestamp() : v.as_int64();
-    case amqp::Type::kUlong:
-      return v.as_uint64() > static_cast<std::uint64_t>(INT64_MAX)
-                 ? Scalar{static_cast<double>(v.as_uint64())}
-                 : Scalar{static_cast<std::int64_t>(v.as_uint64())};
-    case amqp::Type::kFloat:
-    case amqp::Type::kDouble:
-      return v.as_double();
-    case amqp::Type::kString:
-    case amqp::Type::kSymbol:
-      return v.as_bytes();
-    case amqp::Type::kUuid:
-      return amqp::to_string(v.as_uuid());
-    default:
-      return std::monostate{};
-  }
-}
+Scalar to_scalar(const Value& v) { return amqp::to_simple(v); }
 
-Value to_value(const Scalar& s) {
-  if (auto* b = std::get_if<bool>(&s)) return Value::boolean(*b);
-  if (auto* i = std::get_if<std::int64_t>(&s)) return Value::long_(*i);
-  if (auto* d = std::get_if<double>(&s)) return Value::double_(*d);
-  if (auto* t = std::get_if<std::string>(&s)) return Value::string(*t);
-  return Value::null();
-}
+Value to_value(const Scalar& s) { return amqp::from_simple(s); }
 
 std::shared_ptr<const Filter> true_filter() { return std::make_shared<ConstantFilter>(true); }
 std::shared_ptr<const Filter> false_filter() { return std::make_shared<ConstantFilter>(false); }

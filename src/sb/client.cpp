@@ -42,38 +42,8 @@ Clock::time_point from_ms(std::int64_t ms) { return Clock::time_point(millisecon
 
 std::string text_of(const char* s) { return s == nullptr ? std::string() : std::string(s); }
 
-Value to_value(const PropertyValue& v) {
-  if (auto* b = std::get_if<bool>(&v)) return Value::boolean(*b);
-  if (auto* i = std::get_if<std::int64_t>(&v)) return Value::long_(*i);
-  if (auto* d = std::get_if<double>(&v)) return Value::double_(*d);
-  if (auto* s = std::get_if<std::string>(&v)) return Value::string(*s);
-  return Value::null();
-}
-
-PropertyValue to_property(const Value& v) {
-  switch (v.type()) {
-    case amqp::Type::kBool:
-      return v.as_bool();
-    case amqp::Type::kFloat:
-    case amqp::Type::kDouble:
-      return v.as_double();
-    case amqp::Type::kString:
-    case amqp::Type::kSymbol:
-      return v.as_bytes();
-    case amqp::Type::kTimestamp:
-      return v.as_timestamp();
-    case amqp::Type::kUuid:
-      return amqp::to_string(v.as_uuid());
-    default:
-      if (v.is_integer()) {
-        if (v.type() == amqp::Type::kUlong && v.as_uint64() > INT64_MAX) {
-          return static_cast<double>(v.as_uint64());
-        }
-        return v.as_int64();
-      }
-      return std::monostate{};
-  }
-}
+Value to_value(const PropertyValue& v) { return amqp::from_simple(v); }
+PropertyValue to_property(const Value& v) { return amqp::to_simple(v); }
 
 Value property_map(const std::map<std::string, PropertyValue>& properties) {
   std::vector<std::pair<Value, Value>> entries;
@@ -1067,40 +1037,41 @@ ConnectionState Client::state() const {
   return impl_->state;
 }
 
-Sender Client::create_sender(const std::string& entity) {
-  auto impl = std::make_shared<Sender::Impl>();
-  impl->client = impl_;
-  impl->entry = std::make_shared<LinkEntry>();
-  impl->entry->kind = LinkEntry::Kind::kSender;
-  impl->entry->address = entity;
+namespace {
+
+/// Registers a link with the client, attaches it and waits until it is ready (or refused).
+std::shared_ptr<LinkEntry> attach_link(const std::shared_ptr<Client::Impl>& client,
+                                       LinkEntry::Kind kind, const std::string& address,
+                                       ReceiverOptions options) {
+  auto entry = std::make_shared<LinkEntry>();
+  entry->kind = kind;
+  entry->address = address;
+  entry->receiver = options;
   auto shared = std::make_shared<Shared<void>>();
   auto future = shared->promise.get_future();
-  impl_->post([c = impl_.get(), entry = impl->entry, shared] {
+  client->post([c = client.get(), entry, shared] {
     c->links.push_back(entry);
     c->attach(entry);
     c->when_ready(
         entry, [shared] { shared->set(); }, [shared](std::exception_ptr e) { shared->fail(e); });
   });
-  impl_->wait(future, "attaching a sender to " + entity);
+  client->wait(future, "attaching a link to " + address);
+  return entry;
+}
+
+}  // namespace
+
+Sender Client::create_sender(const std::string& entity) {
+  auto impl = std::make_shared<Sender::Impl>();
+  impl->client = impl_;
+  impl->entry = attach_link(impl_, LinkEntry::Kind::kSender, entity, {});
   return Sender(std::move(impl));
 }
 
 Receiver Client::create_receiver(const std::string& entity_path, ReceiverOptions options) {
   auto impl = std::make_shared<Receiver::Impl>();
   impl->client = impl_;
-  impl->entry = std::make_shared<LinkEntry>();
-  impl->entry->kind = LinkEntry::Kind::kReceiver;
-  impl->entry->address = entity_path;
-  impl->entry->receiver = options;
-  auto shared = std::make_shared<Shared<void>>();
-  auto future = shared->promise.get_future();
-  impl_->post([c = impl_.get(), entry = impl->entry, shared] {
-    c->links.push_back(entry);
-    c->attach(entry);
-    c->when_ready(
-        entry, [shared] { shared->set(); }, [shared](std::exception_ptr e) { shared->fail(e); });
-  });
-  impl_->wait(future, "attaching a receiver to " + entity_path);
+  impl->entry = attach_link(impl_, LinkEntry::Kind::kReceiver, entity_path, options);
   return Receiver(std::move(impl));
 }
 
