@@ -1,5 +1,6 @@
 // The emulator's AMQP server: one Proton proactor thread drives every connection and the broker.
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -163,7 +164,7 @@ class Server {
   std::mutex mutex_;
   std::deque<std::function<void()>> tasks_;
   bool running_ = false;
-  bool stopping_ = false;
+  std::atomic<bool> stopping_{false};  // read by the event thread without the mutex
   std::uint64_t next_id_ = 1;
   std::set<pn_connection_t*> connections_;
   std::size_t dropping_ = 0;  // connections marked to drop whose transport has not closed yet
