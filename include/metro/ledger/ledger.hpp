@@ -1,0 +1,108 @@
+#pragma once
+
+/// The durable record of every deferred message and of each handler run on it: what `metro run`
+/// writes before it defers a message (so no sequence number is ever lost) and what the API lists.
+/// Thread-safety: a `Ledger` may be used from any number of threads at once.
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <metro/error.hpp>
+
+namespace metro::ledger {
+
+using Clock = std::chrono::system_clock;
+
+/// The states of design.md.
+enum class State {
+  kDeferring,
+  kDeferred,
+  kRunning,
+  kRetrying,
+  kFailed,
+  kCompleted,
+  kDeadLettered,
+  kOrphaned
+};
+
+std::string_view to_string(State state);
+std::optional<State> state_from_string(std::string_view text);
+
+/// A deferred message is known by its topic, subscription and sequence number.
+struct MessageKey {
+  std::string topic;
+  std::string subscription;
+  std::int64_t sequence_number = 0;
+  friend bool operator==(const MessageKey&, const MessageKey&) = default;
+};
+
+struct DeferredMessage {
+  MessageKey key;
+  std::string subject;
+  std::string message_id;
+  std::string correlation_id;
+  std::string body;  ///< Up to the configured limit.
+  bool body_truncated = false;
+  State state = State::kDeferring;
+  Clock::time_point created;
+  Clock::time_point updated;
+  std::string last_error;
+};
+
+struct HandlerRun {
+  enum class Outcome { kRunning, kSucceeded, kFailed, kRetry };
+  std::string handler;
+  int attempt = 1;
+  Outcome outcome = Outcome::kRunning;
+  Clock::time_point started;
+  std::optional<Clock::time_point> finished;
+  std::string error;
+};
+
+std::string_view to_string(HandlerRun::Outcome outcome);
+
+/// Filters for `list`; every set field must match. Pages are ordered by (topic, subscription,
+/// sequence number); `after` is the `next` cursor of the previous page.
+struct Query {
+  std::optional<std::string> topic;
+  std::optional<std::string> subscription;
+  std::optional<State> state;
+  std::optional<std::string> subject_prefix;
+  std::optional<Clock::time_point> updated_before;
+  std::size_t limit = 50;
+  std::optional<std::string> after;
+};
+
+struct Page {
+  std::vector<DeferredMessage> items;
+  std::optional<std::string> next;
+};
+
+class Ledger {
+ public:
+  virtual ~Ledger() = default;
+  /// Records the intent to defer (state `deferring`), before the message is deferred.
+  virtual void record(const DeferredMessage& message) = 0;
+  /// Moves a message to `state`; false when the ledger does not know it.
+  virtual bool set_state(const MessageKey& key, State state, const std::string& error = {}) = 0;
+  /// Adds a handler run, or updates the run with the same handler and attempt.
+  virtual void record_run(const MessageKey& key, const HandlerRun& run) = 0;
+  virtual std::optional<DeferredMessage> find(const MessageKey& key) = 0;
+  virtual std::vector<HandlerRun> runs(const MessageKey& key) = 0;
+  virtual Page list(const Query& query) = 0;
+  /// Messages per state, for one subscription or (both empty) for all.
+  virtual std::map<State, std::size_t> counts(const std::string& topic = {},
+                                              const std::string& subscription = {}) = 0;
+};
+
+/// Opens a ledger from its URL: `sqlite://<file>` (created if missing). Throws `metro::Error`
+/// naming the problem (an unknown scheme, a file that cannot be opened).
+std::unique_ptr<Ledger> open_ledger(const std::string& url);
+
+}  // namespace metro::ledger
