@@ -26,6 +26,20 @@ struct EmulatorCommand {
   std::string data_dir;
 };
 
+struct PublishCommand {
+  std::string config_path;
+  std::string connection_string;
+  std::string topic;
+  std::string subject;
+  std::string body;
+  std::string correlation_id;
+  int count = 1;
+};
+
+/// `metro publish`: sends a message to a topic, with the connection string of the config's
+/// subscription on it (or a given one).
+int run_publish(const PublishCommand& command);
+
 /// `metro emulator`: runs the local Service Bus until SIGINT or SIGTERM.
 int run_emulator(const EmulatorCommand& command);
 

@@ -40,13 +40,29 @@ int main(int argc, char** argv) {
   emulator->add_option("-c,--config", emulator_command.config_path,
                        "bus.toml: keys, queues, topics, subscriptions and rules");
   emulator->add_option("--host", emulator_command.host, "Address to listen on (default 127.0.0.1)");
-  emulator->add_option("--port", emulator_command.port, "Plain AMQP port; 0 picks one (default 5672)");
+  emulator->add_option("--port", emulator_command.port,
+                       "Plain AMQP port; 0 picks one (default 5672)");
   emulator->add_option("--tls-port", emulator_command.tls_port, "AMQP over TLS port; 0 picks one");
   emulator->add_option("--cert", emulator_command.certificate_file,
                        "PEM certificate for TLS (default: a self-signed one is generated)");
   emulator->add_option("--key", emulator_command.private_key_file, "PEM private key for --cert");
   emulator->add_option("--data-dir", emulator_command.data_dir,
                        "Folder for durable state (default: in memory)");
+
+  metro::cli::PublishCommand publish_command;
+  auto* publish = app.add_subcommand("publish", "Send a message to a topic");
+  publish
+      ->add_option("-c,--config", publish_command.config_path,
+                   "metro.toml: the connection string of a subscription on the topic is used")
+      ->envname("METRO_CONFIG");
+  publish->add_option("--connection-string", publish_command.connection_string,
+                      "Use this connection string instead of the config's");
+  publish->add_option("-t,--topic", publish_command.topic, "The topic")->required();
+  publish->add_option("-s,--subject", publish_command.subject, "The AMQP subject property");
+  publish->add_option("-b,--body", publish_command.body, "The body (JSON text)")->required();
+  publish->add_option("--correlation-id", publish_command.correlation_id, "The correlation id");
+  publish->add_option("-n,--count", publish_command.count, "How many copies to send (default 1)")
+      ->check(CLI::Range(1, 1000000));
 
   try {
     app.parse(argc, argv);
@@ -65,6 +81,7 @@ int main(int argc, char** argv) {
   try {
     if (check->parsed()) return metro::cli::run_check(config_path);
     if (emulator->parsed()) return metro::cli::run_emulator(emulator_command);
+    if (publish->parsed()) return metro::cli::run_publish(publish_command);
   } catch (const std::exception& e) {
     spdlog::critical("{}", e.what());
     return metro::cli::kExitFailure;
