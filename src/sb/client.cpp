@@ -193,7 +193,6 @@ struct LinkEntry {
   };
   std::map<pn_delivery_t*, Held> held;  // receiver: locks to renew automatically
   std::uint64_t tag = 0;
-  std::string partial;
   std::exception_ptr attach_error;
   std::condition_variable arrived;  // receiver: buffer grew (waited on with Impl::mutex)
 };
@@ -423,7 +422,6 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
       l->in_flight.clear();
       l->unsettled.clear();
       l->held.clear();
-      l->partial.clear();
     }
     for (auto& [id, callback] : requests) {
       amqp::Message failure;
