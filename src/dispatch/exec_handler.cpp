@@ -94,24 +94,18 @@ class ExecHandler : public Handler {
       }
     }
     int status = 0;
-    if (timed_out) {
+    auto kill_for_timeout = [&]() -> Result {
       kill(-pid, SIGKILL);
       waitpid(pid, &status, 0);
       close(err[0]);
       return {Outcome::kRetry,
               "timed out after " + std::to_string(timeout.count()) + " ms and was killed",
               elapsed()};
-    }
+    };
+    if (timed_out) return kill_for_timeout();
     // stderr is closed; wait for the exit, still bounded by the timeout.
     while (waitpid(pid, &status, WNOHANG) == 0) {
-      if (elapsed() >= timeout) {
-        kill(-pid, SIGKILL);
-        waitpid(pid, &status, 0);
-        close(err[0]);
-        return {Outcome::kRetry,
-                "timed out after " + std::to_string(timeout.count()) + " ms and was killed",
-                elapsed()};
-      }
+      if (elapsed() >= timeout) return kill_for_timeout();
       pollfd none{-1, 0, 0};
       poll(&none, 0, 5);
     }
