@@ -60,6 +60,11 @@ class Statement {
   sqlite3_stmt* stmt_ = nullptr;
 };
 
+/// Binds a message key to parameters ?1, ?2, ?3, as every statement on one message does.
+void bind_key(Statement& s, const MessageKey& key) {
+  s.bind(1, key.topic).bind(2, key.subscription).bind(3, key.sequence_number);
+}
+
 constexpr const char* kColumns =
     "topic, subscription, sequence_number, subject, message_id, correlation_id, body, "
     "body_truncated, state, created, updated, last_error";
@@ -138,7 +143,7 @@ class SqliteLedger : public Ledger {
         " ON CONFLICT (topic, subscription, sequence_number) DO UPDATE SET"
         " state = excluded.state, updated = excluded.updated");
     auto now = to_ms(Clock::now());
-    s.bind(1, m.key.topic).bind(2, m.key.subscription).bind(3, m.key.sequence_number);
+    bind_key(s, m.key);
     s.bind(4, m.subject).bind(5, m.message_id).bind(6, m.correlation_id).bind(7, m.body);
     s.bind(8, std::int64_t{m.body_truncated ? 1 : 0}).bind(9, std::string(to_string(m.state)));
     s.bind(10, m.created.time_since_epoch().count() != 0 ? to_ms(m.created) : now);
@@ -152,7 +157,7 @@ class SqliteLedger : public Ledger {
                 "UPDATE deferred_messages SET state = ?4, updated = ?5,"
                 " last_error = CASE WHEN ?6 = '' THEN last_error ELSE ?6 END"
                 " WHERE topic = ?1 AND subscription = ?2 AND sequence_number = ?3");
-    s.bind(1, key.topic).bind(2, key.subscription).bind(3, key.sequence_number);
+    bind_key(s, key);
     s.bind(4, std::string(to_string(state))).bind(5, to_ms(Clock::now())).bind(6, error);
     s.step();
     return sqlite3_changes(db_) > 0;
@@ -162,7 +167,7 @@ class SqliteLedger : public Ledger {
     std::lock_guard lock(mutex_);
     Statement s(db_,
                 "INSERT OR REPLACE INTO handler_runs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
-    s.bind(1, key.topic).bind(2, key.subscription).bind(3, key.sequence_number);
+    bind_key(s, key);
     s.bind(4, run.handler).bind(5, std::int64_t{run.attempt});
     s.bind(6, std::string(to_string(run.outcome))).bind(7, to_ms(run.started));
     if (run.finished) {
@@ -178,7 +183,7 @@ class SqliteLedger : public Ledger {
                       " FROM deferred_messages WHERE topic = ?1 AND subscription = ?2 AND"
                       " sequence_number = ?3")
                          .c_str());
-    s.bind(1, key.topic).bind(2, key.subscription).bind(3, key.sequence_number);
+    bind_key(s, key);
     if (!s.step()) return std::nullopt;
     return read_message(s);
   }
@@ -189,7 +194,7 @@ class SqliteLedger : public Ledger {
                 "SELECT handler, attempt, outcome, started, finished, error FROM handler_runs"
                 " WHERE topic = ?1 AND subscription = ?2 AND sequence_number = ?3"
                 " ORDER BY started, handler, attempt");
-    s.bind(1, key.topic).bind(2, key.subscription).bind(3, key.sequence_number);
+    bind_key(s, key);
     std::vector<HandlerRun> out;
     while (s.step()) {
       HandlerRun r;

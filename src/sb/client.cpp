@@ -170,7 +170,7 @@ struct DeliveryRef {
   std::optional<amqp::Uuid> lock;  // set for messages fetched by sequence number
 };
 
-struct LinkEntry {
+struct LinkEntry : std::enable_shared_from_this<LinkEntry> {
   enum class Kind { kSender, kReceiver, kManagement };
   Kind kind = Kind::kSender;
   std::string address;              // entity path (management: the entity)
@@ -633,6 +633,8 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
         break;
       }
     }
+    pn_link_set_context(entry.link, &entry);
+    if (entry.reply_link != nullptr) pn_link_set_context(entry.reply_link, &entry);
     pn_link_open(entry.link);
   }
 
@@ -648,11 +650,11 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
     for (auto& w : waiting) w();
   }
 
-  std::shared_ptr<LinkEntry> entry_of(pn_link_t* link) {
-    for (auto& l : links) {
-      if (l->link == link || l->reply_link == link) return l;
-    }
-    return nullptr;
+  /// The entry a link belongs to, from the link's context (entries live as long as the client,
+  /// so the pointer stays valid); null for the CBS links.
+  static std::shared_ptr<LinkEntry> entry_of(pn_link_t* link) {
+    auto* entry = static_cast<LinkEntry*>(pn_link_get_context(link));
+    return entry != nullptr ? entry->shared_from_this() : nullptr;
   }
 
   void on_link_open(pn_link_t* link) {
