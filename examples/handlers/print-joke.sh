@@ -1,6 +1,12 @@
 #!/bin/sh
 # An exec handler: metro writes the task as JSON on stdin. Exit 0 = done, 75 = retry later,
-# anything else = failed (retried by the handler's policy).
-task=$(cat)
-echo "metro-demo handler got: $task" >&2
-exit 0
+# anything else = failed (retried by the handler's policy). What it prints to stdout shows up in
+# metro's output; the end of what it prints to stderr becomes the error of a failed run.
+exec python3 -c '
+import json, sys
+task = json.load(sys.stdin)
+message = task["message"]
+joke = message.get("joke", message) if isinstance(message, dict) else message
+where = "[%s #%d]" % (task["subscription_name"], task["sequence_number"])
+print(where, task["subject"] + ":", joke, flush=True)
+'

@@ -3,8 +3,11 @@
 // The subcommands of `metro`. Each returns the process exit code.
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
+
+#include <metro/dispatch/service.hpp>
 
 namespace metro::cli {
 
@@ -15,6 +18,17 @@ inline constexpr int kExitUsage = 2;  ///< Bad arguments or an invalid config.
 
 /// `metro check --config FILE`: validates a config, prints a summary or every error.
 int run_check(const std::string& config_path);
+
+struct RunCommand {
+  std::string config_path;
+  bool emulator = false;
+  std::uint16_t emulator_port = 5672;
+  std::string emulator_data_dir;
+};
+
+/// `metro run`: the service, until SIGINT or SIGTERM; then a graceful stop.
+int run_service(const RunCommand& command,
+                const std::map<std::string, dispatch::Function>& functions);
 
 struct EmulatorCommand {
   std::string config_path;

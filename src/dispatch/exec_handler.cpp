@@ -45,8 +45,12 @@ class ExecHandler : public Handler {
     posix_spawn_file_actions_adddup2(&actions, err[1], 2);
     posix_spawnattr_t attributes;
     posix_spawnattr_init(&attributes);
-    posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETPGROUP);  // its own group, to kill all
+    // Its own process group (to kill it whole), and no signal blocked even if metro blocks some.
+    posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK);
     posix_spawnattr_setpgroup(&attributes, 0);
+    sigset_t unblocked;
+    sigemptyset(&unblocked);
+    posix_spawnattr_setsigmask(&attributes, &unblocked);
     std::vector<char*> argv;
     for (auto& a : command_) argv.push_back(a.data());
     argv.push_back(nullptr);

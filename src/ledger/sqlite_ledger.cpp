@@ -1,6 +1,10 @@
 // SqliteLedger: the ledger in one SQLite file (WAL), one connection guarded by a mutex.
 
 #include <array>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <memory>
 #include <mutex>
 
 #include <sqlite3.h>
@@ -22,14 +26,15 @@ Clock::time_point from_ms(std::int64_t ms) {
   return Clock::time_point(std::chrono::milliseconds(ms));
 }
 
+/// A prepared statement borrowed from the ledger's cache for one use: reset and unbound when the
+/// borrow ends.
 class Statement {
  public:
-  Statement(sqlite3* db, const char* sql) : db_(db) {
-    if (sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr) != SQLITE_OK) {
-      throw Error(std::string("ledger: ") + sqlite3_errmsg(db) + " in: " + sql);
-    }
+  Statement(sqlite3* db, sqlite3_stmt* stmt) : db_(db), stmt_(stmt) {}
+  ~Statement() {
+    sqlite3_reset(stmt_);
+    sqlite3_clear_bindings(stmt_);
   }
-  ~Statement() { sqlite3_finalize(stmt_); }
   Statement(const Statement&) = delete;
   Statement& operator=(const Statement&) = delete;
 
@@ -57,7 +62,7 @@ class Statement {
 
  private:
   sqlite3* db_;
-  sqlite3_stmt* stmt_ = nullptr;
+  sqlite3_stmt* stmt_;
 };
 
 /// Binds a message key to parameters ?1, ?2, ?3, as every statement on one message does.
@@ -101,11 +106,14 @@ std::optional<MessageKey> parse_cursor(const std::string& cursor) {
   }
 }
 
+/// One connection (WAL) for everything. Writes are group-committed: each writer queues its
+/// change and waits; whichever writer finds no commit under way takes every queued change into
+/// one transaction, so concurrent writers share one fsync instead of queueing for one each.
 class SqliteLedger : public Ledger {
  public:
   explicit SqliteLedger(const std::string& path) {
     if (sqlite3_open_v2(path.c_str(), &db_,
-                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                         nullptr) != SQLITE_OK) {
       std::string why = db_ != nullptr ? sqlite3_errmsg(db_) : "out of memory";
       sqlite3_close(db_);
@@ -131,69 +139,96 @@ class SqliteLedger : public Ledger {
         " PRIMARY KEY (topic, subscription, sequence_number, handler, attempt))");
   }
 
-  ~SqliteLedger() override { sqlite3_close(db_); }
+  ~SqliteLedger() override {
+    for (auto& [sql, stmt] : statements_) sqlite3_finalize(stmt);
+    sqlite3_close(db_);
+  }
   SqliteLedger(const SqliteLedger&) = delete;
   SqliteLedger& operator=(const SqliteLedger&) = delete;
 
-  void record(const DeferredMessage& m) override {
-    std::lock_guard lock(mutex_);
-    Statement s(
-        db_,
-        "INSERT INTO deferred_messages VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-        " ON CONFLICT (topic, subscription, sequence_number) DO UPDATE SET"
-        " state = excluded.state, updated = excluded.updated");
-    auto now = to_ms(Clock::now());
-    bind_key(s, m.key);
-    s.bind(4, m.subject).bind(5, m.message_id).bind(6, m.correlation_id).bind(7, m.body);
-    s.bind(8, std::int64_t{m.body_truncated ? 1 : 0}).bind(9, std::string(to_string(m.state)));
-    s.bind(10, m.created.time_since_epoch().count() != 0 ? to_ms(m.created) : now);
-    s.bind(11, now).bind(12, m.last_error);
-    s.step();
+  void record_all(const std::vector<DeferredMessage>& messages) override {
+    write([this, &messages] {
+      for (const auto& m : messages) {
+        auto s = statement(
+          "INSERT INTO deferred_messages VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+          " ON CONFLICT (topic, subscription, sequence_number) DO UPDATE SET"
+            " state = excluded.state, updated = excluded.updated");
+        auto now = to_ms(Clock::now());
+        bind_key(s, m.key);
+        s.bind(4, m.subject).bind(5, m.message_id).bind(6, m.correlation_id).bind(7, m.body);
+        s.bind(8, std::int64_t{m.body_truncated ? 1 : 0}).bind(9, std::string(to_string(m.state)));
+        s.bind(10, m.created.time_since_epoch().count() != 0 ? to_ms(m.created) : now);
+        s.bind(11, now).bind(12, m.last_error);
+        s.step();
+      }
+      return std::size_t{0};
+    });
   }
 
-  bool set_state(const MessageKey& key, State state, const std::string& error) override {
-    std::lock_guard lock(mutex_);
-    Statement s(db_,
-                "UPDATE deferred_messages SET state = ?4, updated = ?5,"
-                " last_error = CASE WHEN ?6 = '' THEN last_error ELSE ?6 END"
-                " WHERE topic = ?1 AND subscription = ?2 AND sequence_number = ?3");
-    bind_key(s, key);
-    s.bind(4, std::string(to_string(state))).bind(5, to_ms(Clock::now())).bind(6, error);
-    s.step();
-    return sqlite3_changes(db_) > 0;
+  std::size_t set_state_all(const std::vector<MessageKey>& keys, State state,
+                            const std::string& error) override {
+    return write([this, &keys, state, &error] {
+      std::size_t known = 0;
+      for (const auto& key : keys) {
+        auto s = statement(
+            "UPDATE deferred_messages SET state = ?4, updated = ?5,"
+            " last_error = CASE WHEN ?6 = '' THEN last_error ELSE ?6 END"
+            " WHERE topic = ?1 AND subscription = ?2 AND sequence_number = ?3");
+        bind_key(s, key);
+        s.bind(4, std::string(to_string(state))).bind(5, to_ms(Clock::now())).bind(6, error);
+        s.step();
+        known += static_cast<std::size_t>(sqlite3_changes(db_));
+      }
+      return known;
+    });
   }
 
   void record_run(const MessageKey& key, const HandlerRun& run) override {
-    std::lock_guard lock(mutex_);
-    Statement s(db_,
-                "INSERT OR REPLACE INTO handler_runs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
-    bind_key(s, key);
-    s.bind(4, run.handler).bind(5, std::int64_t{run.attempt});
-    s.bind(6, std::string(to_string(run.outcome))).bind(7, to_ms(run.started));
-    if (run.finished) {
-      s.bind(8, to_ms(*run.finished));
-    }
-    s.bind(9, run.error);
-    s.step();
+    write([this, &key, &run] {
+      auto s = statement(
+          "INSERT OR REPLACE INTO handler_runs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
+      bind_key(s, key);
+      s.bind(4, run.handler).bind(5, std::int64_t{run.attempt});
+      s.bind(6, std::string(to_string(run.outcome))).bind(7, to_ms(run.started));
+      if (run.finished) s.bind(8, to_ms(*run.finished));
+      s.bind(9, run.error);
+      s.step();
+      return std::size_t{0};
+    });
+  }
+
+  bool forget(const MessageKey& key) override {
+    return 0 != write([this, &key] {
+      auto runs = statement(
+          "DELETE FROM handler_runs WHERE topic = ?1 AND subscription = ?2 AND"
+          " sequence_number = ?3");
+      bind_key(runs, key);
+      runs.step();
+      auto s = statement(
+          "DELETE FROM deferred_messages WHERE topic = ?1 AND subscription = ?2 AND"
+          " sequence_number = ?3");
+      bind_key(s, key);
+      s.step();
+      return static_cast<std::size_t>(sqlite3_changes(db_));
+    });
   }
 
   std::optional<DeferredMessage> find(const MessageKey& key) override {
-    std::lock_guard lock(mutex_);
-    Statement s(db_, (std::string("SELECT ") + kColumns +
-                      " FROM deferred_messages WHERE topic = ?1 AND subscription = ?2 AND"
-                      " sequence_number = ?3")
-                         .c_str());
+    std::lock_guard lock(db_mutex_);
+    auto s = statement((std::string("SELECT ") + kColumns +
+                        " FROM deferred_messages WHERE topic = ?1 AND subscription = ?2 AND"
+                        " sequence_number = ?3"));
     bind_key(s, key);
     if (!s.step()) return std::nullopt;
     return read_message(s);
   }
 
   std::vector<HandlerRun> runs(const MessageKey& key) override {
-    std::lock_guard lock(mutex_);
-    Statement s(db_,
-                "SELECT handler, attempt, outcome, started, finished, error FROM handler_runs"
-                " WHERE topic = ?1 AND subscription = ?2 AND sequence_number = ?3"
-                " ORDER BY started, handler, attempt");
+    std::lock_guard lock(db_mutex_);
+    auto s = statement(
+        "SELECT handler, attempt, outcome, started, finished, error FROM handler_runs"
+        " WHERE topic = ?1 AND subscription = ?2 AND sequence_number = ?3"
+        " ORDER BY started, handler, attempt");
     bind_key(s, key);
     std::vector<HandlerRun> out;
     while (s.step()) {
@@ -227,8 +262,8 @@ class SqliteLedger : public Ledger {
       sql += " AND (topic, subscription, sequence_number) > (?6, ?7, ?8)";
     }
     sql += " ORDER BY topic, subscription, sequence_number LIMIT ?9";
-    std::lock_guard lock(mutex_);
-    Statement s(db_, sql.c_str());
+    std::lock_guard lock(db_mutex_);
+    auto s = statement(sql);
     if (q.topic) s.bind(1, *q.topic);
     if (q.subscription) s.bind(2, *q.subscription);
     if (q.state) s.bind(3, std::string(to_string(*q.state)));
@@ -248,10 +283,10 @@ class SqliteLedger : public Ledger {
 
   std::map<State, std::size_t> counts(const std::string& topic,
                                       const std::string& subscription) override {
-    std::lock_guard lock(mutex_);
-    Statement s(db_,
-                "SELECT state, count(*) FROM deferred_messages"
-                " WHERE (?1 = '' OR topic = ?1) AND (?2 = '' OR subscription = ?2) GROUP BY state");
+    std::lock_guard lock(db_mutex_);
+    auto s = statement(
+        "SELECT state, count(*) FROM deferred_messages"
+        " WHERE (?1 = '' OR topic = ?1) AND (?2 = '' OR subscription = ?2) GROUP BY state");
     s.bind(1, topic).bind(2, subscription);
     std::map<State, std::size_t> out;
     while (s.step()) {
@@ -263,6 +298,73 @@ class SqliteLedger : public Ledger {
   }
 
  private:
+  /// A queued write: run inside the group's transaction; `result` is its answer.
+  struct Pending {
+    std::function<std::size_t()> apply;
+    bool done = false;
+    std::size_t result = 0;
+    std::exception_ptr error;
+  };
+
+  /// Queues `apply`, waits until the transaction holding it has committed, returns its answer.
+  std::size_t write(std::function<std::size_t()> apply) {
+    auto pending = std::make_shared<Pending>();
+    pending->apply = std::move(apply);
+    std::unique_lock lock(queue_mutex_);
+    queue_.push_back(pending);
+    while (!pending->done) {
+      if (committing_) {
+        committed_.wait(lock);
+        continue;
+      }
+      committing_ = true;
+      auto group = std::move(queue_);
+      queue_.clear();
+      lock.unlock();
+      commit(group);
+      lock.lock();
+      committing_ = false;
+      committed_.notify_all();
+    }
+    if (pending->error) std::rethrow_exception(pending->error);
+    return pending->result;
+  }
+
+  void commit(std::vector<std::shared_ptr<Pending>>& group) {
+    std::lock_guard db(db_mutex_);
+    std::exception_ptr failed;
+    try {
+      exec("BEGIN IMMEDIATE");
+      for (auto& p : group) {
+        try {
+          p->result = p->apply();
+        } catch (...) {
+          p->error = std::current_exception();  // That statement alone had no effect.
+        }
+      }
+      exec("COMMIT");
+    } catch (...) {
+      failed = std::current_exception();
+      sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    }
+    std::lock_guard lock(queue_mutex_);
+    for (auto& p : group) {
+      if (failed) p->error = failed;
+      p->done = true;
+    }
+  }
+
+  /// The cached statement for `sql`, prepared on first use. Call with `db_mutex_` held.
+  Statement statement(const std::string& sql) {
+    auto& stmt = statements_[sql];
+    if (stmt == nullptr && sqlite3_prepare_v2(db_, sql.c_str(), -1, &stmt, nullptr) != SQLITE_OK) {
+      std::string why = sqlite3_errmsg(db_);
+      statements_.erase(sql);
+      throw Error("ledger: " + why + " in: " + sql);
+    }
+    return Statement(db_, stmt);
+  }
+
   void exec(const char* sql) {
     char* error = nullptr;
     if (sqlite3_exec(db_, sql, nullptr, nullptr, &error) != SQLITE_OK) {
@@ -273,7 +375,12 @@ class SqliteLedger : public Ledger {
   }
 
   sqlite3* db_ = nullptr;
-  std::mutex mutex_;
+  std::mutex db_mutex_;  // The connection and the statement cache.
+  std::map<std::string, sqlite3_stmt*> statements_;
+  std::mutex queue_mutex_;
+  std::condition_variable committed_;
+  std::vector<std::shared_ptr<Pending>> queue_;
+  bool committing_ = false;
 };
 
 }  // namespace

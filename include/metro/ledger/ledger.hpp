@@ -2,7 +2,9 @@
 
 /// The durable record of every deferred message and of each handler run on it: what `metro run`
 /// writes before it defers a message (so no sequence number is ever lost) and what the API lists.
-/// Thread-safety: a `Ledger` may be used from any number of threads at once.
+/// Thread-safety: a `Ledger` may be used from any number of threads at once. Every write is
+/// committed when it returns (it survives a crash of the process); concurrent writes share one
+/// commit (group commit), and the `_all` forms put many changes in one.
 
 #include <chrono>
 #include <cstdint>
@@ -88,11 +90,20 @@ class Ledger {
  public:
   virtual ~Ledger() = default;
   /// Records the intent to defer (state `deferring`), before the message is deferred.
-  virtual void record(const DeferredMessage& message) = 0;
-  /// Moves a message to `state`; false when the ledger does not know it.
-  virtual bool set_state(const MessageKey& key, State state, const std::string& error = {}) = 0;
+  void record(const DeferredMessage& message) { record_all({message}); }
+  virtual void record_all(const std::vector<DeferredMessage>& messages) = 0;
+  /// Moves a message to `state` (and sets its last error unless `error` is empty); false when the
+  /// ledger does not know it.
+  bool set_state(const MessageKey& key, State state, const std::string& error = {}) {
+    return set_state_all({key}, state, error) == 1;
+  }
+  /// The same for many messages at once; returns how many the ledger knew.
+  virtual std::size_t set_state_all(const std::vector<MessageKey>& keys, State state,
+                                    const std::string& error = {}) = 0;
   /// Adds a handler run, or updates the run with the same handler and attempt.
   virtual void record_run(const MessageKey& key, const HandlerRun& run) = 0;
+  /// Drops a message and its runs (it was never deferred after all); false when unknown.
+  virtual bool forget(const MessageKey& key) = 0;
   virtual std::optional<DeferredMessage> find(const MessageKey& key) = 0;
   virtual std::vector<HandlerRun> runs(const MessageKey& key) = 0;
   virtual Page list(const Query& query) = 0;

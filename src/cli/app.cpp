@@ -1,0 +1,121 @@
+// metro::App: the `metro` command line (parses arguments, sets up logging, runs one
+// subcommand), with the C++ handlers a program registered.
+
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <metro/app.hpp>
+#include <metro/version.hpp>
+
+#include "commands.hpp"
+#include "logging.hpp"
+
+namespace metro {
+
+App& App::handle(std::string name, std::function<void(Task&)> function) {
+  functions_[std::move(name)] = [function = std::move(function)](const dispatch::Task& task) {
+    Task full;
+    static_cast<dispatch::Task&>(full) = task;
+    full.message = nlohmann::json::parse(task.body, nullptr, false);
+    if (full.message.is_discarded()) full.message = task.body;
+    function(full);
+  };
+  return *this;
+}
+
+int App::main(int argc, char** argv) {
+  using metro::cli::LogFormat;
+  CLI::App app{
+      "metro: consume Azure Service Bus topics: route by subject, defer, run handlers, "
+      "complete; list and retry deferred messages.",
+      "metro"};
+  app.set_version_flag("--version", std::string("metro ") + metro::kVersion);
+  std::string log_level = "info";
+  LogFormat log_format = LogFormat::kText;
+  app.add_option("--log-level", log_level,
+                 "trace, debug, info, warn, error, critical or off (default info)")
+      ->envname("METRO_LOG_LEVEL");
+  app.add_option("--log-format", log_format, "text or json (default text)")
+      ->transform(CLI::CheckedTransformer(
+          std::map<std::string, LogFormat>{{"text", LogFormat::kText}, {"json", LogFormat::kJson}}))
+      ->envname("METRO_LOG_FORMAT");
+  app.require_subcommand(1);
+
+  std::string config_path;
+  auto* check = app.add_subcommand("check", "Validate a config file and summarise it");
+  check->add_option("-c,--config", config_path, "The config file (metro.toml)")
+      ->required()
+      ->envname("METRO_CONFIG");
+
+  metro::cli::RunCommand run_command;
+  auto* run = app.add_subcommand(
+      "run", "Consume every subscription of the config: route, defer, run handlers, complete");
+  run->add_option("-c,--config", run_command.config_path, "The config file (metro.toml)")
+      ->required()
+      ->envname("METRO_CONFIG");
+  run->add_flag("--emulator", run_command.emulator,
+                "Host the config's topics and subscriptions in an embedded emulator and use it");
+  run->add_option("--emulator-port", run_command.emulator_port,
+                  "Plain AMQP port of the embedded emulator; 0 picks one (default 5672)");
+  run->add_option("--emulator-data-dir", run_command.emulator_data_dir,
+                  "Folder for the embedded emulator's durable state (default: in memory)");
+
+  metro::cli::EmulatorCommand emulator_command;
+  auto* emulator = app.add_subcommand(
+      "emulator", "Run the local Service Bus emulator (plain AMQP, and TLS with --tls-port)");
+  emulator->add_option("-c,--config", emulator_command.config_path,
+                       "bus.toml: keys, queues, topics, subscriptions and rules");
+  emulator->add_option("--host", emulator_command.host, "Address to listen on (default 127.0.0.1)");
+  emulator->add_option("--port", emulator_command.port,
+                       "Plain AMQP port; 0 picks one (default 5672)");
+  emulator->add_option("--tls-port", emulator_command.tls_port, "AMQP over TLS port; 0 picks one");
+  emulator->add_option("--cert", emulator_command.certificate_file,
+                       "PEM certificate for TLS (default: a self-signed one is generated)");
+  emulator->add_option("--key", emulator_command.private_key_file, "PEM private key for --cert");
+  emulator->add_option("--data-dir", emulator_command.data_dir,
+                       "Folder for durable state (default: in memory)");
+
+  metro::cli::PublishCommand publish_command;
+  auto* publish = app.add_subcommand("publish", "Send a message to a topic");
+  publish
+      ->add_option("-c,--config", publish_command.config_path,
+                   "metro.toml: the connection string of a subscription on the topic is used")
+      ->envname("METRO_CONFIG");
+  publish->add_option("--connection-string", publish_command.connection_string,
+                      "Use this connection string instead of the config's");
+  publish->add_option("-t,--topic", publish_command.topic, "The topic")->required();
+  publish->add_option("-s,--subject", publish_command.subject, "The AMQP subject property");
+  publish->add_option("-b,--body", publish_command.body, "The body (JSON text)")->required();
+  publish->add_option("--correlation-id", publish_command.correlation_id, "The correlation id");
+  publish->add_option("-n,--count", publish_command.count, "How many copies to send (default 1)")
+      ->check(CLI::Range(1, 1000000));
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::Success& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    return metro::cli::kExitUsage;
+  }
+
+  if (auto error = metro::cli::setup_logging(log_level, log_format)) {
+    std::cerr << "metro: " << *error << '\n';
+    return metro::cli::kExitUsage;
+  }
+
+  try {
+    if (check->parsed()) return metro::cli::run_check(config_path);
+    if (run->parsed()) return metro::cli::run_service(run_command, functions_);
+    if (emulator->parsed()) return metro::cli::run_emulator(emulator_command);
+    if (publish->parsed()) return metro::cli::run_publish(publish_command);
+  } catch (const std::exception& e) {
+    spdlog::critical("{}", e.what());
+    return metro::cli::kExitFailure;
+  }
+  return metro::cli::kExitUsage;
+}
+
+}  // namespace metro

@@ -1,0 +1,79 @@
+#include <csignal>
+#include <cstdlib>
+#include <iostream>
+#include <optional>
+
+#include <spdlog/spdlog.h>
+
+#include <metro/config/config.hpp>
+#include <metro/emulator/emulator.hpp>
+
+#include "commands.hpp"
+
+namespace metro::cli {
+
+int run_service(const RunCommand& command,
+                const std::map<std::string, dispatch::Function>& functions) {
+  config::Config config;
+  try {
+    config = config::load_config(command.config_path);
+  } catch (const config::ConfigError& e) {
+    for (const auto& d : e.diagnostics()) std::cerr << d.to_string() << '\n';
+    return kExitUsage;
+  }
+
+  // Block the stop signals before any thread starts, then wait for one here.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  std::optional<emulator::Emulator> bus;
+  if (command.emulator) {
+    emulator::EmulatorOptions options;
+    options.port = command.emulator_port;
+    options.data_dir = command.emulator_data_dir;
+    options.bus = emulator::bus_config_for(config);
+    bus.emplace(options);
+    bus->start();
+    for (auto& sub : config.subscriptions) {
+      sub.connection_string = bus->connection_string();
+      sub.connection = sb::parse_connection_string(sub.connection_string);
+    }
+    std::cout << "metro emulator listening: amqp=" << bus->port() << std::endl;
+    std::cout << "connection string: " << bus->connection_string() << std::endl;
+  }
+
+  dispatch::ServiceOptions options;
+  options.functions = functions;
+  std::optional<dispatch::Service> service;
+  try {
+    service.emplace(config, options);
+    service->start();
+  } catch (const InvalidArgument& e) {
+    std::cerr << "metro run: " << e.what() << '\n';
+    return kExitUsage;
+  }
+  std::cout << "metro running: subscriptions=" << config.subscriptions.size()
+            << " workers=" << config.metro.workers << std::endl;
+
+  int received = 0;
+  sigwait(&signals, &received);
+  spdlog::info("{}: stopping (handlers get {} s to finish)",
+               received == SIGINT ? "SIGINT" : "SIGTERM",
+               std::chrono::duration_cast<std::chrono::seconds>(config.metro.shutdown_grace).count());
+  bool finished = service->stop(config.metro.shutdown_grace);
+  if (!finished) {
+    // A handler thread cannot be interrupted; its message stays deferred and runs again at the
+    // next start. Leave without waiting for it.
+    spdlog::shutdown();
+    std::_Exit(kExitOk);
+  }
+  service.reset();
+  if (bus) bus->stop();
+  spdlog::info("stopped");
+  return kExitOk;
+}
+
+}  // namespace metro::cli
