@@ -146,7 +146,11 @@ struct Settle {
   std::string reason;
   std::string description;
   std::shared_ptr<std::promise<void>> done;
+  int attempts = 0;  // Failed tries so far.
+  std::chrono::steady_clock::time_point not_before{};
 };
+
+constexpr int kSettleAttempts = 5;
 
 struct AtomicCounters {
   std::atomic<std::uint64_t> received{0}, routed{0}, deferred{0}, completed{0}, dead_lettered{0},
@@ -702,12 +706,31 @@ struct Service::Impl {
   void settle_loop() {
     std::unique_lock lock(settle_mutex);
     while (true) {
-      settle_wake.wait(lock, [&] { return settler_stopping || !settles.empty(); });
-      if (settles.empty()) break;  // Stopping, and everything is settled.
-      auto batch = std::move(settles);
-      settles.clear();
+      if (settles.empty()) {
+        if (settler_stopping) break;  // Everything is settled.
+        settle_wake.wait(lock);
+        continue;
+      }
+      // Retries wait for their time, except when stopping (then they get one last try).
+      auto now = std::chrono::steady_clock::now();
+      std::deque<Settle> due;
+      std::deque<Settle> later;
+      auto next = std::chrono::steady_clock::time_point::max();
+      for (auto& item : settles) {
+        if (settler_stopping || item.not_before <= now) {
+          due.push_back(std::move(item));
+        } else {
+          next = std::min(next, item.not_before);
+          later.push_back(std::move(item));
+        }
+      }
+      settles = std::move(later);
+      if (due.empty()) {
+        settle_wake.wait_until(lock, next);
+        continue;
+      }
       lock.unlock();
-      settle_batch(batch);
+      settle_batch(due);
       lock.lock();
     }
     settler_gone = true;
@@ -762,12 +785,26 @@ struct Service::Impl {
           name_of(first.key) + " is locked by another receiver right now; try again later"));
     }
     if (failure) {
+      bool again = false;
       try {
         std::rethrow_exception(failure);
+      } catch (const sb::LockLostError& e) {
+        again = true;  // Fetching it by sequence number again gives a fresh lock.
       } catch (const Error& e) {
-        spdlog::warn("{}: settling failed: {}", name_of(first.key), e.what());
+        again = e.is_transient();
       }
-      for (auto* s : items) s->done->set_exception(failure);
+      std::lock_guard lock(settle_mutex);
+      for (auto* s : items) {
+        if (again && s->attempts + 1 < kSettleAttempts && !settler_stopping) {
+          Settle retry = *s;
+          ++retry.attempts;
+          retry.not_before = std::chrono::steady_clock::now() + std::chrono::seconds(retry.attempts);
+          settles.push_back(std::move(retry));
+        } else {
+          log_settle_failure(*s, failure);
+          s->done->set_exception(failure);
+        }
+      }
       return;
     }
     std::vector<MessageKey> keys;
@@ -788,6 +825,16 @@ struct Service::Impl {
       spdlog::error("ledger: cannot record {} settled message(s): {}", keys.size(), e.what());
     }
     for (auto* s : items) s->done->set_value();
+  }
+
+  static void log_settle_failure(const Settle& s, const std::exception_ptr& failure) {
+    try {
+      std::rethrow_exception(failure);
+    } catch (const std::exception& e) {
+      spdlog::warn("{}: settling failed, it stays deferred (the reaper tries again after "
+                   "deferred_deadline, or retry it): {}",
+                   name_of(s.key), e.what());
+    }
   }
 
   /// Whether a message is still in the subscription as deferred (peeking does not lock).
@@ -978,6 +1025,7 @@ struct Service::Impl {
                         ? options.reaper_interval
                         : std::clamp<milliseconds>(deadline / 4, milliseconds(1000),
                                                    std::chrono::minutes(1));
+    spdlog::debug("the reaper looks for stale deferrals every {} ms", interval.count());
     std::unique_lock lock(mutex);
     while (!changed.wait_for(lock, interval, [&] { return stopping.load(); })) {
       lock.unlock();
@@ -999,6 +1047,7 @@ struct Service::Impl {
     }
     for (auto state : {State::kDeferred, State::kRunning, State::kRetrying}) {
       for (auto& row : rows(route, state, now - deadline)) {
+        spdlog::debug("{}: {} since before the deadline", name_of(row.key), to_string(state));
         bool busy;
         {
           std::lock_guard lock(mutex);

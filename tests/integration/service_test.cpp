@@ -1,0 +1,482 @@
+// The service end to end against the in-process emulator: routing, the ledger-first deferral,
+// handler runs, retries, parking, retry by sequence number, settlement policies, reconciliation,
+// the reaper, graceful stop and an emulator restart.
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <spdlog/spdlog.h>
+
+#include <metro/config/config.hpp>
+#include <metro/dispatch/service.hpp>
+#include <metro/emulator/emulator.hpp>
+#include <metro/sb/client.hpp>
+
+namespace {
+
+using namespace std::chrono_literals;
+using metro::dispatch::Service;
+using metro::dispatch::ServiceOptions;
+using metro::dispatch::Task;
+using metro::ledger::MessageKey;
+using metro::ledger::State;
+
+constexpr const char* kEntity = "orders/Subscriptions/billing";
+
+template <class Predicate>
+bool wait_until(Predicate predicate, std::chrono::milliseconds timeout = 20s) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (predicate()) return true;
+    std::this_thread::sleep_for(10ms);
+  }
+  return predicate();
+}
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (std::getenv("METRO_TEST_DEBUG") != nullptr) spdlog::set_level(spdlog::level::debug);
+    dir_ = std::filesystem::temp_directory_path() /
+           ("metro-service-" + std::to_string(::getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+    start_emulator(0);
+  }
+
+  void TearDown() override {
+    service_.reset();
+    bus_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  void start_emulator(std::uint16_t port, bool durable = false) {
+    metro::emulator::EmulatorOptions options;
+    options.port = port;
+    if (durable) options.data_dir = dir_ / "bus";
+    metro::emulator::TopicOptions topic{"orders", {}, {}};
+    topic.subscriptions.push_back({"billing", {}, {}});
+    options.bus.topics.push_back(topic);
+    bus_ = std::make_unique<metro::emulator::Emulator>(options);
+    bus_->start();
+  }
+
+  /// A config with one subscription (orders/billing) and the given handler tables.
+  metro::config::Config config(const std::string& handlers, const std::string& extra = {}) {
+    std::string text = "[metro]\nworkers = 4\nledger = \"sqlite://" + (dir_ / "ledger.db").string() +
+                       "\"\n" + extra +
+                       "\n[[subscriptions]]\ntopic_name = \"orders\"\n"
+                       "subscription_name = \"billing\"\nconnection_string = \"" +
+                       bus_->connection_string() + "\"\n" + handlers +
+                       "\n[admin]\nenabled = false\n";
+    return metro::config::parse_config(text, "test.toml");
+  }
+
+  Service& start(const metro::config::Config& c, ServiceOptions options = {}) {
+    options.reaper_interval = reaper_interval_;
+    service_ = std::make_unique<Service>(c, std::move(options));
+    service_->start();
+    return *service_;
+  }
+
+  void publish(const std::string& body, int count = 1, const std::string& subject = {}) {
+    metro::sb::Client client(bus_->connection_string());
+    auto sender = client.create_sender("orders");
+    std::vector<metro::sb::Message> batch;
+    for (int i = 0; i < count; ++i) {
+      metro::sb::Message m;
+      m.body = body;
+      if (!subject.empty()) m.subject = subject;
+      batch.push_back(m);
+    }
+    sender.send(batch);
+  }
+
+  metro::emulator::EntityCounts counts() const { return bus_->counts(kEntity); }
+
+  std::optional<State> state_of(std::int64_t sequence_number) {
+    auto row = service_->ledger().find({"orders", "billing", sequence_number});
+    if (!row) return std::nullopt;
+    return row->state;
+  }
+
+  bool all_completed(std::size_t n) {
+    auto c = service_->ledger().counts();
+    return c[State::kCompleted] == n && counts().total() == 0;
+  }
+
+  std::filesystem::path dir_;
+  std::unique_ptr<metro::emulator::Emulator> bus_;
+  std::unique_ptr<Service> service_;
+  std::chrono::milliseconds reaper_interval_{0};
+};
+
+const char* kJoke = R"({"subject": "MetroDemo/Type/GeekJokes", "joke": "x"})";
+
+TEST_F(ServiceTest, FansOutToEveryMatchingHandlerAndCompletesWhenAllSucceeded) {
+  std::mutex mutex;
+  std::multiset<std::string> ran;
+  ServiceOptions options;
+  auto record = [&](const std::string& name) {
+    return [&, name](const Task& t) {
+      std::lock_guard lock(mutex);
+      ran.insert(name + ":" + t.subject);
+    };
+  };
+  options.functions = {{"exact", record("exact")}, {"glob", record("glob")},
+                       {"other", record("other")}};
+  start(config(R"(
+[[subscriptions.handlers]]
+subject = "MetroDemo/Type/GeekJokes"
+handler = "exact"
+[[subscriptions.handlers]]
+subject = "MetroDemo/**"
+glob = true
+handler = "glob"
+[[subscriptions.handlers]]
+subject = "Other/.*"
+regex = true
+handler = "other"
+)"),
+        std::move(options));
+  publish(kJoke, 5);
+  ASSERT_TRUE(wait_until([&] { return all_completed(5); }));
+  std::lock_guard lock(mutex);
+  EXPECT_EQ(ran.count("exact:MetroDemo/Type/GeekJokes"), 5u);
+  EXPECT_EQ(ran.count("glob:MetroDemo/Type/GeekJokes"), 5u);
+  EXPECT_EQ(ran.size(), 10u);
+  auto runs = service_->ledger().runs({"orders", "billing", 1});
+  ASSERT_EQ(runs.size(), 2u);
+  EXPECT_EQ(runs[0].outcome, metro::ledger::HandlerRun::Outcome::kSucceeded);
+  auto c = service_->counters();
+  EXPECT_EQ(c.received, 5u);
+  EXPECT_EQ(c.routed, 10u);
+  EXPECT_EQ(c.completed, 5u);
+}
+
+TEST_F(ServiceTest, TheMessageIsDeferredWhileItsHandlerRunsAndGoneAfter) {
+  std::promise<void> release;
+  auto released = release.get_future().share();
+  std::atomic<bool> running{false};
+  ServiceOptions options;
+  options.functions = {{"slow", [&](const Task&) {
+                          running = true;
+                          released.wait();
+                        }}};
+  start(config("[[subscriptions.handlers]]\nsubject = \"MetroDemo/Type/GeekJokes\"\n"
+               "handler = \"slow\"\n"),
+        std::move(options));
+  publish(kJoke);
+  ASSERT_TRUE(wait_until([&] { return running.load(); }));
+  EXPECT_EQ(counts().deferred, 1u);
+  EXPECT_EQ(counts().active, 0u);
+  EXPECT_EQ(state_of(1), State::kRunning);
+  auto row = service_->ledger().find({"orders", "billing", 1});
+  EXPECT_EQ(row->body, kJoke);
+  EXPECT_EQ(row->subject, "MetroDemo/Type/GeekJokes");
+  release.set_value();
+  ASSERT_TRUE(wait_until([&] { return all_completed(1); }));
+}
+
+TEST_F(ServiceTest, ExplicitCompletionByTheHandlerSyncAndAsync) {
+  ServiceOptions options;
+  options.functions = {
+      {"sync",
+       [](const Task& t) {
+         metro::complete_deferred_message(t.sequence_number, t.topic_name, t.subscription_name);
+         // Twice is harmless.
+         metro::complete_deferred_message(t.sequence_number, t.topic_name, t.subscription_name);
+       }},
+      {"async", [](const Task& t) {
+         metro::complete_deferred_message_async(t.sequence_number, t.topic_name,
+                                                t.subscription_name)
+             .get();
+       }}};
+  start(config(R"(
+[[subscriptions.handlers]]
+subject = "sync"
+handler = "sync"
+completion = "explicit"
+[[subscriptions.handlers]]
+subject = "async"
+handler = "async"
+completion = "explicit"
+)"),
+        std::move(options));
+  publish(R"({"subject": "sync"})", 3);
+  publish(R"({"subject": "async"})", 3);
+  ASSERT_TRUE(wait_until([&] { return all_completed(6); }));
+  EXPECT_THROW(metro::complete_deferred_message(1, "orders", "unknown"),
+               metro::UnknownMessageError);
+}
+
+TEST_F(ServiceTest, AnExplicitHandlerThatDoesNotCompleteLeavesTheMessageDeferred) {
+  ServiceOptions options;
+  std::atomic<int> runs{0};
+  options.functions = {{"forgetful", [&](const Task&) { ++runs; }}};
+  start(config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"forgetful\"\n"
+               "completion = \"explicit\"\n"),
+        std::move(options));
+  publish(R"({"subject": "s"})");
+  ASSERT_TRUE(wait_until([&] { return runs == 1 && state_of(1) == State::kDeferred; }));
+  EXPECT_EQ(counts().deferred, 1u);
+  service_->complete({"orders", "billing", 1}).get();
+  EXPECT_EQ(state_of(1), State::kCompleted);
+  EXPECT_EQ(counts().total(), 0u);
+}
+
+TEST_F(ServiceTest, RetriesThenParksAsFailedThenRetryBySequenceNumberCompletes) {
+  std::atomic<bool> broken{true};
+  std::atomic<int> attempts{0};
+  ServiceOptions options;
+  options.functions = {{"flaky", [&](const Task& t) {
+                          ++attempts;
+                          if (broken) throw std::runtime_error("attempt " +
+                                                               std::to_string(t.attempt) + " broke");
+                        }}};
+  start(config(R"(
+[[subscriptions.handlers]]
+subject = "s"
+handler = "flaky"
+max_attempts = 3
+immediate_retries = 1
+backoff = "20ms"
+max_backoff = "50ms"
+)"),
+        std::move(options));
+  publish(R"({"subject": "s"})");
+  ASSERT_TRUE(wait_until([&] { return state_of(1) == State::kFailed; }));
+  EXPECT_EQ(attempts, 3);
+  EXPECT_EQ(counts().deferred, 1u);  // Parked: still deferred in Service Bus.
+  auto row = service_->ledger().find({"orders", "billing", 1});
+  EXPECT_EQ(row->last_error, "flaky: attempt 3 broke");
+  auto runs = service_->ledger().runs({"orders", "billing", 1});
+  ASSERT_EQ(runs.size(), 3u);
+  EXPECT_EQ(runs[2].attempt, 3);
+  EXPECT_EQ(runs[2].outcome, metro::ledger::HandlerRun::Outcome::kFailed);
+  EXPECT_EQ(service_->counters().retries, 2u);
+  EXPECT_EQ(service_->counters().failed, 1u);
+
+  broken = false;
+  service_->retry({"orders", "billing", 1});
+  ASSERT_TRUE(wait_until([&] { return all_completed(1); }));
+  EXPECT_EQ(attempts, 4);
+  EXPECT_EQ(service_->ledger().runs({"orders", "billing", 1}).back().attempt, 4);
+
+  EXPECT_THROW(service_->retry({"orders", "billing", 1}), metro::ConflictError);
+  EXPECT_THROW(service_->retry({"orders", "billing", 99}), metro::UnknownMessageError);
+  EXPECT_THROW(service_->retry({"orders", "nope", 1}), metro::UnknownMessageError);
+}
+
+TEST_F(ServiceTest, ExecHandlerAskingToRetryThenSucceeding) {
+  auto script = dir_ / "handler.sh";
+  std::ofstream(script) << "#!/bin/sh\ncat > /dev/null\n"
+                           "if [ -e " << (dir_ / "ok").string() << " ]; then exit 0; fi\n"
+                           "touch " << (dir_ / "ok").string() << "\nexit 75\n";
+  std::filesystem::permissions(script, std::filesystem::perms::owner_all);
+  start(config("[[subscriptions.handlers]]\nsubject = \"s\"\nexec = [\"" + script.string() +
+               "\"]\nbackoff = \"10ms\"\n"));
+  publish(R"({"subject": "s"})");
+  ASSERT_TRUE(wait_until([&] { return all_completed(1); }));
+  auto runs = service_->ledger().runs({"orders", "billing", 1});
+  ASSERT_EQ(runs.size(), 2u);
+  EXPECT_EQ(runs[0].outcome, metro::ledger::HandlerRun::Outcome::kRetry);
+}
+
+TEST_F(ServiceTest, DeadLetterPolicyAfterTheLastAttempt) {
+  ServiceOptions options;
+  options.functions = {{"bad", [](const Task&) { throw std::runtime_error("no such customer"); }}};
+  start(config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"bad\"\n"
+               "max_attempts = 2\nbackoff = \"10ms\"\non_failure = \"dead-letter\"\n"),
+        std::move(options));
+  publish(R"({"subject": "s"})");
+  ASSERT_TRUE(wait_until([&] { return state_of(1) == State::kDeadLettered; }));
+  EXPECT_EQ(counts().dead_lettered, 1u);
+  EXPECT_EQ(counts().total(), 0u);
+  metro::sb::Client client(bus_->connection_string());
+  auto dlq = client.create_receiver(std::string(kEntity) + "/$DeadLetterQueue");
+  auto m = dlq.receive(1, 5s).at(0);
+  EXPECT_EQ(m.dead_letter_reason, "HandlerFailed");
+  EXPECT_EQ(m.dead_letter_description, "bad: no such customer");
+}
+
+TEST_F(ServiceTest, AMalformedBodyIsDeadLetteredWithItsReason) {
+  ServiceOptions options;
+  std::atomic<int> runs{0};
+  options.functions = {{"f", [&](const Task&) { ++runs; }}};
+  start(config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"f\"\n"),
+        std::move(options));
+  publish("{\"subject\": \"s\", oops}");
+  ASSERT_TRUE(wait_until([&] { return counts().dead_lettered == 1; }));
+  metro::sb::Client client(bus_->connection_string());
+  auto m = client.create_receiver(std::string(kEntity) + "/$DeadLetterQueue").receive(1, 5s).at(0);
+  EXPECT_EQ(m.dead_letter_reason, "MalformedBody");
+  ASSERT_TRUE(m.dead_letter_description);
+  EXPECT_NE(m.dead_letter_description->find("the body is not JSON"), std::string::npos);
+  EXPECT_NE(m.dead_letter_description->find("line 1, column 18"), std::string::npos)
+      << *m.dead_letter_description;
+  EXPECT_EQ(m.body, "{\"subject\": \"s\", oops}");
+  EXPECT_EQ(runs, 0);
+  EXPECT_EQ(service_->counters().malformed, 1u);
+  EXPECT_TRUE(service_->ledger().counts().empty());
+}
+
+TEST_F(ServiceTest, NoMatchPolicies) {
+  ServiceOptions options;
+  options.functions = {{"f", [](const Task&) {}}};
+  start(config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"f\"\n"),
+        std::move(options));
+  publish(R"({"subject": "unrouted"})", 2);
+  publish(R"({"no": "subject"})");
+  ASSERT_TRUE(wait_until([&] { return service_->counters().no_match == 3; }));
+  ASSERT_TRUE(wait_until([&] { return counts().total() == 0; }));  // Completed (the default).
+  service_.reset();
+
+  start(config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"f\"\n",
+               "on_no_match = \"dead-letter\""),
+        ServiceOptions{{{"f", [](const Task&) {}}}, nullptr, nullptr, {}, {}});
+  publish(R"({"subject": "unrouted"})");
+  ASSERT_TRUE(wait_until([&] { return counts().dead_lettered == 1; }));
+  metro::sb::Client client(bus_->connection_string());
+  auto m = client.create_receiver(std::string(kEntity) + "/$DeadLetterQueue").receive(1, 5s).at(0);
+  EXPECT_EQ(m.dead_letter_reason, "NoHandler");
+  EXPECT_EQ(m.dead_letter_description, "no handler matches the subject 'unrouted'");
+}
+
+TEST_F(ServiceTest, StartUpResolvesInterruptedDeferralsAndAdoptsOrphans) {
+  // Three messages: #1 deferred with a `deferring` row (the crash came after the deferral),
+  // #2 still active with a `deferring` row (the crash came before it), #3 deferred with no row.
+  publish(R"({"subject": "s"})", 3);
+  {
+    metro::sb::Client client(bus_->connection_string());
+    auto receiver = client.create_receiver(kEntity);
+    std::vector<metro::sb::ReceivedMessage> got;
+    while (got.size() < 3) {
+      auto more = receiver.receive(3 - got.size(), 5s);
+      ASSERT_FALSE(more.empty());
+      got.insert(got.end(), more.begin(), more.end());
+    }
+    receiver.defer(got[0]);
+    receiver.abandon(got[1]);
+    receiver.defer(got[2]);
+  }
+  auto c = config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"f\"\n");
+  {
+    auto ledger = metro::ledger::open_ledger(c.metro.ledger);
+    for (std::int64_t seq : {1, 2}) {
+      metro::ledger::DeferredMessage row;
+      row.key = {"orders", "billing", seq};
+      row.subject = "s";
+      row.body = R"({"subject": "s"})";
+      ledger->record(row);
+    }
+  }
+  std::atomic<int> runs{0};
+  ServiceOptions options;
+  options.functions = {{"f", [&](const Task&) { ++runs; }}};
+  start(c, std::move(options));
+  // #1 resumed and completed; #2 forgotten, delivered again and handled; #3 adopted as orphaned.
+  ASSERT_TRUE(wait_until([&] {
+    return state_of(1) == State::kCompleted && state_of(2) == State::kCompleted &&
+           state_of(3) == State::kOrphaned;
+  }));
+  EXPECT_EQ(runs, 2);
+  EXPECT_EQ(counts().deferred, 1u);
+  // An orphan is retried like a parked message.
+  service_->retry({"orders", "billing", 3});
+  ASSERT_TRUE(wait_until([&] { return all_completed(3); }));
+}
+
+TEST_F(ServiceTest, TheReaperTakesUpStaleDeferrals) {
+  // A message deferred elsewhere: adopted as orphaned at start; then another process sharing the
+  // ledger marks it deferred and vanishes. Past deferred_deadline the reaper dispatches it.
+  publish(R"({"subject": "s"})");
+  {
+    metro::sb::Client client(bus_->connection_string());
+    auto receiver = client.create_receiver(kEntity);
+    receiver.defer(receiver.receive(1, 5s).at(0));
+  }
+  reaper_interval_ = 50ms;
+  std::atomic<int> runs{0};
+  ServiceOptions options;
+  options.functions = {{"f", [&](const Task&) { ++runs; }}};
+  auto c = config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"f\"\n",
+                  "deferred_deadline = \"1s\"");
+  start(c, std::move(options));
+  ASSERT_TRUE(wait_until([&] { return state_of(1) == State::kOrphaned; }));
+  EXPECT_EQ(runs, 0);
+  EXPECT_TRUE(metro::ledger::open_ledger(c.metro.ledger)
+                  ->set_state({"orders", "billing", 1}, State::kDeferred));
+  EXPECT_EQ(state_of(1), State::kDeferred);
+  ASSERT_TRUE(wait_until([&] { return all_completed(1); }));
+  EXPECT_EQ(runs, 1);
+}
+
+TEST_F(ServiceTest, GracefulStopLeavesTheRestDeferredForTheNextStart) {
+  std::atomic<int> runs{0};
+  auto slow = [&](const Task&) {
+    ++runs;
+    std::this_thread::sleep_for(50ms);
+  };
+  auto c = config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"slow\"\n");
+  start(c, ServiceOptions{{{"slow", slow}}, nullptr, nullptr, {}, {}});
+  publish(R"({"subject": "s"})", 40);
+  ASSERT_TRUE(wait_until([&] { return runs >= 4; }));
+  EXPECT_TRUE(service_->stop(5s));
+  auto after_stop = service_->ledger().counts();
+  EXPECT_EQ(after_stop[State::kRunning], 0u);  // Every started run finished.
+  EXPECT_EQ(after_stop[State::kDeferring], 0u);
+  service_.reset();
+  start(c, ServiceOptions{{{"slow", slow}}, nullptr, nullptr, {}, {}});
+  ASSERT_TRUE(wait_until([&] { return all_completed(40); }, 60s));
+}
+
+TEST_F(ServiceTest, SurvivesAnEmulatorRestartWithNothingLost) {
+  bus_.reset();
+  start_emulator(0, true);
+  auto port = bus_->port();
+  std::mutex mutex;
+  std::set<std::int64_t> handled;
+  ServiceOptions options;
+  options.functions = {{"f", [&](const Task& t) {
+                          std::lock_guard lock(mutex);
+                          handled.insert(t.sequence_number);
+                        }}};
+  options.client.reconnect_max_backoff = 200ms;
+  options.client.operation_timeout = 5s;
+  start(config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"f\"\n"),
+        std::move(options));
+  publish(R"({"subject": "s"})", 50);
+  ASSERT_TRUE(wait_until([&] {
+    std::lock_guard lock(mutex);
+    return handled.size() >= 10;
+  }));
+  bus_->stop();
+  bus_.reset();
+  start_emulator(port, true);
+  publish(R"({"subject": "s"})", 50);
+  ASSERT_TRUE(wait_until(
+      [&] {
+        std::lock_guard lock(mutex);
+        return handled.size() == 100 && counts().total() == 0;
+      },
+      60s))
+      << "handled " << handled.size() << ", left " << counts().total();
+}
+
+TEST_F(ServiceTest, UnknownFunctionHandlersAreAClearError) {
+  try {
+    Service s(config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"my_func\"\n"));
+    FAIL();
+  } catch (const metro::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("'my_func'"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
