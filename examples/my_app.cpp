@@ -15,8 +15,7 @@ int main(int argc, char** argv) {
               << task.message.value("joke", task.message.dump()) << std::endl;
     // `completion = "explicit"` in the config: the handler says when the message is done, as the
     // original asked its users to (there is also complete_deferred_message_async).
-    metro::complete_deferred_message(task.sequence_number, task.topic_name,
-                                     task.subscription_name);
+    metro::complete_deferred_message(task.sequence_number, task.topic_name, task.subscription_name);
   });
   return app.main(argc, argv);
 }

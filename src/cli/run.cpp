@@ -60,9 +60,9 @@ int run_service(const RunCommand& command,
 
   int received = 0;
   sigwait(&signals, &received);
-  spdlog::info("{}: stopping (handlers get {} s to finish)",
-               received == SIGINT ? "SIGINT" : "SIGTERM",
-               std::chrono::duration_cast<std::chrono::seconds>(config.metro.shutdown_grace).count());
+  spdlog::info(
+      "{}: stopping (handlers get {} s to finish)", received == SIGINT ? "SIGINT" : "SIGTERM",
+      std::chrono::duration_cast<std::chrono::seconds>(config.metro.shutdown_grace).count());
   bool finished = service->stop(config.metro.shutdown_grace);
   if (!finished) {
     // A handler thread cannot be interrupted; its message stays deferred and runs again at the

@@ -78,8 +78,8 @@ class FunctionHandler : public Handler {
     } catch (...) {
       result = {Outcome::kFailure, "the handler threw something that is not a std::exception", {}};
     }
-    result.duration = std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() -
-                                                               start);
+    result.duration =
+        std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - start);
     if (result.outcome == Outcome::kSuccess && result.duration > timeout) {
       result = {Outcome::kFailure,
                 "ran " + std::to_string(result.duration.count()) + " ms, past its timeout of " +
@@ -150,7 +150,12 @@ struct Settle {
   std::chrono::steady_clock::time_point not_before{};
 };
 
-constexpr int kSettleAttempts = 5;
+// A settlement that failed for a passing reason is tried again, 1 s, 2 s, 4 s … 15 s apart: for
+// over two minutes, longer than a lock lasts (a lock held by a dead receiver must expire first).
+constexpr int kSettleAttempts = 12;
+std::chrono::milliseconds settle_backoff(int attempts) {
+  return std::chrono::seconds(std::min(15, 1 << std::min(attempts - 1, 4)));
+}
 
 struct AtomicCounters {
   std::atomic<std::uint64_t> received{0}, routed{0}, deferred{0}, completed{0}, dead_lettered{0},
@@ -226,8 +231,9 @@ struct Service::Impl {
                             names + " (registered: " + (known.empty() ? "none" : known) +
                             "); register them with metro::App::handle or use exec/http handlers");
     }
-    ledger = options.ledger ? options.ledger
-                            : std::shared_ptr<ledger::Ledger>(ledger::open_ledger(config.metro.ledger));
+    ledger = options.ledger
+                 ? options.ledger
+                 : std::shared_ptr<ledger::Ledger>(ledger::open_ledger(config.metro.ledger));
     queue = options.queue ? options.queue
                           : std::shared_ptr<TaskQueue>(make_in_process_queue(
                                 static_cast<std::size_t>(std::max(1, config.metro.workers))));
@@ -303,8 +309,8 @@ struct Service::Impl {
 
   void listen(Route& route) {
     auto& receiver = *route.receiver;
-    auto limit = route.options.prefetch > 0 ? static_cast<std::size_t>(route.options.prefetch)
-                                            : kMaxReceive;
+    auto limit =
+        route.options.prefetch > 0 ? static_cast<std::size_t>(route.options.prefetch) : kMaxReceive;
     while (!stopping) {
       std::size_t want;
       {
@@ -358,8 +364,7 @@ struct Service::Impl {
     std::vector<std::pair<MessageKey, std::future<void>>> settling;
     auto now = SysClock::now();
     for (auto& m : messages) {
-      MessageKey key{route.options.topic_name, route.options.subscription_name,
-                     m.sequence_number};
+      MessageKey key{route.options.topic_name, route.options.subscription_name, m.sequence_number};
       if (m.locked_until && *m.locked_until <= now) continue;  // Will be delivered again.
       nlohmann::json body = nlohmann::json::parse(m.body, nullptr, false);
       std::string correlation = correlation_of(m, body.is_discarded() ? nullptr : &body);
@@ -578,8 +583,8 @@ struct Service::Impl {
       spdlog::error("ledger: cannot record the start of {} on {}: {}", task.handler, name_of(key),
                     e.what());
     }
-    spdlog::debug("{} [{}]: {} attempt {} started", name_of(key), task.correlation_id,
-                  task.handler, task.attempt);
+    spdlog::debug("{} [{}]: {} attempt {} started", name_of(key), task.correlation_id, task.handler,
+                  task.attempt);
     Result result;
     try {
       result = route->handlers[index]->run(task, handler.timeout);
@@ -601,9 +606,9 @@ struct Service::Impl {
       spdlog::debug("{} [{}]: {} succeeded in {} ms", name_of(key), task.correlation_id,
                     task.handler, result.duration.count());
     } else {
-      spdlog::warn("{} [{}]: {} attempt {} {}: {}", name_of(key), task.correlation_id,
-                   task.handler, task.attempt,
-                   result.outcome == Outcome::kRetry ? "asked to retry" : "failed", result.error);
+      spdlog::warn("{} [{}]: {} attempt {} {}: {}", name_of(key), task.correlation_id, task.handler,
+                   task.attempt, result.outcome == Outcome::kRetry ? "asked to retry" : "failed",
+                   result.error);
     }
     finish_run(*route, index, task, result);
   }
@@ -683,9 +688,8 @@ struct Service::Impl {
 
   // ---- settling ----------------------------------------------------------------------------
 
-  std::future<void> enqueue_settle(Route& route, const MessageKey& key,
-                                   sb::Disposition disposition, std::string reason,
-                                   std::string description) {
+  std::future<void> enqueue_settle(Route& route, const MessageKey& key, sb::Disposition disposition,
+                                   std::string reason, std::string description) {
     auto done = std::make_shared<std::promise<void>>();
     auto future = done->get_future();
     {
@@ -696,8 +700,8 @@ struct Service::Impl {
                           "after the next start")));
         return future;
       }
-      settles.push_back({&route, key, disposition, std::move(reason), std::move(description),
-                         done});
+      settles.push_back(
+          {&route, key, disposition, std::move(reason), std::move(description), done});
     }
     settle_wake.notify_one();
     return future;
@@ -749,9 +753,9 @@ struct Service::Impl {
     }
     for (auto& [route, items] : completions) {
       for (std::size_t i = 0; i < items.size(); i += kSettleChunk) {
-        std::vector<Settle*> chunk(items.begin() + static_cast<std::ptrdiff_t>(i),
-                                   items.begin() + static_cast<std::ptrdiff_t>(
-                                                       std::min(items.size(), i + kSettleChunk)));
+        std::vector<Settle*> chunk(
+            items.begin() + static_cast<std::ptrdiff_t>(i),
+            items.begin() + static_cast<std::ptrdiff_t>(std::min(items.size(), i + kSettleChunk)));
         settle_chunk(*route, chunk);
       }
     }
@@ -768,6 +772,7 @@ struct Service::Impl {
     }
     std::exception_ptr failure;
     bool gone = false;
+    bool locked_elsewhere = false;
     try {
       auto messages = receiver.receive_deferred(numbers);
       receiver.settle_deferred(messages, first.disposition, first.reason, first.description);
@@ -781,24 +786,27 @@ struct Service::Impl {
       failure = std::current_exception();
     }
     if (gone && still_deferred(route, numbers.front())) {
+      // Fetched by sequence number by someone else, e.g. a metro that died before settling it:
+      // its lock has to expire first.
+      locked_elsewhere = true;
       failure = std::make_exception_ptr(ConflictError(
           name_of(first.key) + " is locked by another receiver right now; try again later"));
     }
     if (failure) {
-      bool again = false;
+      bool again = locked_elsewhere;
       try {
         std::rethrow_exception(failure);
       } catch (const sb::LockLostError& e) {
         again = true;  // Fetching it by sequence number again gives a fresh lock.
       } catch (const Error& e) {
-        again = e.is_transient();
+        again = again || e.is_transient();
       }
       std::lock_guard lock(settle_mutex);
       for (auto* s : items) {
         if (again && s->attempts + 1 < kSettleAttempts && !settler_stopping) {
           Settle retry = *s;
           ++retry.attempts;
-          retry.not_before = std::chrono::steady_clock::now() + std::chrono::seconds(retry.attempts);
+          retry.not_before = std::chrono::steady_clock::now() + settle_backoff(retry.attempts);
           settles.push_back(std::move(retry));
         } else {
           log_settle_failure(*s, failure);
@@ -809,8 +817,8 @@ struct Service::Impl {
     }
     std::vector<MessageKey> keys;
     for (auto* s : items) keys.push_back(s->key);
-    auto state = first.disposition == sb::Disposition::kComplete ? State::kCompleted
-                                                                 : State::kDeadLettered;
+    auto state =
+        first.disposition == sb::Disposition::kComplete ? State::kCompleted : State::kDeadLettered;
     if (state == State::kCompleted) {
       counters.completed += gone ? 0 : numbers.size();
     } else {
@@ -831,9 +839,10 @@ struct Service::Impl {
     try {
       std::rethrow_exception(failure);
     } catch (const std::exception& e) {
-      spdlog::warn("{}: settling failed, it stays deferred (the reaper tries again after "
-                   "deferred_deadline, or retry it): {}",
-                   name_of(s.key), e.what());
+      spdlog::warn(
+          "{}: settling failed, it stays deferred (the reaper tries again after "
+          "deferred_deadline, or retry it): {}",
+          name_of(s.key), e.what());
     }
   }
 
@@ -915,9 +924,9 @@ struct Service::Impl {
     }
     auto handlers = route.router.route(row.subject);
     if (handlers.empty()) {
-      ledger->set_state(row.key, row.state,
-                        "no handler of the current config matches the subject '" + row.subject +
-                            "'");
+      ledger->set_state(
+          row.key, row.state,
+          "no handler of the current config matches the subject '" + row.subject + "'");
       return false;
     }
     std::map<std::size_t, int> attempts;
@@ -1006,9 +1015,10 @@ struct Service::Impl {
       }
     }
     if (adopted > 0) {
-      spdlog::warn("{}: adopted {} deferred message(s) no ledger row knew, as orphaned; list them "
-                   "and retry or complete them",
-                   route.options.entity_path(), adopted);
+      spdlog::warn(
+          "{}: adopted {} deferred message(s) no ledger row knew, as orphaned; list them "
+          "and retry or complete them",
+          route.options.entity_path(), adopted);
     }
   }
 
@@ -1021,10 +1031,10 @@ struct Service::Impl {
       }
     }
     auto deadline = config.metro.deferred_deadline;
-    auto interval = options.reaper_interval.count() > 0
-                        ? options.reaper_interval
-                        : std::clamp<milliseconds>(deadline / 4, milliseconds(1000),
-                                                   std::chrono::minutes(1));
+    auto interval =
+        options.reaper_interval.count() > 0
+            ? options.reaper_interval
+            : std::clamp<milliseconds>(deadline / 4, milliseconds(1000), std::chrono::minutes(1));
     spdlog::debug("the reaper looks for stale deferrals every {} ms", interval.count());
     std::unique_lock lock(mutex);
     while (!changed.wait_for(lock, interval, [&] { return stopping.load(); })) {
@@ -1054,8 +1064,7 @@ struct Service::Impl {
           busy = active.count(row.key) != 0;
         }
         if (busy) {
-          spdlog::warn("{}: still being handled after deferred_deadline ({} s)",
-                       name_of(row.key),
+          spdlog::warn("{}: still being handled after deferred_deadline ({} s)", name_of(row.key),
                        std::chrono::duration_cast<std::chrono::seconds>(deadline).count());
           continue;
         }
@@ -1140,9 +1149,10 @@ struct Service::Impl {
                    dropped.size());
     }
     if (!finished) {
-      spdlog::warn("handlers still running after the {} ms grace period; their messages stay "
-                   "deferred and run again at the next start",
-                   grace.count());
+      spdlog::warn(
+          "handlers still running after the {} ms grace period; their messages stay "
+          "deferred and run again at the next start",
+          grace.count());
     }
     {
       std::lock_guard lock(settle_mutex);

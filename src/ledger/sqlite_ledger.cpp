@@ -150,8 +150,9 @@ class SqliteLedger : public Ledger {
     write([this, &messages] {
       for (const auto& m : messages) {
         auto s = statement(
-          "INSERT INTO deferred_messages VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-          " ON CONFLICT (topic, subscription, sequence_number) DO UPDATE SET"
+            "INSERT INTO deferred_messages VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, "
+            "?12)"
+            " ON CONFLICT (topic, subscription, sequence_number) DO UPDATE SET"
             " state = excluded.state, updated = excluded.updated");
         auto now = to_ms(Clock::now());
         bind_key(s, m.key);
@@ -199,18 +200,18 @@ class SqliteLedger : public Ledger {
 
   bool forget(const MessageKey& key) override {
     return 0 != write([this, &key] {
-      auto runs = statement(
-          "DELETE FROM handler_runs WHERE topic = ?1 AND subscription = ?2 AND"
-          " sequence_number = ?3");
-      bind_key(runs, key);
-      runs.step();
-      auto s = statement(
-          "DELETE FROM deferred_messages WHERE topic = ?1 AND subscription = ?2 AND"
-          " sequence_number = ?3");
-      bind_key(s, key);
-      s.step();
-      return static_cast<std::size_t>(sqlite3_changes(db_));
-    });
+             auto runs = statement(
+                 "DELETE FROM handler_runs WHERE topic = ?1 AND subscription = ?2 AND"
+                 " sequence_number = ?3");
+             bind_key(runs, key);
+             runs.step();
+             auto s = statement(
+                 "DELETE FROM deferred_messages WHERE topic = ?1 AND subscription = ?2 AND"
+                 " sequence_number = ?3");
+             bind_key(s, key);
+             s.step();
+             return static_cast<std::size_t>(sqlite3_changes(db_));
+           });
   }
 
   std::optional<DeferredMessage> find(const MessageKey& key) override {

@@ -69,8 +69,8 @@ class ServiceTest : public ::testing::Test {
 
   /// A config with one subscription (orders/billing) and the given handler tables.
   metro::config::Config config(const std::string& handlers, const std::string& extra = {}) {
-    std::string text = "[metro]\nworkers = 4\nledger = \"sqlite://" + (dir_ / "ledger.db").string() +
-                       "\"\n" + extra +
+    std::string text = "[metro]\nworkers = 4\nledger = \"sqlite://" +
+                       (dir_ / "ledger.db").string() + "\"\n" + extra +
                        "\n[[subscriptions]]\ntopic_name = \"orders\"\n"
                        "subscription_name = \"billing\"\nconnection_string = \"" +
                        bus_->connection_string() + "\"\n" + handlers +
@@ -129,8 +129,8 @@ TEST_F(ServiceTest, FansOutToEveryMatchingHandlerAndCompletesWhenAllSucceeded) {
       ran.insert(name + ":" + t.subject);
     };
   };
-  options.functions = {{"exact", record("exact")}, {"glob", record("glob")},
-                       {"other", record("other")}};
+  options.functions = {
+      {"exact", record("exact")}, {"glob", record("glob")}, {"other", record("other")}};
   start(config(R"(
 [[subscriptions.handlers]]
 subject = "MetroDemo/Type/GeekJokes"
@@ -237,8 +237,9 @@ TEST_F(ServiceTest, RetriesThenParksAsFailedThenRetryBySequenceNumberCompletes) 
   ServiceOptions options;
   options.functions = {{"flaky", [&](const Task& t) {
                           ++attempts;
-                          if (broken) throw std::runtime_error("attempt " +
-                                                               std::to_string(t.attempt) + " broke");
+                          if (broken)
+                            throw std::runtime_error("attempt " + std::to_string(t.attempt) +
+                                                     " broke");
                         }}};
   start(config(R"(
 [[subscriptions.handlers]]
@@ -277,8 +278,11 @@ max_backoff = "50ms"
 TEST_F(ServiceTest, ExecHandlerAskingToRetryThenSucceeding) {
   auto script = dir_ / "handler.sh";
   std::ofstream(script) << "#!/bin/sh\ncat > /dev/null\n"
-                           "if [ -e " << (dir_ / "ok").string() << " ]; then exit 0; fi\n"
-                           "touch " << (dir_ / "ok").string() << "\nexit 75\n";
+                           "if [ -e "
+                        << (dir_ / "ok").string()
+                        << " ]; then exit 0; fi\n"
+                           "touch "
+                        << (dir_ / "ok").string() << "\nexit 75\n";
   std::filesystem::permissions(script, std::filesystem::perms::owner_all);
   start(config("[[subscriptions.handlers]]\nsubject = \"s\"\nexec = [\"" + script.string() +
                "\"]\nbackoff = \"10ms\"\n"));

@@ -1,0 +1,266 @@
+// `metro run` as a real process against `metro emulator` as another: kill -9 of metro mid-stream
+// and of the emulator mid-stream, with every message handled at least once, completed, and none
+// left deferred; a graceful stop on SIGTERM; the example program with a C++ handler.
+
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <metro/ledger/ledger.hpp>
+#include <metro/sb/client.hpp>
+
+extern char** environ;
+
+namespace {
+
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+
+template <class Predicate>
+bool wait_until(Predicate predicate, std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (predicate()) return true;
+    std::this_thread::sleep_for(20ms);
+  }
+  return predicate();
+}
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+/// A child process with stdout and stderr in a file.
+class Process {
+ public:
+  Process(std::vector<std::string> argv, fs::path output) : output_(std::move(output)) {
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 1, output_.c_str(), O_WRONLY | O_CREAT | O_APPEND,
+                                     0644);
+    posix_spawn_file_actions_adddup2(&actions, 1, 2);
+    std::vector<char*> args;
+    for (auto& a : argv) args.push_back(a.data());
+    args.push_back(nullptr);
+    if (posix_spawn(&pid_, args[0], &actions, nullptr, args.data(), environ) != 0) pid_ = -1;
+    posix_spawn_file_actions_destroy(&actions);
+  }
+  ~Process() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      wait();
+    }
+  }
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+
+  void signal(int number) const { ::kill(pid_, number); }
+  /// Waits for the exit; the exit status, or 128 + the signal.
+  int wait() {
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+  std::string output() const { return read_file(output_); }
+  bool wait_for(const std::string& text, std::chrono::milliseconds timeout = 20s) const {
+    return wait_until([&] { return output().find(text) != std::string::npos; }, timeout);
+  }
+
+ private:
+  fs::path output_;
+  pid_t pid_ = -1;
+};
+
+class RunTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("metro-run-" + std::to_string(::getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    std::ofstream(dir_ / "bus.toml")
+        << "[[topics]]\nname = \"orders\"\n"
+           "[[topics.subscriptions]]\nname = \"billing\"\n"
+           "lock_duration = \"5s\"\n";  // Dead receivers' locks lapse soon.
+    // The handler appends the message's sequence number to a file and takes a little while.
+    handler_ = dir_ / "handler.sh";
+    std::ofstream(handler_) << "#!/bin/sh\n"
+                               "seq=$(grep -o '\"sequence_number\":[0-9]*' | cut -d: -f2)\n"
+                               "sleep 0.01\n"
+                               "echo $seq >> "
+                            << (dir_ / "handled.log").string() << "\n";
+    fs::permissions(handler_, fs::perms::owner_all);
+  }
+  void TearDown() override {
+    metro_.reset();
+    emulator_.reset();
+    fs::remove_all(dir_);
+  }
+
+  void start_emulator(std::uint16_t port) {
+    auto log = dir_ / ("emulator-" + std::to_string(++emulator_starts_) + ".log");
+    emulator_ = std::make_unique<Process>(
+        std::vector<std::string>{METRO_BIN, "emulator", "--config", (dir_ / "bus.toml").string(),
+                                 "--port", std::to_string(port), "--data-dir",
+                                 (dir_ / "bus").string()},
+        log);
+    ASSERT_TRUE(emulator_->wait_for("connection string: ")) << emulator_->output();
+    auto out = emulator_->output();
+    auto at = out.find("amqp=") + 5;
+    port_ = static_cast<std::uint16_t>(std::stoi(out.substr(at)));
+    connection_ = "Endpoint=sb://localhost:" + std::to_string(port_) +
+                  ";SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;"
+                  "UseDevelopmentEmulator=true";
+  }
+
+  void start_metro() {
+    auto config = dir_ / "metro.toml";
+    std::ofstream(config) << "[metro]\nworkers = 4\nledger = \"sqlite://"
+                          << (dir_ / "ledger.db").string()
+                          << "\"\nshutdown_grace = \"10s\"\n"
+                             "[[subscriptions]]\ntopic_name = \"orders\"\n"
+                             "subscription_name = \"billing\"\nconnection_string = \""
+                          << connection_
+                          << "\"\n[[subscriptions.handlers]]\nsubject = \"s\"\nexec = [\""
+                          << handler_.string()
+                          << "\"]\nbackoff = \"100ms\"\n[admin]\nenabled = false\n";
+    auto log = dir_ / ("metro-" + std::to_string(++metro_starts_) + ".log");
+    metro_ = std::make_unique<Process>(
+        std::vector<std::string>{METRO_BIN, "run", "--config", config.string()}, log);
+    ASSERT_TRUE(metro_->wait_for("metro running")) << metro_->output();
+  }
+
+  void publish(int count) {
+    metro::sb::Client client(connection_);
+    auto sender = client.create_sender("orders");
+    std::vector<metro::sb::Message> batch;
+    for (int i = 0; i < count; ++i) {
+      metro::sb::Message m;
+      m.body = R"({"subject": "s", "n": )" + std::to_string(i) + "}";
+      batch.push_back(m);
+    }
+    sender.send(batch);
+  }
+
+  std::vector<std::int64_t> handled() const {
+    std::vector<std::int64_t> out;
+    std::istringstream in(read_file(dir_ / "handled.log"));
+    for (std::int64_t n; in >> n;) out.push_back(n);
+    return out;
+  }
+
+  /// What is left in the subscription (active or deferred), by peeking.
+  std::size_t left() const {
+    metro::sb::Client client(connection_);
+    return client.create_receiver("orders/Subscriptions/billing").peek(1, 5000).size();
+  }
+
+  /// Every one of 1..n handled at least once, and nothing left in the subscription.
+  bool all_done(int n) const {
+    std::set<std::int64_t> seen;
+    for (auto s : handled()) seen.insert(s);
+    return seen.size() == static_cast<std::size_t>(n) && *seen.begin() == 1 &&
+           *seen.rbegin() == n && left() == 0;
+  }
+
+  void expect_ledger_all_completed(int n) {
+    auto ledger = metro::ledger::open_ledger("sqlite://" + (dir_ / "ledger.db").string());
+    auto counts = ledger->counts();
+    EXPECT_EQ(counts[metro::ledger::State::kCompleted], static_cast<std::size_t>(n));
+    EXPECT_EQ(counts.size(), 1u);
+  }
+
+  fs::path dir_;
+  fs::path handler_;
+  std::uint16_t port_ = 0;
+  std::string connection_;
+  int emulator_starts_ = 0;
+  int metro_starts_ = 0;
+  std::unique_ptr<Process> emulator_;
+  std::unique_ptr<Process> metro_;
+};
+
+TEST_F(RunTest, KillDashNineMidStreamThenRestartLosesNothing) {
+  constexpr int kMessages = 300;
+  start_emulator(0);
+  start_metro();
+  publish(kMessages);
+  ASSERT_TRUE(wait_until([&] { return handled().size() >= 60; }, 60s));
+  metro_->signal(SIGKILL);
+  EXPECT_EQ(metro_->wait(), 128 + SIGKILL);
+  auto before = handled().size();
+  EXPECT_LT(before, static_cast<std::size_t>(kMessages)) << "killed too late to mean anything";
+
+  start_metro();
+  ASSERT_TRUE(wait_until([&] { return all_done(kMessages); }, 120s))
+      << handled().size() << " handled, " << left() << " left\n"
+      << metro_->output();
+  // Graceful stop: SIGTERM, exit 0.
+  metro_->signal(SIGTERM);
+  EXPECT_EQ(metro_->wait(), 0) << metro_->output();
+  EXPECT_NE(metro_->output().find("stopped"), std::string::npos);
+  expect_ledger_all_completed(kMessages);
+}
+
+TEST_F(RunTest, TheEmulatorKilledMidStreamAndRestartedLosesNothing) {
+  constexpr int kMessages = 300;
+  start_emulator(0);
+  start_metro();
+  publish(kMessages);
+  ASSERT_TRUE(wait_until([&] { return handled().size() >= 60; }, 60s));
+  emulator_->signal(SIGKILL);
+  emulator_->wait();
+  start_emulator(port_);  // Same port, same --data-dir.
+  ASSERT_TRUE(wait_until([&] { return all_done(kMessages); }, 120s))
+      << handled().size() << " handled, " << left() << " left\n"
+      << metro_->output();
+  metro_->signal(SIGINT);
+  EXPECT_EQ(metro_->wait(), 0) << metro_->output();
+  expect_ledger_all_completed(kMessages);
+}
+
+#ifdef METRO_EXAMPLE_APP
+TEST_F(RunTest, TheExampleProgramCompletesExplicitlyFromItsCppHandler) {
+  auto ledger = dir_ / "app-ledger.db";
+  ::setenv("METRO_LEDGER_PATH", ledger.c_str(), 1);
+  Process app({METRO_EXAMPLE_APP, "run", "--config", METRO_SOURCE_DIR "/examples/my-app.toml",
+               "--emulator", "--emulator-port", "0"},
+              dir_ / "app.log");
+  ::unsetenv("METRO_LEDGER_PATH");
+  ASSERT_TRUE(app.wait_for("metro running")) << app.output();
+  auto out = app.output();
+  auto at = out.find("connection string: ") + 19;
+  connection_ = out.substr(at, out.find('\n', at) - at);
+  metro::sb::Client client(connection_);
+  metro::sb::Message m;
+  m.body = R"({"subject": "MetroDemo/Type/GeekJokes", "joke": "a joke"})";
+  client.create_sender("metro-demo").send(m);
+  ASSERT_TRUE(app.wait_for("my_func: MetroDemo/Type/GeekJokes #1: a joke")) << app.output();
+  auto receiver = client.create_receiver("metro-demo/Subscriptions/sub-metrodemo-myapp");
+  ASSERT_TRUE(wait_until(
+      [&] {
+        auto l = metro::ledger::open_ledger("sqlite://" + ledger.string());
+        auto row = l->find({"metro-demo", "sub-metrodemo-myapp", 1});
+        return row && row->state == metro::ledger::State::kCompleted &&
+               receiver.peek(1, 10).empty();
+      },
+      20s));
+  app.signal(SIGTERM);
+  EXPECT_EQ(app.wait(), 0) << app.output();
+}
+#endif
+
+}  // namespace
