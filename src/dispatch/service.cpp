@@ -42,9 +42,10 @@ struct KeyLess {
   }
 };
 
-/// `topic/subscription#seq`, how log lines name a message.
-std::string name_of(const MessageKey& key) {
-  return key.topic + "/" + key.subscription + "#" + std::to_string(key.sequence_number);
+/// `topic/subscription#seq [correlation-id]`, how log lines name a message.
+std::string name_of(const MessageKey& key, const std::string& correlation = {}) {
+  auto name = key.topic + "/" + key.subscription + "#" + std::to_string(key.sequence_number);
+  return correlation.empty() ? name : name + " [" + correlation + "]";
 }
 
 std::string clip(std::string text, std::size_t limit) {
@@ -145,6 +146,7 @@ struct Settle {
   sb::Disposition disposition = sb::Disposition::kComplete;
   std::string reason;
   std::string description;
+  std::string correlation;
   std::shared_ptr<std::promise<void>> done;
   int attempts = 0;  // Failed tries so far.
   std::chrono::steady_clock::time_point not_before{};
@@ -369,7 +371,7 @@ struct Service::Impl {
       nlohmann::json body = nlohmann::json::parse(m.body, nullptr, false);
       std::string correlation = correlation_of(m, body.is_discarded() ? nullptr : &body);
       auto settle = [&](const char* what, std::future<void> f) {
-        spdlog::info("{} [{}]: {}", name_of(key), correlation, what);
+        spdlog::info("{}: {}", name_of(key, correlation), what);
         settling.emplace_back(key, std::move(f));
       };
       if (body.is_discarded()) {
@@ -382,7 +384,7 @@ struct Service::Impl {
         ++counters.malformed;
         problem = clip("the body is not JSON: " + problem, kDescriptionLimit);
         if (route.options.on_malformed_body == config::MalformedBodyPolicy::kDeadLetter) {
-          spdlog::warn("{} [{}]: dead-lettered: {}", name_of(key), correlation, problem);
+          spdlog::warn("{}: dead-lettered: {}", name_of(key, correlation), problem);
           settling.emplace_back(key, receiver.dead_letter_async(m, "MalformedBody", problem));
         } else {
           settle(("completed without handling: " + problem).c_str(), receiver.complete_async(m));
@@ -402,7 +404,7 @@ struct Service::Impl {
         ++counters.no_match;
         switch (route.options.on_no_match) {
           case config::NoMatchPolicy::kComplete:
-            spdlog::debug("{} [{}]: completed: {}", name_of(key), correlation, why);
+            spdlog::debug("{}: completed: {}", name_of(key, correlation), why);
             settling.emplace_back(key, receiver.complete_async(m));
             break;
           case config::NoMatchPolicy::kDeadLetter:
@@ -583,7 +585,7 @@ struct Service::Impl {
       spdlog::error("ledger: cannot record the start of {} on {}: {}", task.handler, name_of(key),
                     e.what());
     }
-    spdlog::debug("{} [{}]: {} attempt {} started", name_of(key), task.correlation_id, task.handler,
+    spdlog::debug("{}: {} attempt {} started", name_of(key, task.correlation_id), task.handler,
                   task.attempt);
     Result result;
     try {
@@ -603,10 +605,10 @@ struct Service::Impl {
                     e.what());
     }
     if (result.outcome == Outcome::kSuccess) {
-      spdlog::debug("{} [{}]: {} succeeded in {} ms", name_of(key), task.correlation_id,
-                    task.handler, result.duration.count());
+      spdlog::debug("{}: {} succeeded in {} ms", name_of(key, task.correlation_id), task.handler,
+                    result.duration.count());
     } else {
-      spdlog::warn("{} [{}]: {} attempt {} {}: {}", name_of(key), task.correlation_id, task.handler,
+      spdlog::warn("{}: {} attempt {} {}: {}", name_of(key, task.correlation_id), task.handler,
                    task.attempt, result.outcome == Outcome::kRetry ? "asked to retry" : "failed",
                    result.error);
     }
@@ -653,29 +655,25 @@ struct Service::Impl {
       dead_letter |= p == Progress::kDeadLetter;
     }
     if (pending) return;
+    // Every handler has finished: settle, park, or wait for an explicit completion.
     bool explicit_completion = route.explicit_completion(a.handlers);
     bool completed_explicitly = a.completed_explicitly;
     auto error = a.last_error;
+    auto correlation = a.base.correlation_id;
     active.erase(it);
     lock.unlock();
     changed.notify_all();
-    conclude(route, key, dead_letter, parked, explicit_completion, completed_explicitly, error);
-  }
-
-  /// Every handler of a message has finished: settle, park, or wait for an explicit completion.
-  void conclude(Route& route, const MessageKey& key, bool dead_letter, bool parked,
-                bool explicit_completion, bool completed_explicitly, const std::string& error) {
     try {
       if (dead_letter) {
         enqueue_settle(route, key, sb::Disposition::kDeadLetter, "HandlerFailed",
-                       clip(error, kDescriptionLimit));
+                       clip(error, kDescriptionLimit), correlation);
       } else if (parked) {
         ++counters.failed;
         spdlog::warn("{}: parked as failed (it stays deferred; retry it by sequence number): {}",
-                     name_of(key), error);
+                     name_of(key, correlation), error);
         ledger->set_state(key, State::kFailed, error);
       } else if (!explicit_completion) {
-        enqueue_settle(route, key, sb::Disposition::kComplete, {}, {});
+        enqueue_settle(route, key, sb::Disposition::kComplete, {}, {}, correlation);
       } else if (!completed_explicitly) {
         // The handler completes it itself (perhaps asynchronously, still under way).
         auto row = ledger->find(key);
@@ -689,7 +687,8 @@ struct Service::Impl {
   // ---- settling ----------------------------------------------------------------------------
 
   std::future<void> enqueue_settle(Route& route, const MessageKey& key, sb::Disposition disposition,
-                                   std::string reason, std::string description) {
+                                   std::string reason, std::string description,
+                                   std::string correlation = {}) {
     auto done = std::make_shared<std::promise<void>>();
     auto future = done->get_future();
     {
@@ -700,8 +699,8 @@ struct Service::Impl {
                           "after the next start")));
         return future;
       }
-      settles.push_back(
-          {&route, key, disposition, std::move(reason), std::move(description), done});
+      settles.push_back({&route, key, disposition, std::move(reason), std::move(description),
+                         std::move(correlation), done});
     }
     settle_wake.notify_one();
     return future;
@@ -789,8 +788,9 @@ struct Service::Impl {
       // Fetched by sequence number by someone else, e.g. a metro that died before settling it:
       // its lock has to expire first.
       locked_elsewhere = true;
-      failure = std::make_exception_ptr(ConflictError(
-          name_of(first.key) + " is locked by another receiver right now; try again later"));
+      failure = std::make_exception_ptr(
+          ConflictError(name_of(first.key, first.correlation) +
+                        " is locked by another receiver right now; try again later"));
     }
     if (failure) {
       bool again = locked_elsewhere;
@@ -823,8 +823,8 @@ struct Service::Impl {
       counters.completed += gone ? 0 : numbers.size();
     } else {
       counters.dead_lettered += gone ? 0 : numbers.size();
-      spdlog::warn("{}: dead-lettered ({}): {}", name_of(first.key), first.reason,
-                   first.description);
+      spdlog::warn("{}: dead-lettered ({}): {}", name_of(first.key, first.correlation),
+                   first.reason, first.description);
     }
     try {
       ledger->set_state_all(keys, state,
@@ -842,7 +842,7 @@ struct Service::Impl {
       spdlog::warn(
           "{}: settling failed, it stays deferred (the reaper tries again after "
           "deferred_deadline, or retry it): {}",
-          name_of(s.key), e.what());
+          name_of(s.key, s.correlation), e.what());
     }
   }
 

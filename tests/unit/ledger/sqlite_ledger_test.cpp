@@ -1,5 +1,6 @@
 // The SQLite ledger on a real file.
 #include <filesystem>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -124,6 +125,40 @@ TEST_F(SqliteLedgerTest, SurvivesReopening) {
   ledger_.reset();
   ledger_ = open_ledger("sqlite://" + path_.string());
   EXPECT_EQ(ledger_->find({"metro-demo", "a", 1})->state, State::kDeferred);
+}
+
+TEST_F(SqliteLedgerTest, ConcurrentWritersShareCommitsAndLoseNothing) {
+  constexpr int kThreads = 8;
+  constexpr int kEach = 200;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kEach; ++i) {
+        auto m = message("a", t * kEach + i + 1, "s");
+        ledger_->record(m);
+        ledger_->set_state(m.key, State::kDeferred);
+        ledger_->record_run(m.key, {"h", 1, HandlerRun::Outcome::kSucceeded, Clock::now(), {}, {}});
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ledger_->counts()[State::kDeferred], static_cast<std::size_t>(kThreads * kEach));
+  EXPECT_EQ(ledger_->runs({"metro-demo", "a", 1}).size(), 1u);
+}
+
+TEST_F(SqliteLedgerTest, ManyAtOnceAndForgetting) {
+  ledger_->record_all({message("a", 1, "s"), message("a", 2, "s"), message("a", 3, "s")});
+  EXPECT_EQ(ledger_->set_state_all(
+                {{"metro-demo", "a", 1}, {"metro-demo", "a", 2}, {"metro-demo", "a", 9}},
+                State::kCompleted),
+            2u);
+  ledger_->record_run({"metro-demo", "a", 3},
+                      {"h", 1, HandlerRun::Outcome::kRunning, Clock::now(), {}, {}});
+  EXPECT_TRUE(ledger_->forget({"metro-demo", "a", 3}));
+  EXPECT_FALSE(ledger_->forget({"metro-demo", "a", 3}));
+  EXPECT_FALSE(ledger_->find({"metro-demo", "a", 3}));
+  EXPECT_TRUE(ledger_->runs({"metro-demo", "a", 3}).empty());
+  EXPECT_EQ(ledger_->counts()[State::kCompleted], 2u);
 }
 
 TEST(OpenLedger, ExplainsBadUrls) {
