@@ -239,7 +239,9 @@ struct Service::Impl {
     queue = options.queue ? options.queue
                           : std::shared_ptr<TaskQueue>(make_in_process_queue(
                                 static_cast<std::size_t>(std::max(1, config.metro.workers))));
-    max_in_flight = 2 * queue->workers();
+    // Deferred messages waiting for a worker hold no lock, so a small queue ahead of the workers
+    // costs nothing and keeps them busy; more would only take messages from other instances.
+    max_in_flight = 4 * queue->workers();
   }
 
   Route* route_for(const std::string& topic, const std::string& subscription) const {
@@ -579,8 +581,7 @@ struct Service::Impl {
     run.attempt = task.attempt;
     run.started = SysClock::now();
     try {
-      ledger->set_state(key, State::kRunning);
-      ledger->record_run(key, run);
+      ledger->begin_run(key, run);
     } catch (const Error& e) {
       spdlog::error("ledger: cannot record the start of {} on {}: {}", task.handler, name_of(key),
                     e.what());

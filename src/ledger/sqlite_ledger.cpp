@@ -170,30 +170,22 @@ class SqliteLedger : public Ledger {
                             const std::string& error) override {
     return write([this, &keys, state, &error] {
       std::size_t known = 0;
-      for (const auto& key : keys) {
-        auto s = statement(
-            "UPDATE deferred_messages SET state = ?4, updated = ?5,"
-            " last_error = CASE WHEN ?6 = '' THEN last_error ELSE ?6 END"
-            " WHERE topic = ?1 AND subscription = ?2 AND sequence_number = ?3");
-        bind_key(s, key);
-        s.bind(4, std::string(to_string(state))).bind(5, to_ms(Clock::now())).bind(6, error);
-        s.step();
-        known += static_cast<std::size_t>(sqlite3_changes(db_));
-      }
+      for (const auto& key : keys) known += update_state(key, state, error);
       return known;
     });
   }
 
   void record_run(const MessageKey& key, const HandlerRun& run) override {
     write([this, &key, &run] {
-      auto s = statement(
-          "INSERT OR REPLACE INTO handler_runs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
-      bind_key(s, key);
-      s.bind(4, run.handler).bind(5, std::int64_t{run.attempt});
-      s.bind(6, std::string(to_string(run.outcome))).bind(7, to_ms(run.started));
-      if (run.finished) s.bind(8, to_ms(*run.finished));
-      s.bind(9, run.error);
-      s.step();
+      insert_run(key, run);
+      return std::size_t{0};
+    });
+  }
+
+  void begin_run(const MessageKey& key, const HandlerRun& run) override {
+    write([this, &key, &run] {
+      update_state(key, State::kRunning, {});
+      insert_run(key, run);
       return std::size_t{0};
     });
   }
@@ -306,6 +298,29 @@ class SqliteLedger : public Ledger {
     std::size_t result = 0;
     std::exception_ptr error;
   };
+
+  // The single-row writes the public ones are made of. Call inside `write`.
+  std::size_t update_state(const MessageKey& key, State state, const std::string& error) {
+    auto s = statement(
+        "UPDATE deferred_messages SET state = ?4, updated = ?5,"
+        " last_error = CASE WHEN ?6 = '' THEN last_error ELSE ?6 END"
+        " WHERE topic = ?1 AND subscription = ?2 AND sequence_number = ?3");
+    bind_key(s, key);
+    s.bind(4, std::string(to_string(state))).bind(5, to_ms(Clock::now())).bind(6, error);
+    s.step();
+    return static_cast<std::size_t>(sqlite3_changes(db_));
+  }
+
+  void insert_run(const MessageKey& key, const HandlerRun& run) {
+    auto s = statement(
+        "INSERT OR REPLACE INTO handler_runs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
+    bind_key(s, key);
+    s.bind(4, run.handler).bind(5, std::int64_t{run.attempt});
+    s.bind(6, std::string(to_string(run.outcome))).bind(7, to_ms(run.started));
+    if (run.finished) s.bind(8, to_ms(*run.finished));
+    s.bind(9, run.error);
+    s.step();
+  }
 
   /// Queues `apply`, waits until the transaction holding it has committed, returns its answer.
   std::size_t write(std::function<std::size_t()> apply) {

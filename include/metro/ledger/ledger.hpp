@@ -102,6 +102,8 @@ class Ledger {
                                     const std::string& error = {}) = 0;
   /// Adds a handler run, or updates the run with the same handler and attempt.
   virtual void record_run(const MessageKey& key, const HandlerRun& run) = 0;
+  /// Moves a message to `running` and adds the start of a run, in one commit.
+  virtual void begin_run(const MessageKey& key, const HandlerRun& run) = 0;
   /// Drops a message and its runs (it was never deferred after all); false when unknown.
   virtual bool forget(const MessageKey& key) = 0;
   virtual std::optional<DeferredMessage> find(const MessageKey& key) = 0;
