@@ -27,7 +27,7 @@ using std::chrono::milliseconds;
 
 namespace {
 
-constexpr std::size_t kMaxReceive = 100;         // Messages taken from one subscription at once.
+constexpr std::size_t kMaxReceive = 100;  // Messages taken from one subscription at once (default).
 constexpr std::size_t kSettleChunk = 100;        // Sequence numbers in one settlement request.
 constexpr std::size_t kPeekPage = 250;           // Messages per peek while scanning.
 constexpr std::size_t kDescriptionLimit = 1024;  // Dead-letter descriptions are short.
@@ -110,6 +110,20 @@ struct Route {
   std::thread listener;
   mutable std::mutex status_mutex;
   SubscriptionStatus status;
+  std::vector<HandlerStats> stats;  // Same order as options.handlers; under status_mutex.
+  std::optional<sb::Sender> sender;  // For publishing to the topic; under status_mutex.
+
+  void record_duration(std::size_t index, milliseconds duration) {
+    double seconds = static_cast<double>(duration.count()) / 1000.0;
+    auto bucket = static_cast<std::size_t>(
+        std::lower_bound(HandlerStats::kBounds.begin(), HandlerStats::kBounds.end(), seconds) -
+        HandlerStats::kBounds.begin());
+    std::lock_guard lock(status_mutex);
+    auto& h = stats[index];
+    ++h.buckets[bucket];
+    ++h.count;
+    h.sum_seconds += seconds;
+  }
 
   std::optional<std::size_t> handler_index(const std::string& name) const {
     for (std::size_t i = 0; i < options.handlers.size(); ++i) {
@@ -183,7 +197,6 @@ struct Service::Impl {
   std::map<MessageKey, Active, KeyLess> active;
   std::mt19937_64 rng{std::random_device{}()};
   std::atomic<bool> stopping{false};
-  bool started = false;
   bool stopped = false;
 
   std::mutex settle_mutex;
@@ -204,6 +217,7 @@ struct Service::Impl {
       route->status.topic = sub.topic_name;
       route->status.subscription = sub.subscription_name;
       for (const auto& h : sub.handlers) {
+        route->stats.push_back({sub.topic_name, sub.subscription_name, h.name, {}, 0, 0});
         route->router.add(routing::SubjectMatcher(h.match, h.subject));
         switch (h.kind) {
           case config::HandlerKind::kExec:
@@ -304,7 +318,6 @@ struct Service::Impl {
       std::lock_guard lock(registry_mutex);
       registry.push_back(this);
     }
-    started = true;
     spdlog::info("metro is consuming {} subscription(s) with {} workers", routes.size(),
                  queue->workers());
   }
@@ -321,7 +334,7 @@ struct Service::Impl {
         std::unique_lock lock(mutex);
         changed.wait(lock, [&] { return stopping || active.size() < max_in_flight; });
         if (stopping) break;
-        want = std::min({max_in_flight - active.size(), limit, kMaxReceive});
+        want = std::min(max_in_flight - active.size(), limit);
       }
       std::vector<sb::ReceivedMessage> messages;
       try {
@@ -595,6 +608,7 @@ struct Service::Impl {
       result = {Outcome::kFailure, e.what(), {}};
     }
     run.finished = SysClock::now();
+    route->record_duration(index, result.duration);
     run.outcome = result.outcome == Outcome::kSuccess ? ledger::HandlerRun::Outcome::kSucceeded
                   : result.outcome == Outcome::kRetry ? ledger::HandlerRun::Outcome::kRetry
                                                       : ledger::HandlerRun::Outcome::kFailed;
@@ -1184,6 +1198,27 @@ void Service::dead_letter(const MessageKey& key, const std::string& reason,
                           const std::string& description) {
   impl_->dead_letter(key, reason, description);
 }
+void Service::publish(const std::string& topic, const sb::Message& message) {
+  Route* route = nullptr;
+  for (auto& r : impl_->routes) {
+    if (r->options.topic_name == topic && r->client) route = r.get();
+  }
+  if (route == nullptr) {
+    throw UnknownMessageError("no subscription of this metro is on the topic '" + topic + "'");
+  }
+  std::optional<sb::Sender> sender;
+  {
+    std::lock_guard lock(route->status_mutex);
+    sender = route->sender;
+  }
+  if (!sender) {
+    sender = route->client->create_sender(topic);  // Attaching waits on the network: unlocked.
+    std::lock_guard lock(route->status_mutex);
+    if (!route->sender) route->sender = sender;
+  }
+  sender->send(message);
+}
+
 ledger::Ledger& Service::ledger() { return *impl_->ledger; }
 const config::Config& Service::config() const { return impl_->config; }
 
@@ -1200,6 +1235,15 @@ Counters Service::counters() const {
   const auto& c = impl_->counters;
   return {c.received, c.routed,  c.deferred, c.completed, c.dead_lettered,
           c.failed,   c.retries, c.no_match, c.malformed};
+}
+
+std::vector<HandlerStats> Service::handler_stats() const {
+  std::vector<HandlerStats> out;
+  for (const auto& route : impl_->routes) {
+    std::lock_guard lock(route->status_mutex);
+    out.insert(out.end(), route->stats.begin(), route->stats.end());
+  }
+  return out;
 }
 
 std::size_t Service::in_flight() const {

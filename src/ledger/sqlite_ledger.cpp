@@ -132,6 +132,9 @@ class SqliteLedger : public Ledger {
     exec(
         "CREATE INDEX IF NOT EXISTS deferred_messages_state ON deferred_messages (state, updated)");
     exec(
+        "CREATE INDEX IF NOT EXISTS deferred_messages_age ON deferred_messages"
+        " (topic, subscription, state, created)");
+    exec(
         "CREATE TABLE IF NOT EXISTS handler_runs ("
         " topic TEXT NOT NULL, subscription TEXT NOT NULL, sequence_number INTEGER NOT NULL,"
         " handler TEXT NOT NULL, attempt INTEGER NOT NULL, outcome TEXT NOT NULL,"
@@ -247,6 +250,8 @@ class SqliteLedger : public Ledger {
     if (q.state) sql += " AND state = ?3";
     if (q.subject_prefix) sql += " AND substr(subject, 1, length(?4)) = ?4";
     if (q.updated_before) sql += " AND updated < ?5";
+    if (q.subject_glob) sql += " AND subject GLOB ?10";
+    if (q.created_before) sql += " AND created < ?11";
     std::optional<MessageKey> after;
     if (q.after) {
       after = parse_cursor(*q.after);
@@ -262,6 +267,8 @@ class SqliteLedger : public Ledger {
     if (q.state) s.bind(3, std::string(to_string(*q.state)));
     if (q.subject_prefix) s.bind(4, *q.subject_prefix);
     if (q.updated_before) s.bind(5, to_ms(*q.updated_before));
+    if (q.subject_glob) s.bind(10, *q.subject_glob);
+    if (q.created_before) s.bind(11, to_ms(*q.created_before));
     if (after) s.bind(6, after->topic).bind(7, after->subscription).bind(8, after->sequence_number);
     auto limit = std::max<std::size_t>(1, std::min<std::size_t>(q.limit, 1000));
     s.bind(9, static_cast<std::int64_t>(limit + 1));
@@ -288,6 +295,24 @@ class SqliteLedger : public Ledger {
       }
     }
     return out;
+  }
+
+  std::optional<Clock::time_point> oldest_deferred(const std::string& topic,
+                                                   const std::string& subscription) override {
+    std::lock_guard lock(db_mutex_);
+    auto s = statement(
+        "SELECT min(created) FROM deferred_messages WHERE topic = ?1 AND subscription = ?2"
+        " AND state IN ('deferring', 'deferred', 'running', 'retrying', 'failed', 'orphaned')");
+    s.bind(1, topic).bind(2, subscription);
+    if (!s.step() || s.integer(0) == 0) return std::nullopt;
+    return from_ms(s.integer(0));
+  }
+
+  bool writable() override {
+    std::lock_guard lock(db_mutex_);
+    if (sqlite3_exec(db_, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) != SQLITE_OK) return false;
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    return true;
   }
 
  private:

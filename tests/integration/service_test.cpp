@@ -10,6 +10,7 @@
 #include <thread>
 
 #include <gtest/gtest.h>
+#include <httplib.h>
 #include <spdlog/spdlog.h>
 
 #include <metro/config/config.hpp>
@@ -291,6 +292,35 @@ TEST_F(ServiceTest, ExecHandlerAskingToRetryThenSucceeding) {
   auto runs = service_->ledger().runs({"orders", "billing", 1});
   ASSERT_EQ(runs.size(), 2u);
   EXPECT_EQ(runs[0].outcome, metro::ledger::HandlerRun::Outcome::kRetry);
+}
+
+TEST_F(ServiceTest, HttpHandlerRetriedOn5xxWithTheCorrelationIdInAHeader) {
+  httplib::Server server;
+  std::mutex mutex;
+  std::vector<std::string> correlation_ids;
+  std::atomic<int> calls{0};
+  server.Post("/jokes", [&](const httplib::Request& request, httplib::Response& response) {
+    {
+      std::lock_guard lock(mutex);
+      correlation_ids.push_back(request.get_header_value("X-Correlation-Id"));
+    }
+    response.status = ++calls == 1 ? 503 : 200;
+  });
+  int port = server.bind_to_any_port("127.0.0.1");
+  std::thread serving([&] { server.listen_after_bind(); });
+  start(config("[[subscriptions.handlers]]\nsubject = \"s\"\nhttp = \"http://127.0.0.1:" +
+               std::to_string(port) + "/jokes\"\nbackoff = \"10ms\"\n"));
+  metro::sb::Client client(bus_->connection_string());
+  metro::sb::Message m;
+  m.body = R"({"subject": "s"})";
+  m.correlation_id = "order-42";
+  client.create_sender("orders").send(m);
+  ASSERT_TRUE(wait_until([&] { return all_completed(1); }));
+  server.stop();
+  serving.join();
+  std::lock_guard lock(mutex);
+  EXPECT_EQ(correlation_ids, (std::vector<std::string>{"order-42", "order-42"}));
+  EXPECT_EQ(service_->ledger().find({"orders", "billing", 1})->correlation_id, "order-42");
 }
 
 TEST_F(ServiceTest, DeadLetterPolicyAfterTheLastAttempt) {

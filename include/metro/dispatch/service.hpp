@@ -7,6 +7,7 @@
 ///
 /// Thread-safety: every public member may be called from any thread once `start` returned.
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -88,6 +89,19 @@ struct SubscriptionStatus {
   std::chrono::system_clock::time_point last_message{};
 };
 
+/// How long one handler's runs took: a histogram with fixed buckets.
+struct HandlerStats {
+  /// Upper bounds of the buckets, in seconds (a last, unbounded bucket follows).
+  static constexpr std::array<double, 12> kBounds = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                                     0.5,   1,    2.5,   5,    10,  60};
+  std::string topic;
+  std::string subscription;
+  std::string handler;
+  std::array<std::uint64_t, kBounds.size() + 1> buckets{};  ///< Runs per bucket (not cumulative).
+  std::uint64_t count = 0;
+  double sum_seconds = 0;
+};
+
 /// Counters since start, for metrics and tests.
 struct Counters {
   std::uint64_t received = 0;
@@ -127,10 +141,15 @@ class Service {
   void dead_letter(const ledger::MessageKey& key, const std::string& reason,
                    const std::string& description);
 
+  /// Sends a message to a topic, with the connection of a subscription on it. Throws
+  /// `UnknownMessageError` when no subscription of the config is on that topic.
+  void publish(const std::string& topic, const sb::Message& message);
+
   ledger::Ledger& ledger();
   const config::Config& config() const;
   std::vector<SubscriptionStatus> subscriptions() const;
   Counters counters() const;
+  std::vector<HandlerStats> handler_stats() const;
   /// Messages this process is working on (deferred and not yet settled, parked or waiting for an
   /// explicit completion).
   std::size_t in_flight() const;

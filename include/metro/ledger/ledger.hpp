@@ -76,6 +76,9 @@ struct Query {
   std::optional<std::string> subscription;
   std::optional<State> state;
   std::optional<std::string> subject_prefix;
+  /// A glob over the whole subject: `*` any characters (including `/`), `?` one, `[…]` a set.
+  std::optional<std::string> subject_glob;
+  std::optional<Clock::time_point> created_before;
   std::optional<Clock::time_point> updated_before;
   std::size_t limit = 50;
   std::optional<std::string> after;
@@ -112,6 +115,12 @@ class Ledger {
   /// Messages per state, for one subscription or (both empty) for all.
   virtual std::map<State, std::size_t> counts(const std::string& topic = {},
                                               const std::string& subscription = {}) = 0;
+  /// When the oldest message of a subscription still deferred in Service Bus (any state but
+  /// `completed` and `dead-lettered`) was recorded; nullopt when there is none.
+  virtual std::optional<Clock::time_point> oldest_deferred(const std::string& topic,
+                                                           const std::string& subscription) = 0;
+  /// Whether a write can be made now (takes and releases the write lock).
+  virtual bool writable() = 0;
 };
 
 /// Opens a ledger from its URL: `sqlite://<file>` (created if missing). Throws `metro::Error`
