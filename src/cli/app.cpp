@@ -62,6 +62,45 @@ int App::main(int argc, char** argv) {
   run->add_option("--emulator-data-dir", run_command.emulator_data_dir,
                   "Folder for the embedded emulator's durable state (default: in memory)");
 
+  metro::cli::DeferredCommand deferred_command;
+  auto* deferred = app.add_subcommand(
+      "deferred",
+      "List, show, retry, complete or dead-letter deferred messages of a running metro");
+  deferred->require_subcommand(1);
+  deferred
+      ->add_option("--url", deferred_command.url,
+                   "metro's admin API (default http://127.0.0.1:8080)")
+      ->envname("METRO_URL");
+  deferred->add_option("--token", deferred_command.token, "A bearer token of [admin] tokens")
+      ->envname("METRO_TOKEN");
+  deferred->add_flag("--json", deferred_command.json, "Print the API's JSON instead of a table");
+  auto* list = deferred->add_subcommand("list", "Deferred messages, filtered, a page at a time");
+  list->add_option("--topic", deferred_command.topic, "Only this topic");
+  list->add_option("--subscription", deferred_command.subscription, "Only this subscription");
+  list->add_option("--state", deferred_command.state,
+                   "deferring, deferred, running, retrying, failed, completed, dead-lettered or "
+                   "orphaned");
+  list->add_option("--subject", deferred_command.subject, "A subject prefix, or a glob with * ?");
+  list->add_option("--older-than", deferred_command.older_than,
+                   "Recorded longer ago than (10m, 2h)");
+  list->add_option("--limit", deferred_command.limit, "Messages per page (1-1000, default 50)");
+  list->add_option("--after", deferred_command.after, "The cursor the previous page printed");
+  for (auto [name, help] :
+       {std::pair{"show", "One message: body, handler runs, errors"},
+        std::pair{"retry", "Run the handlers that have not succeeded again"},
+        std::pair{"complete", "Complete the message in Service Bus"},
+        std::pair{"dead-letter", "Move the message to the dead-letter queue"}}) {
+    auto* sub = deferred->add_subcommand(name, help);
+    sub->add_option("topic", deferred_command.topic, "Topic")->required();
+    sub->add_option("subscription", deferred_command.subscription, "Subscription")->required();
+    sub->add_option("sequence-number", deferred_command.sequence_number, "Sequence number")
+        ->required();
+    if (std::string(name) == "dead-letter") {
+      sub->add_option("--reason", deferred_command.reason, "Dead-letter reason");
+      sub->add_option("--description", deferred_command.description, "Dead-letter description");
+    }
+  }
+
   metro::cli::EmulatorCommand emulator_command;
   auto* emulator = app.add_subcommand(
       "emulator", "Run the local Service Bus emulator (plain AMQP, and TLS with --tls-port)");
@@ -109,6 +148,10 @@ int App::main(int argc, char** argv) {
   try {
     if (check->parsed()) return metro::cli::run_check(config_path);
     if (run->parsed()) return metro::cli::run_service(run_command, functions_);
+    if (deferred->parsed()) {
+      for (auto* sub : deferred->get_subcommands()) deferred_command.action = sub->get_name();
+      return metro::cli::run_deferred(deferred_command);
+    }
     if (emulator->parsed()) return metro::cli::run_emulator(emulator_command);
     if (publish->parsed()) return metro::cli::run_publish(publish_command);
   } catch (const std::exception& e) {

@@ -30,6 +30,26 @@ struct RunCommand {
 int run_service(const RunCommand& command,
                 const std::map<std::string, dispatch::Function>& functions);
 
+struct DeferredCommand {
+  std::string action;  ///< list, show, retry, complete, dead-letter
+  std::string url = "http://127.0.0.1:8080";
+  std::string token;
+  bool json = false;
+  std::string topic;  ///< A filter for list; the message's for the others.
+  std::string subscription;
+  std::int64_t sequence_number = 0;
+  std::string state;
+  std::string subject;
+  std::string older_than;
+  int limit = 50;
+  std::string after;
+  std::string reason = "DeadLetteredByOperator";
+  std::string description;
+};
+
+/// `metro deferred …`: the deferred-message API of a running metro.
+int run_deferred(const DeferredCommand& command);
+
 struct EmulatorCommand {
   std::string config_path;
   std::string host = "127.0.0.1";

@@ -5,6 +5,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <metro/admin/server.hpp>
 #include <metro/config/config.hpp>
 #include <metro/emulator/emulator.hpp>
 
@@ -55,6 +56,13 @@ int run_service(const RunCommand& command,
     std::cerr << "metro run: " << e.what() << '\n';
     return kExitUsage;
   }
+  std::optional<admin::Server> api;
+  if (config.admin.enabled) {
+    api.emplace(*service, config.admin);
+    api->start();
+    auto host = config.admin.listen.substr(0, config.admin.listen.rfind(':'));
+    std::cout << "metro admin listening: http://" << host << ":" << api->port() << "/" << std::endl;
+  }
   std::cout << "metro running: subscriptions=" << config.subscriptions.size()
             << " workers=" << config.metro.workers << std::endl;
 
@@ -63,6 +71,7 @@ int run_service(const RunCommand& command,
   spdlog::info(
       "{}: stopping (handlers get {} s to finish)", received == SIGINT ? "SIGINT" : "SIGTERM",
       std::chrono::duration_cast<std::chrono::seconds>(config.metro.shutdown_grace).count());
+  if (api) api->stop();
   bool finished = service->stop(config.metro.shutdown_grace);
   if (!finished) {
     // A handler thread cannot be interrupted; its message stays deferred and runs again at the

@@ -110,7 +110,7 @@ struct Route {
   std::thread listener;
   mutable std::mutex status_mutex;
   SubscriptionStatus status;
-  std::vector<HandlerStats> stats;  // Same order as options.handlers; under status_mutex.
+  std::vector<HandlerStats> stats;   // Same order as options.handlers; under status_mutex.
   std::optional<sb::Sender> sender;  // For publishing to the topic; under status_mutex.
 
   void record_duration(std::size_t index, milliseconds duration) {

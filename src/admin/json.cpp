@@ -1,0 +1,64 @@
+#include "json.hpp"
+
+#include <ctime>
+
+namespace metro::admin {
+
+using nlohmann::json;
+
+std::string iso_time(std::chrono::system_clock::time_point t) {
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+  std::time_t seconds = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  gmtime_r(&seconds, &tm);
+  char text[40];
+  auto n = std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%S", &tm);
+  std::snprintf(text + n, sizeof(text) - n, ".%03dZ", static_cast<int>(ms % 1000));
+  return text;
+}
+
+std::string connection_state(sb::ConnectionState state) {
+  switch (state) {
+    case sb::ConnectionState::kConnecting:
+      return "connecting";
+    case sb::ConnectionState::kConnected:
+      return "connected";
+    case sb::ConnectionState::kDisconnected:
+      return "disconnected";
+    case sb::ConnectionState::kClosed:
+      return "closed";
+  }
+  return "unknown";
+}
+
+json message_json(const ledger::DeferredMessage& m, bool body) {
+  auto now = std::chrono::system_clock::now();
+  json out = {{"topic", m.key.topic},
+              {"subscription", m.key.subscription},
+              {"sequence_number", m.key.sequence_number},
+              {"subject", m.subject},
+              {"message_id", m.message_id},
+              {"correlation_id", m.correlation_id},
+              {"state", std::string(to_string(m.state))},
+              {"created", iso_time(m.created)},
+              {"updated", iso_time(m.updated)},
+              {"age_seconds", std::chrono::duration<double>(now - m.created).count()},
+              {"last_error", m.last_error}};
+  if (body) {
+    auto parsed = json::parse(m.body, nullptr, false);
+    out["body"] = parsed.is_discarded() ? json(m.body) : parsed;
+    out["body_truncated"] = m.body_truncated;
+  }
+  return out;
+}
+
+json run_json(const ledger::HandlerRun& r) {
+  return {{"handler", r.handler},
+          {"attempt", r.attempt},
+          {"outcome", std::string(to_string(r.outcome))},
+          {"started", iso_time(r.started)},
+          {"finished", r.finished ? json(iso_time(*r.finished)) : json()},
+          {"error", r.error}};
+}
+
+}  // namespace metro::admin
