@@ -223,6 +223,7 @@ struct Server::Impl {
     http.Post(std::string(kMessagePath) + "/dead-letter", [this](const httplib::Request& req,
                                                                  httplib::Response& res) {
       act(req, res, "dead-letter", [&](const ledger::MessageKey& key) {
+        require_open(key);
         auto body = req.body.empty() ? json::object() : json::parse(req.body, nullptr, false);
         if (!body.is_object()) {
           throw InvalidArgument(

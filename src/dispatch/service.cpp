@@ -1096,7 +1096,7 @@ struct Service::Impl {
   ledger::DeferredMessage row_or_throw(const MessageKey& key) {
     auto row = ledger->find(key);
     if (!row) {
-      throw UnknownMessageError("no deferred message " + name_of(key) + " is in the ledger");
+      throw UnknownMessageError("no deferred message " + name_of(key) + " is known");
     }
     if (row->state == State::kCompleted || row->state == State::kDeadLettered) {
       throw ConflictError(name_of(key) + " is already " + std::string(to_string(row->state)));

@@ -1,0 +1,422 @@
+// The admin API against a running service and the in-process emulator: every route, filter and
+// error, the auth rules, the audit lines, retry by sequence number, and `metro deferred` (the real
+// binary) against it.
+
+#include <atomic>
+#include <filesystem>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+
+#include <metro/admin/server.hpp>
+#include <metro/config/config.hpp>
+#include <metro/dispatch/service.hpp>
+#include <metro/emulator/emulator.hpp>
+#include <metro/sb/client.hpp>
+
+namespace {
+
+using namespace std::chrono_literals;
+using metro::ledger::State;
+using nlohmann::json;
+
+constexpr const char* kEntity = "orders/Subscriptions/billing";
+constexpr const char* kAdmin = "admin-secret";
+constexpr const char* kViewer = "viewer-secret";
+
+template <class Predicate>
+bool wait_until(Predicate predicate, std::chrono::milliseconds timeout = 20s) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (predicate()) return true;
+    std::this_thread::sleep_for(10ms);
+  }
+  return predicate();
+}
+
+class AdminTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("metro-admin-" + std::to_string(::getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+    metro::emulator::EmulatorOptions options;
+    options.port = 0;
+    metro::emulator::TopicOptions orders{"orders", {}, {}};
+    orders.subscriptions.push_back({"billing", {}, {}});
+    orders.subscriptions.push_back({"shipping", {}, {}});
+    options.bus.topics.push_back(orders);
+    bus_ = std::make_unique<metro::emulator::Emulator>(options);
+    bus_->start();
+    audit_ = std::make_shared<spdlog::sinks::ostream_sink_mt>(audit_text_);
+    spdlog::default_logger()->sinks().push_back(audit_);
+  }
+
+  void TearDown() override {
+    auto& sinks = spdlog::default_logger()->sinks();
+    sinks.erase(std::remove(sinks.begin(), sinks.end(), audit_), sinks.end());
+    api_.reset();
+    service_.reset();
+    bus_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  /// Starts a service on orders/billing (handler `flaky`, failing while `broken_`) and
+  /// orders/shipping (handler `ok`), and the API with `tokens` (TOML array text, or empty).
+  void start(
+      const std::string& tokens = R"([{ name = "ops", token = "admin-secret", role = "admin" },
+                                            { name = "dash", token = "viewer-secret", role = "viewer" }])") {
+    std::string cs = bus_->connection_string();
+    std::string text = "[metro]\nworkers = 4\nledger = \"sqlite://" +
+                       (dir_ / "ledger.db").string() +
+                       "\"\n"
+                       "[[subscriptions]]\ntopic_name = \"orders\"\nsubscription_name = "
+                       "\"billing\"\nconnection_string = \"" +
+                       cs +
+                       "\"\n[[subscriptions.handlers]]\nsubject = \"Orders/**\"\nglob = true\n"
+                       "handler = \"flaky\"\nmax_attempts = 2\nbackoff = \"10ms\"\n"
+                       "[[subscriptions]]\ntopic_name = \"orders\"\nsubscription_name = "
+                       "\"shipping\"\nconnection_string = \"" +
+                       cs +
+                       "\"\n[[subscriptions.handlers]]\nsubject = \"Orders/**\"\nglob = true\n"
+                       "handler = \"ok\"\n"
+                       "[admin]\nlisten = \"127.0.0.1:0\"\n" +
+                       (tokens.empty() ? "" : "tokens = " + tokens + "\n");
+    auto config = metro::config::parse_config(text, "admin-test.toml");
+    metro::dispatch::ServiceOptions options;
+    options.functions = {{"flaky",
+                          [this](const metro::dispatch::Task&) {
+                            if (broken_) throw std::runtime_error("the billing system is down");
+                          }},
+                         {"ok", [](const metro::dispatch::Task&) {}}};
+    service_ = std::make_unique<metro::dispatch::Service>(config, options);
+    service_->start();
+    api_ = std::make_unique<metro::admin::Server>(*service_, config.admin);
+    api_->start();
+    http_ = std::make_unique<httplib::Client>("127.0.0.1", api_->port());
+  }
+
+  void publish(const std::string& subject, const std::string& correlation = {}) {
+    metro::sb::Client client(bus_->connection_string());
+    metro::sb::Message m;
+    m.body = json{{"subject", subject}, {"n", ++published_}}.dump();
+    if (!correlation.empty()) m.correlation_id = correlation;
+    client.create_sender("orders").send(m);
+  }
+
+  std::optional<State> state_of(const std::string& sub, std::int64_t seq) {
+    auto row = service_->ledger().find({"orders", sub, seq});
+    if (!row) return std::nullopt;
+    return row->state;
+  }
+
+  httplib::Headers auth(const char* token) {
+    return {{"Authorization", std::string("Bearer ") + token}};
+  }
+
+  std::pair<int, json> get(const std::string& path, const char* token = kAdmin) {
+    auto r = http_->Get(path, token ? auth(token) : httplib::Headers{});
+    if (!r) return {0, {}};
+    return {r->status, json::parse(r->body, nullptr, false)};
+  }
+
+  std::pair<int, json> post(const std::string& path, const std::string& body = {},
+                            const char* token = kAdmin) {
+    auto r = http_->Post(path, token ? auth(token) : httplib::Headers{}, body, "application/json");
+    if (!r) return {0, {}};
+    return {r->status, json::parse(r->body, nullptr, false)};
+  }
+
+  /// Parks one message on billing (two failed attempts) and returns its sequence number.
+  std::int64_t park_one() {
+    publish("Orders/Created", "order-7");
+    EXPECT_TRUE(wait_until([&] { return state_of("billing", 1) == State::kFailed; }));
+    return 1;
+  }
+
+  std::string audit_log() {
+    spdlog::default_logger()->flush();
+    return audit_text_.str();
+  }
+
+  std::filesystem::path dir_;
+  std::unique_ptr<metro::emulator::Emulator> bus_;
+  std::unique_ptr<metro::dispatch::Service> service_;
+  std::unique_ptr<metro::admin::Server> api_;
+  std::unique_ptr<httplib::Client> http_;
+  std::atomic<bool> broken_{true};
+  int published_ = 0;
+  std::ostringstream audit_text_;
+  std::shared_ptr<spdlog::sinks::ostream_sink_mt> audit_;
+};
+
+TEST_F(AdminTest, RetryBySequenceNumberAfterTheHandlerIsFixed) {
+  start();
+  park_one();
+  auto [status, m] = get("/api/v1/deferred/orders/billing/1");
+  ASSERT_EQ(status, 200);
+  EXPECT_EQ(m["state"], "failed");
+  EXPECT_EQ(m["correlation_id"], "order-7");
+  EXPECT_EQ(m["last_error"], "flaky: the billing system is down");
+  EXPECT_EQ(m["body"]["subject"], "Orders/Created");
+  ASSERT_EQ(m["runs"].size(), 2u);
+  EXPECT_EQ(m["runs"][1]["attempt"], 2);
+  EXPECT_EQ(m["runs"][1]["outcome"], "failed");
+  EXPECT_EQ(m["runs"][1]["error"], "the billing system is down");
+  EXPECT_EQ(bus_->counts(kEntity).deferred, 1u);
+
+  broken_ = false;
+  std::tie(status, m) = post("/api/v1/deferred/orders/billing/1/retry");
+  EXPECT_EQ(status, 202) << m.dump();
+  ASSERT_TRUE(wait_until([&] { return state_of("billing", 1) == State::kCompleted; }));
+  EXPECT_TRUE(wait_until([&] { return bus_->counts(kEntity).total() == 0; }));
+  std::tie(status, m) = get("/api/v1/deferred/orders/billing/1");
+  EXPECT_EQ(m["runs"].size(), 3u);
+  EXPECT_EQ(m["runs"][2]["outcome"], "succeeded");
+
+  std::tie(status, m) = post("/api/v1/deferred/orders/billing/1/retry");
+  EXPECT_EQ(status, 409);
+  EXPECT_EQ(m["error"], "orders/billing#1 is already completed");
+  EXPECT_NE(audit_log().find("audit: token=ops action=retry message=orders/billing#1 outcome=ok"),
+            std::string::npos)
+      << audit_log();
+}
+
+TEST_F(AdminTest, ListFiltersAndPages) {
+  start();
+  broken_ = false;
+  for (int i = 0; i < 5; ++i) publish(i % 2 == 0 ? "Orders/Created" : "Orders/Paid/Card");
+  ASSERT_TRUE(wait_until([&] {
+    return service_->ledger().counts()[State::kCompleted] == 10;  // 5 on each subscription
+  }));
+  auto [status, page] = get("/api/v1/deferred?topic=orders&subscription=billing&limit=2");
+  ASSERT_EQ(status, 200);
+  ASSERT_EQ(page["items"].size(), 2u);
+  EXPECT_EQ(page["items"][0]["sequence_number"], 1);
+  EXPECT_FALSE(page["items"][0].contains("body"));  // Lists are light; show has the body.
+  std::vector<std::int64_t> seen;
+  std::string after;
+  for (int pages = 0; pages < 10; ++pages) {
+    std::tie(status, page) = get("/api/v1/deferred?subscription=billing&limit=2" +
+                                 (after.empty() ? "" : "&after=" + after));
+    for (auto& m : page["items"]) seen.push_back(m["sequence_number"]);
+    if (page["next"].is_null()) break;
+    after = page["next"];
+  }
+  EXPECT_EQ(seen, (std::vector<std::int64_t>{1, 2, 3, 4, 5}));
+
+  EXPECT_EQ(get("/api/v1/deferred?subject=Orders/Paid").second["items"].size(), 4u);
+  EXPECT_EQ(get("/api/v1/deferred?subject=Orders/*/Card").second["items"].size(), 4u);
+  EXPECT_EQ(get("/api/v1/deferred?subject=Orders/Created").second["items"].size(), 6u);
+  EXPECT_EQ(get("/api/v1/deferred?state=completed").second["items"].size(), 10u);
+  EXPECT_EQ(get("/api/v1/deferred?state=failed").second["items"].size(), 0u);
+  EXPECT_EQ(get("/api/v1/deferred?older_than=1h").second["items"].size(), 0u);
+  EXPECT_EQ(get("/api/v1/deferred?older_than=0s").second["items"].size(), 10u);
+
+  for (const char* bad : {"/api/v1/deferred?state=lost", "/api/v1/deferred?limit=0",
+                          "/api/v1/deferred?limit=x", "/api/v1/deferred?limit=5000",
+                          "/api/v1/deferred?after=zz", "/api/v1/deferred?older_than=soon"}) {
+    auto [code, error] = get(bad);
+    EXPECT_EQ(code, 400) << bad;
+    EXPECT_TRUE(error["error"].is_string()) << bad;
+  }
+  EXPECT_EQ(get("/api/v1/deferred?state=lost").second["error"],
+            "unknown state 'lost'; one of deferring, deferred, running, retrying, failed, "
+            "completed, dead-lettered, orphaned");
+}
+
+TEST_F(AdminTest, CompleteAndDeadLetterAParkedMessage) {
+  start();
+  park_one();
+  publish("Orders/Created");
+  ASSERT_TRUE(wait_until([&] { return state_of("billing", 2) == State::kFailed; }));
+
+  auto [status, m] = post("/api/v1/deferred/orders/billing/1/complete");
+  EXPECT_EQ(status, 200) << m.dump();
+  EXPECT_EQ(m["state"], "completed");
+  EXPECT_EQ(post("/api/v1/deferred/orders/billing/1/complete").first, 409);
+
+  std::tie(status, m) = post("/api/v1/deferred/orders/billing/2/dead-letter",
+                             R"({"reason": "BadOrder", "description": "customer unknown"})");
+  EXPECT_EQ(status, 200) << m.dump();
+  EXPECT_EQ(m["state"], "dead-lettered");
+  EXPECT_EQ(bus_->counts(kEntity).total(), 0u);
+  metro::sb::Client client(bus_->connection_string());
+  auto dlq = client.create_receiver(std::string(kEntity) + "/$DeadLetterQueue").receive(1, 5s);
+  ASSERT_EQ(dlq.size(), 1u);
+  EXPECT_EQ(dlq[0].dead_letter_reason, "BadOrder");
+  EXPECT_EQ(dlq[0].dead_letter_description, "customer unknown");
+  EXPECT_EQ(post("/api/v1/deferred/orders/billing/2/dead-letter", "{}").first, 409);
+  EXPECT_EQ(post("/api/v1/deferred/orders/billing/2/dead-letter", "[1]").first, 409);
+  auto [code, error] = post("/api/v1/deferred/orders/billing/99/dead-letter", "[1]");
+  EXPECT_EQ(code, 404);
+}
+
+TEST_F(AdminTest, UnknownMessagesRoutesAndTopics) {
+  start();
+  auto [status, error] = get("/api/v1/deferred/orders/billing/42");
+  EXPECT_EQ(status, 404);
+  EXPECT_EQ(error["error"], "no deferred message orders/billing#42 is known");
+  EXPECT_EQ(post("/api/v1/deferred/orders/billing/42/retry").first, 404);
+  EXPECT_EQ(post("/api/v1/deferred/orders/billing/42/complete").first, 404);
+  EXPECT_EQ(post("/api/v1/deferred/nope/billing/1/retry").first, 404);
+  std::tie(status, error) = get("/api/v1/nothing-here");
+  EXPECT_EQ(status, 404);
+  EXPECT_EQ(error["error"], "no route GET /api/v1/nothing-here (see /api/v1 in the README)");
+  std::tie(status, error) = post("/api/v1/publish", R"({"topic": "nope", "body": {}})");
+  EXPECT_EQ(status, 404);
+  std::tie(status, error) = post("/api/v1/publish", R"({"body": {}})");
+  EXPECT_EQ(status, 400);
+  EXPECT_EQ(post("/api/v1/publish", "not json").first, 400);
+}
+
+TEST_F(AdminTest, PublishSubscriptionsHealthReadinessAndMetrics) {
+  start();
+  broken_ = false;
+  auto [status, body] = post("/api/v1/publish",
+                             R"({"topic": "orders", "subject": "Orders/Created",
+                                 "body": {"subject": "Orders/Created"}, "correlation_id": "c-1"})");
+  EXPECT_EQ(status, 202) << body.dump();
+  ASSERT_TRUE(wait_until([&] { return state_of("shipping", 1) == State::kCompleted; }));
+  EXPECT_EQ(service_->ledger().find({"orders", "shipping", 1})->correlation_id, "c-1");
+
+  std::tie(status, body) = get("/api/v1/subscriptions");
+  ASSERT_EQ(status, 200);
+  ASSERT_EQ(body["items"].size(), 2u);
+  EXPECT_EQ(body["items"][0]["subscription"], "billing");
+  EXPECT_EQ(body["items"][0]["state"], "connected");
+  EXPECT_EQ(body["items"][0]["handlers"][0], "flaky");
+  EXPECT_TRUE(wait_until(
+      [&] { return get("/api/v1/subscriptions").second["items"][0]["counts"]["completed"] == 1; }));
+  EXPECT_TRUE(body["items"][0]["last_message"].is_string());
+
+  auto health = http_->Get("/healthz");
+  EXPECT_EQ(health->status, 200);
+  EXPECT_EQ(health->body, "ok\n");
+  std::tie(status, body) = get("/readyz", nullptr);
+  EXPECT_EQ(status, 200);
+  EXPECT_EQ(body["ready"], true);
+
+  EXPECT_EQ(http_->Get("/metrics")->status, 401);
+  auto metrics = http_->Get("/metrics", auth(kViewer))->body;
+  for (const char* line :
+       {"metro_messages_received_total 2", "metro_messages_completed_total 2",
+        "metro_messages_routed_total 2",
+        "metro_ledger_messages{topic=\"orders\",subscription=\"shipping\",state=\"completed\"} 1",
+        "metro_oldest_deferred_age_seconds{topic=\"orders\",subscription=\"billing\"} 0",
+        "metro_subscription_connected{topic=\"orders\",subscription=\"billing\"} 1",
+        "metro_handler_duration_seconds_count{topic=\"orders\",subscription=\"billing\","
+        "handler=\"flaky\"} 1",
+        "# TYPE metro_handler_duration_seconds histogram", "le=\"+Inf\"} 1"}) {
+    EXPECT_NE(metrics.find(line), std::string::npos) << line << "\n" << metrics;
+  }
+  auto page = http_->Get("/");
+  EXPECT_EQ(page->status, 200);
+  EXPECT_NE(page->body.find("<title>metro</title>"), std::string::npos);
+}
+
+TEST_F(AdminTest, TokensAndRoles) {
+  start();
+  park_one();
+  auto target = "/api/v1/deferred/orders/billing/1";
+  EXPECT_EQ(get(target, nullptr).first, 401);
+  EXPECT_EQ(get(target, "wrong").first, 401);
+  EXPECT_EQ(get(target, "admin-secretX").first, 401);
+  auto no_token = http_->Get(target);
+  EXPECT_EQ(no_token->get_header_value("WWW-Authenticate"), "Bearer");
+  EXPECT_EQ(get(target, kViewer).first, 200);
+  EXPECT_EQ(get("/api/v1/whoami", kViewer).second["role"], "viewer");
+  EXPECT_EQ(get("/api/v1/whoami", kAdmin).second,
+            (json{{"name", "ops"}, {"role", "admin"}, {"actions", true}}));
+
+  auto [status, error] = post(std::string(target) + "/retry", {}, kViewer);
+  EXPECT_EQ(status, 403);
+  EXPECT_EQ(error["error"], "the token 'dash' is a viewer's; retry needs an admin token");
+  EXPECT_EQ(post(std::string(target) + "/complete", {}, nullptr).first, 401);
+  EXPECT_EQ(post("/api/v1/publish", R"({"topic": "orders", "body": {}})", kViewer).first, 403);
+  EXPECT_EQ(post(std::string(target) + "/complete", {}, kAdmin).first, 200);
+  auto log = audit_log();
+  EXPECT_NE(log.find("audit: token=dash action=retry message=orders/billing#1 outcome=denied: "
+                     "viewer"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("audit: token=- action=complete message=orders/billing#1 outcome=denied"),
+            std::string::npos);
+  EXPECT_NE(log.find("audit: token=ops action=complete message=orders/billing#1 outcome=ok"),
+            std::string::npos);
+  EXPECT_EQ(log.find("admin-secret"), std::string::npos);
+}
+
+TEST_F(AdminTest, WithoutTokensReadsOnLoopbackAndRefusesEveryAction) {
+  start("");
+  park_one();
+  EXPECT_EQ(get("/api/v1/deferred/orders/billing/1", nullptr).first, 200);
+  auto [status, error] = post("/api/v1/deferred/orders/billing/1/retry", {}, nullptr);
+  EXPECT_EQ(status, 403);
+  EXPECT_NE(error["error"].get<std::string>().find("add { token = "), std::string::npos);
+  EXPECT_EQ(get("/api/v1/whoami", nullptr).second["actions"], false);
+}
+
+#ifdef METRO_BIN
+std::pair<int, std::string> shell(const std::string& command) {
+  std::string output;
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  char buffer[4096];
+  while (auto n = fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, n);
+  int status = pclose(pipe);
+  return {WEXITSTATUS(status), output};
+}
+
+TEST_F(AdminTest, TheCliAgainstARunningMetro) {
+  start();
+  park_one();
+  auto cli = std::string(METRO_BIN) +
+             " deferred --url http://127.0.0.1:" + std::to_string(api_->port()) + " --token " +
+             kAdmin + " ";
+  auto [code, out] = shell(cli + "list --state failed");
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("SEQ  TOPIC/SUBSCRIPTION  SUBJECT         STATE   AGE"), std::string::npos)
+      << out;
+  EXPECT_NE(out.find("1    orders/billing      Orders/Created  failed"), std::string::npos) << out;
+  EXPECT_NE(out.find("flaky: the billing system is down"), std::string::npos) << out;
+
+  std::tie(code, out) = shell(cli + "show orders billing 1");
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("correlation id  order-7"), std::string::npos) << out;
+  EXPECT_NE(out.find("\"subject\": \"Orders/Created\""), std::string::npos) << out;
+  EXPECT_NE(out.find("flaky    2        failed"), std::string::npos) << out;
+
+  std::tie(code, out) = shell(cli + "--json list --subscription billing");
+  EXPECT_EQ(code, 0);
+  EXPECT_EQ(json::parse(out)["items"][0]["state"], "failed");
+
+  broken_ = false;
+  std::tie(code, out) = shell(cli + "retry orders billing 1");
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("retry: ok"), std::string::npos);
+  ASSERT_TRUE(wait_until([&] { return state_of("billing", 1) == State::kCompleted; }));
+  std::tie(code, out) = shell(cli + "retry orders billing 1");
+  EXPECT_EQ(code, 1);
+  EXPECT_EQ(out, "metro deferred retry: 409: orders/billing#1 is already completed\n");
+  std::tie(code, out) = shell(cli + "show orders billing 77");
+  EXPECT_EQ(code, 1);
+  EXPECT_EQ(out, "metro deferred show: 404: no deferred message orders/billing#77 is known\n");
+  std::tie(code, out) = shell(std::string(METRO_BIN) + " deferred --url http://127.0.0.1:" +
+                              std::to_string(api_->port()) + " complete orders billing 1");
+  EXPECT_EQ(code, 1);
+  EXPECT_NE(out.find("401: this API needs a bearer token"), std::string::npos) << out;
+  std::tie(code, out) = shell(std::string(METRO_BIN) + " deferred --url http://127.0.0.1:1 list");
+  EXPECT_EQ(code, 1);
+  EXPECT_NE(out.find("cannot reach http://127.0.0.1:1"), std::string::npos) << out;
+}
+#endif
+
+}  // namespace
