@@ -378,7 +378,7 @@ struct Service::Impl {
       Task base;
     };
     std::vector<Work> work;
-    std::vector<std::pair<MessageKey, std::future<void>>> settling;
+    std::vector<std::pair<std::string, std::future<void>>> settling;  // Named for the log.
     auto now = SysClock::now();
     for (auto& m : messages) {
       MessageKey key{route.options.topic_name, route.options.subscription_name, m.sequence_number};
@@ -387,7 +387,7 @@ struct Service::Impl {
       std::string correlation = correlation_of(m, body.is_discarded() ? nullptr : &body);
       auto settle = [&](const char* what, std::future<void> f) {
         spdlog::info("{}: {}", name_of(key, correlation), what);
-        settling.emplace_back(key, std::move(f));
+        settling.emplace_back(name_of(key, correlation), std::move(f));
       };
       if (body.is_discarded()) {
         std::string problem;
@@ -400,7 +400,8 @@ struct Service::Impl {
         problem = clip("the body is not JSON: " + problem, kDescriptionLimit);
         if (route.options.on_malformed_body == config::MalformedBodyPolicy::kDeadLetter) {
           spdlog::warn("{}: dead-lettered: {}", name_of(key, correlation), problem);
-          settling.emplace_back(key, receiver.dead_letter_async(m, "MalformedBody", problem));
+          settling.emplace_back(name_of(key, correlation),
+                                receiver.dead_letter_async(m, "MalformedBody", problem));
         } else {
           settle(("completed without handling: " + problem).c_str(), receiver.complete_async(m));
         }
@@ -420,7 +421,7 @@ struct Service::Impl {
         switch (route.options.on_no_match) {
           case config::NoMatchPolicy::kComplete:
             spdlog::debug("{}: completed: {}", name_of(key, correlation), why);
-            settling.emplace_back(key, receiver.complete_async(m));
+            settling.emplace_back(name_of(key, correlation), receiver.complete_async(m));
             break;
           case config::NoMatchPolicy::kDeadLetter:
             settle(("dead-lettered: " + why).c_str(),
@@ -445,12 +446,11 @@ struct Service::Impl {
 
     if (!work.empty()) defer_and_dispatch(route, work);
 
-    for (auto& [key, f] : settling) {
+    for (auto& [name, f] : settling) {
       try {
         f.get();
       } catch (const Error& e) {
-        spdlog::warn("{}: settling failed ({}); it will be delivered again", name_of(key),
-                     e.what());
+        spdlog::warn("{}: settling failed ({}); it will be delivered again", name, e.what());
       }
     }
   }
@@ -483,13 +483,13 @@ struct Service::Impl {
         dispatched.push_back(&work[i]);
       } catch (const sb::LockLostError& e) {
         spdlog::info("{}: lock lost before it was deferred; it will be delivered again",
-                     name_of(key));
+                     name_of(key, work[i].base.correlation_id));
         forget(key);
       } catch (const Error& e) {
         // Whether the deferral happened is unknown: the row stays `deferring` and the reaper
         // resolves it by peeking.
-        spdlog::warn("{}: deferring failed ({}); will be resolved by peeking", name_of(key),
-                     e.what());
+        spdlog::warn("{}: deferring failed ({}); will be resolved by peeking",
+                     name_of(key, work[i].base.correlation_id), e.what());
       }
     }
     if (deferred.empty()) return;
@@ -596,8 +596,8 @@ struct Service::Impl {
     try {
       ledger->begin_run(key, run);
     } catch (const Error& e) {
-      spdlog::error("ledger: cannot record the start of {} on {}: {}", task.handler, name_of(key),
-                    e.what());
+      spdlog::error("ledger: cannot record the start of {} on {}: {}", task.handler,
+                    name_of(key, task.correlation_id), e.what());
     }
     spdlog::debug("{}: {} attempt {} started", name_of(key, task.correlation_id), task.handler,
                   task.attempt);
@@ -616,8 +616,8 @@ struct Service::Impl {
     try {
       ledger->record_run(key, run);
     } catch (const Error& e) {
-      spdlog::error("ledger: cannot record the end of {} on {}: {}", task.handler, name_of(key),
-                    e.what());
+      spdlog::error("ledger: cannot record the end of {} on {}: {}", task.handler,
+                    name_of(key, task.correlation_id), e.what());
     }
     if (result.outcome == Outcome::kSuccess) {
       spdlog::debug("{}: {} succeeded in {} ms", name_of(key, task.correlation_id), task.handler,
@@ -653,7 +653,7 @@ struct Service::Impl {
         try {
           ledger->set_state(key, State::kRetrying, error);
         } catch (const Error& e) {
-          spdlog::error("ledger: {}: {}", name_of(key), e.what());
+          spdlog::error("ledger: {}: {}", name_of(key, task.correlation_id), e.what());
         }
         // A refused push means shutting down: the row stays `retrying` for the next start.
         if (!queue->push(next, TaskQueue::Clock::now() + *delay)) release(key);
