@@ -16,6 +16,7 @@
 
 #include <metro/dispatch/retry.hpp>
 #include <metro/dispatch/service.hpp>
+#include <metro/dispatch/worker_pool.hpp>
 #include <metro/routing/router.hpp>
 
 namespace metro::dispatch {
@@ -107,7 +108,10 @@ struct Route {
   std::vector<std::unique_ptr<Handler>> handlers;  // Same order as options.handlers.
   std::shared_ptr<sb::Client> client;
   std::optional<sb::Receiver> receiver;
-  std::thread listener;
+  // Listening state, under Impl::mutex: `busy` from arming a receive until its batch is handled
+  // (or the receive is cancelled); `waiting_for_room` while parked until workers free up.
+  bool busy = false;
+  bool waiting_for_room = false;
   mutable std::mutex status_mutex;
   SubscriptionStatus status;
   std::vector<HandlerStats> stats;   // Same order as options.handlers; under status_mutex.
@@ -206,6 +210,7 @@ struct Service::Impl {
   bool settler_gone = false;
   std::thread settler;
   std::thread reaper;
+  std::unique_ptr<WorkerPool> listener_pool;
 
   // ---- set-up ------------------------------------------------------------------------------
 
@@ -310,9 +315,8 @@ struct Service::Impl {
     queue->start([this](const Task& task) { run_task(task); });
     settler = std::thread([this] { settle_loop(); });
     for (auto& route : routes) reconcile(*route);
-    for (auto& route : routes) {
-      route->listener = std::thread([this, r = route.get()] { listen(*r); });
-    }
+    listener_pool = std::make_unique<WorkerPool>(std::clamp<std::size_t>(routes.size(), 1, 4));
+    for (auto& route : routes) arm(*route);
     reaper = std::thread([this] { reap_loop(); });
     {
       std::lock_guard lock(registry_mutex);
@@ -324,33 +328,51 @@ struct Service::Impl {
 
   // ---- listening ---------------------------------------------------------------------------
 
-  void listen(Route& route) {
-    auto& receiver = *route.receiver;
-    auto limit =
-        route.options.prefetch > 0 ? static_cast<std::size_t>(route.options.prefetch) : kMaxReceive;
-    while (!stopping) {
-      std::size_t want;
-      {
-        std::unique_lock lock(mutex);
-        changed.wait(lock, [&] { return stopping || active.size() < max_in_flight; });
-        if (stopping) break;
-        want = std::min(max_in_flight - active.size(), limit);
+  // No thread waits on a subscription: `arm` asks its receiver for as many messages as there is
+  // room for, with a callback; the client hands them over on its thread, and a small pool of
+  // listener threads (at most 4, shared by all subscriptions) records, defers and dispatches
+  // them, then arms the receiver again.
+
+  void arm(Route& route) {
+    std::size_t want;
+    {
+      std::lock_guard lock(mutex);
+      route.busy = !stopping && active.size() < max_in_flight;
+      route.waiting_for_room = !stopping && !route.busy;
+      if (!route.busy) {
+        changed.notify_all();
+        return;
       }
-      std::vector<sb::ReceivedMessage> messages;
-      try {
-        messages = receiver.receive(want, kReceiveWait);
-      } catch (const Error& e) {
-        spdlog::debug("{}: receive: {} (the client reconnects)", route.options.entity_path(),
-                      e.what());
-        std::unique_lock lock(mutex);
-        changed.wait_for(lock, milliseconds(250), [&] { return stopping.load(); });
-        continue;
-      }
-      if (messages.empty()) continue;
-      if (stopping) {
-        for (auto& m : messages) give_back(receiver, m);
-        break;
-      }
+      want = std::min(max_in_flight - active.size(), receive_limit(route));
+    }
+    route.receiver->receive_async(want, kReceiveWait,
+                                  [this, r = &route](std::vector<sb::ReceivedMessage> messages) {
+                                    received(*r, std::move(messages));
+                                  });
+  }
+
+  static std::size_t receive_limit(const Route& route) {
+    return route.options.prefetch > 0 ? static_cast<std::size_t>(route.options.prefetch)
+                                      : kMaxReceive;
+  }
+
+  /// On the client's thread: hand the batch to a listener thread.
+  void received(Route& route, std::vector<sb::ReceivedMessage> messages) {
+    auto batch = std::make_shared<std::vector<sb::ReceivedMessage>>(std::move(messages));
+    bool queued = listener_pool->submit([this, r = &route, batch] { listen_once(*r, *batch); });
+    if (!queued) {
+      for (auto& m : *batch) give_back(*route.receiver, m);
+      idle(route);
+    }
+  }
+
+  void listen_once(Route& route, std::vector<sb::ReceivedMessage>& messages) {
+    if (stopping) {
+      for (auto& m : messages) give_back(*route.receiver, m);
+      idle(route);
+      return;
+    }
+    if (!messages.empty()) {
       {
         std::lock_guard lock(route.status_mutex);
         route.status.last_message = SysClock::now();
@@ -358,11 +380,38 @@ struct Service::Impl {
       counters.received += messages.size();
       handle_batch(route, messages);
     }
+    arm(route);
   }
 
+  void idle(Route& route) {
+    std::lock_guard lock(mutex);
+    route.busy = false;
+    changed.notify_all();
+  }
+
+  /// Workers freed up: arm the subscriptions that were waiting for room.
+  void wake_waiting() {
+    std::vector<Route*> waking;
+    {
+      std::lock_guard lock(mutex);
+      if (stopping || active.size() >= max_in_flight) return;
+      for (auto& r : routes) {
+        if (r->waiting_for_room) {
+          r->waiting_for_room = false;
+          r->busy = true;
+          waking.push_back(r.get());
+        }
+      }
+    }
+    for (auto* r : waking) {
+      if (!listener_pool->submit([this, r] { arm(*r); })) idle(*r);
+    }
+  }
+
+  /// Abandons a message without waiting (it may run on the client's own thread).
   static void give_back(sb::Receiver& receiver, const sb::ReceivedMessage& m) {
     try {
-      receiver.abandon(m);
+      (void)receiver.abandon_async(m);
     } catch (const Error&) {
       // Its lock lapses on its own and it is delivered again.
     }
@@ -573,6 +622,7 @@ struct Service::Impl {
       active.erase(key);
     }
     changed.notify_all();
+    wake_waiting();
   }
 
   void run_task(const Task& task) {
@@ -678,6 +728,7 @@ struct Service::Impl {
     active.erase(it);
     lock.unlock();
     changed.notify_all();
+    wake_waiting();
     try {
       if (dead_letter) {
         enqueue_settle(route, key, sb::Disposition::kDeadLetter, "HandlerFailed",
@@ -1155,8 +1206,15 @@ struct Service::Impl {
       std::erase(registry, this);
     }
     for (auto& route : routes) {
-      if (route->listener.joinable()) route->listener.join();
+      if (route->receiver && route->receiver->cancel_receive_async()) idle(*route);
     }
+    {
+      std::unique_lock lock(mutex);
+      changed.wait(lock, [&] {
+        return std::none_of(routes.begin(), routes.end(), [](auto& r) { return r->busy; });
+      });
+    }
+    if (listener_pool) listener_pool->shutdown(milliseconds::max());
     std::vector<Task> dropped;
     bool finished = queue->shutdown(grace, &dropped);
     if (!dropped.empty()) {

@@ -195,6 +195,23 @@ struct LinkEntry : std::enable_shared_from_this<LinkEntry> {
   std::uint64_t tag = 0;
   std::exception_ptr attach_error;
   std::condition_variable arrived;  // receiver: buffer grew (waited on with Impl::mutex)
+  /// receiver: a receive_async callback waiting for messages (guarded by Impl::mutex).
+  struct Waiter {
+    std::size_t max = 0;
+    Clock::time_point deadline;
+    std::function<void(std::vector<ReceivedMessage>)> callback;
+  };
+  std::optional<Waiter> waiter;
+
+  /// Takes up to `max` buffered messages. Call with Impl::mutex held.
+  std::vector<ReceivedMessage> take(std::size_t max) {
+    std::vector<ReceivedMessage> out;
+    while (!buffer.empty() && out.size() < max) {
+      out.push_back(std::move(buffer.front()));
+      buffer.pop_front();
+    }
+    return out;
+  }
 };
 
 struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
@@ -370,6 +387,7 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
       }
       case PN_PROACTOR_TIMEOUT:
         if (is_closing()) break;
+        expire_waiters();
         if (open) {
           // A timeout arrives outside the connection's batch: do the work in the connection's
           // own turn, where what it writes goes out.
@@ -471,6 +489,22 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
         (void)error;  // The next attach or refresh tries again; open links keep working.
       });
     }
+  }
+
+  /// Answers receive_async callbacks whose time is up with no messages.
+  void expire_waiters() {
+    auto now = Clock::now();
+    std::vector<LinkEntry::Waiter> due;
+    {
+      std::lock_guard lock(mutex);
+      for (auto& l : links) {
+        if (l->waiter && l->waiter->deadline <= now) {
+          due.push_back(std::move(*l->waiter));
+          l->waiter.reset();
+        }
+      }
+    }
+    for (auto& w : due) w.callback({});
   }
 
   /// Renews locks of held messages that run short (auto_renew_lock_for).
@@ -799,12 +833,19 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
       } else {
         pn_delivery_settle(d);
       }
+      std::optional<LinkEntry::Waiter> waiter;
+      std::vector<ReceivedMessage> handed;
       {
         std::lock_guard lock(mutex);
         entry->buffer.push_back(std::move(received));
+        if (entry->waiter) {
+          waiter.swap(entry->waiter);
+          handed = entry->take(waiter->max);
+        }
       }
       entry->arrived.notify_all();
       if (entry->receiver.prefetch > 0) top_up(*entry);
+      if (waiter) waiter->callback(std::move(handed));
       return;
     }
     if (entry && pn_delivery_updated(d) && pn_delivery_settled(d)) {
@@ -948,6 +989,15 @@ struct Client::Impl : std::enable_shared_from_this<Client::Impl> {
     }
     pn_proactor_interrupt(proactor);
     if (thread.joinable()) thread.join();
+    std::vector<LinkEntry::Waiter> waiting;
+    {
+      std::lock_guard lock(mutex);
+      for (auto& l : links) {
+        if (l->waiter) waiting.push_back(std::move(*l->waiter));
+        l->waiter.reset();
+      }
+    }
+    for (auto& w : waiting) w.callback({});  // Closed: nothing more will come.
     pn_proactor_free(proactor);
     proactor = nullptr;
     if (ssl_domain != nullptr) pn_ssl_domain_free(ssl_domain);
@@ -1186,41 +1236,82 @@ std::future<std::vector<ReceivedMessage>> Receiver::receive_async(std::size_t ma
                     [impl = impl_, max, timeout] { return Receiver(impl).receive(max, timeout); });
 }
 
+namespace {
+
+/// Grants credit for up to `max` messages on a receiver without prefetch (with prefetch the
+/// credit is kept topped up anyway).
+void grant(Client::Impl& c, const std::shared_ptr<LinkEntry>& entry, std::size_t max) {
+  if (entry->receiver.prefetch != 0) return;
+  c.post([&c, entry, max] {
+    c.when_ready(
+        entry,
+        [&c, entry, max] {
+          std::size_t buffered;
+          {
+            std::lock_guard lock(c.mutex);
+            buffered = entry->buffer.size();
+          }
+          auto credit =
+              static_cast<int>(max) - pn_link_credit(entry->link) - static_cast<int>(buffered);
+          if (credit > 0) pn_link_flow(entry->link, credit);
+        },
+        [](std::exception_ptr) {});
+  });
+}
+
+}  // namespace
+
 std::vector<ReceivedMessage> Receiver::receive(std::size_t max, milliseconds timeout) {
   auto& c = *impl_->client;
   auto entry = impl_->entry;
   if (max == 0) return {};
-  if (entry->receiver.prefetch == 0) {
-    c.post([&c, entry, max] {
-      c.when_ready(
-          entry,
-          [&c, entry, max] {
-            std::size_t buffered;
-            {
-              std::lock_guard lock(c.mutex);
-              buffered = entry->buffer.size();
-            }
-            auto credit =
-                static_cast<int>(max) - pn_link_credit(entry->link) - static_cast<int>(buffered);
-            if (credit > 0) pn_link_flow(entry->link, credit);
-          },
-          [](std::exception_ptr) {});
-    });
-  }
+  grant(c, entry, max);
   std::vector<ReceivedMessage> out;
   {
     std::unique_lock lock(c.mutex);
     entry->arrived.wait_for(lock, timeout, [&] { return !entry->buffer.empty(); });
-    while (!entry->buffer.empty() && out.size() < max) {
-      out.push_back(std::move(entry->buffer.front()));
-      entry->buffer.pop_front();
-    }
+    out = entry->take(max);
   }
   // Taking messages out of the buffer makes room for more: grant the credit.
   if (!out.empty() && entry->receiver.prefetch > 0) {
     c.post([&c, entry] { c.top_up(*entry); });
   }
   return out;
+}
+
+void Receiver::receive_async(std::size_t max, milliseconds timeout,
+                             std::function<void(std::vector<ReceivedMessage>)> callback) {
+  auto& c = *impl_->client;
+  auto entry = impl_->entry;
+  std::vector<ReceivedMessage> ready;
+  bool waiting = false;
+  {
+    std::lock_guard lock(c.mutex);
+    if (entry->waiter) {
+      throw InvalidArgument("a receive_async callback is already waiting on " + entry->address);
+    }
+    ready = entry->take(max);
+    if (ready.empty() && max > 0) {
+      entry->waiter = LinkEntry::Waiter{max, Clock::now() + timeout, std::move(callback)};
+      waiting = true;
+    }
+  }
+  if (waiting) {
+    grant(c, entry, max);
+    return;
+  }
+  if (!ready.empty() && entry->receiver.prefetch > 0) {
+    c.post([&c, entry] { c.top_up(*entry); });
+  }
+  callback(std::move(ready));
+}
+
+bool Receiver::cancel_receive_async() {
+  auto& c = *impl_->client;
+  std::lock_guard lock(c.mutex);
+  bool pending = impl_->entry->waiter.has_value();
+  impl_->entry->waiter.reset();
+  return pending;
 }
 
 namespace {

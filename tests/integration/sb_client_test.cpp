@@ -1,4 +1,6 @@
 // The C++ Service Bus client against the in-process emulator, plain and TLS.
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -71,6 +73,58 @@ TEST_F(SbClient, SendsAndReceivesEveryField) {
   EXPECT_GT(*r.locked_until, Clock::now());
   receiver.complete(r);
   EXPECT_EQ(bus_.counts("metro-demo/Subscriptions/sub").total(), 0u);
+}
+
+TEST_F(SbClient, ReceiveWithACallbackWaitsWithoutAThread) {
+  Client client(bus_.connection_string(), quick());
+  auto sender = client.create_sender("q");
+  auto receiver = client.create_receiver("q");
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::vector<std::vector<ReceivedMessage>> calls;
+  auto record = [&](std::vector<ReceivedMessage> got) {
+    std::lock_guard lock(mutex);
+    calls.push_back(std::move(got));
+    changed.notify_all();
+  };
+  auto wait_for_calls = [&](std::size_t n) {
+    std::unique_lock lock(mutex);
+    return changed.wait_for(lock, 10s, [&] { return calls.size() >= n; });
+  };
+
+  // Waiting: a message that arrives later is handed over.
+  receiver.receive_async(5, 30s, record);
+  EXPECT_THROW(receiver.receive_async(5, 30s, record), InvalidArgument);
+  sender.send(text("late"));
+  ASSERT_TRUE(wait_for_calls(1));
+  ASSERT_EQ(calls[0].size(), 1u);
+  EXPECT_EQ(calls[0][0].body, "late");
+  receiver.complete(calls[0][0]);
+
+  // Nothing comes: an empty answer once the time is up.
+  receiver.receive_async(5, 100ms, record);
+  ASSERT_TRUE(wait_for_calls(2));
+  EXPECT_TRUE(calls[1].empty());
+
+  // Cancelled: never called; what arrives stays for the next receive.
+  receiver.receive_async(5, 30s, record);
+  EXPECT_TRUE(receiver.cancel_receive_async());
+  EXPECT_FALSE(receiver.cancel_receive_async());
+  sender.send(text("kept"));
+  auto kept = receiver.receive(1, 5s);
+  ASSERT_EQ(kept.size(), 1u);
+  EXPECT_EQ(kept[0].body, "kept");
+  receiver.complete(kept[0]);
+  {
+    std::lock_guard lock(mutex);
+    EXPECT_EQ(calls.size(), 2u);
+  }
+
+  // Waiting when the client closes: answered, empty.
+  receiver.receive_async(5, 30s, record);
+  client.close();
+  ASSERT_TRUE(wait_for_calls(3));
+  EXPECT_TRUE(calls[2].empty());
 }
 
 TEST_F(SbClient, DefersAndCompletesBySequenceNumberInOneBatch) {

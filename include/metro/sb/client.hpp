@@ -142,6 +142,16 @@ class Receiver {
   /// Up to `max` messages; waits up to `timeout` for the first, returns early with what is there.
   std::vector<ReceivedMessage> receive(std::size_t max, milliseconds timeout);
   std::future<std::vector<ReceivedMessage>> receive_async(std::size_t max, milliseconds timeout);
+  /// Hands up to `max` messages to `callback`, once: as soon as any are there (at once when some
+  /// are buffered), or an empty vector when `timeout` has passed (checked once a second) or the
+  /// client closes. No thread waits meanwhile. The callback runs on the client's thread (or the
+  /// caller's, when messages are already buffered) and must not block. One may wait at a time
+  /// per receiver; a second call throws `InvalidArgument`.
+  void receive_async(std::size_t max, milliseconds timeout,
+                     std::function<void(std::vector<ReceivedMessage>)> callback);
+  /// Drops the waiting callback of `receive_async` without calling it; true when one was waiting
+  /// (false: it has been called or is being called).
+  bool cancel_receive_async();
 
   void complete(const ReceivedMessage& message);
   void abandon(const ReceivedMessage& message,
