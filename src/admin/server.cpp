@@ -14,6 +14,7 @@
 
 #include "dashboard.hpp"
 #include "json.hpp"
+#include "query.hpp"
 
 namespace metro::admin {
 
@@ -47,33 +48,6 @@ struct Caller {
   std::string name;
   config::Role role = config::Role::kViewer;
 };
-
-std::string hex(const std::string& text) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : text) {
-    out += kDigits[c >> 4];
-    out += kDigits[c & 15];
-  }
-  return out;
-}
-
-std::optional<std::string> unhex(const std::string& text) {
-  if (text.size() % 2 != 0) return std::nullopt;
-  std::string out;
-  for (std::size_t i = 0; i < text.size(); i += 2) {
-    auto value = [](char c) -> int {
-      if (c >= '0' && c <= '9') return c - '0';
-      if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-      return -1;
-    };
-    int hi = value(text[i]);
-    int lo = value(text[i + 1]);
-    if (hi < 0 || lo < 0) return std::nullopt;
-    out += static_cast<char>(hi * 16 + lo);
-  }
-  return out;
-}
 
 }  // namespace
 
@@ -266,57 +240,12 @@ struct Server::Impl {
   }
 
   void list(const httplib::Request& req, httplib::Response& res) {
-    ledger::Query q;
-    if (req.has_param("topic")) q.topic = req.get_param_value("topic");
-    if (req.has_param("subscription")) q.subscription = req.get_param_value("subscription");
-    if (req.has_param("state")) {
-      auto state = ledger::state_from_string(req.get_param_value("state"));
-      if (!state) {
-        throw InvalidArgument("unknown state '" + req.get_param_value("state") +
-                              "'; one of deferring, deferred, running, retrying, failed, "
-                              "completed, dead-lettered, orphaned");
-      }
-      q.state = state;
-    }
-    if (req.has_param("subject")) {
-      auto subject = req.get_param_value("subject");
-      if (subject.find_first_of("*?[") != std::string::npos) {
-        q.subject_glob = subject;
-      } else {
-        q.subject_prefix = subject;
-      }
-    }
-    if (req.has_param("older_than")) {
-      auto age = config::parse_duration(req.get_param_value("older_than"));
-      if (!age) {
-        throw InvalidArgument("older_than must be a duration like 30s, 5m or 1h (got '" +
-                              req.get_param_value("older_than") + "')");
-      }
-      q.created_before = std::chrono::system_clock::now() - *age;
-    }
-    if (req.has_param("limit")) {
-      const auto& text = req.get_param_value("limit");
-      std::size_t used = 0;
-      long limit = 0;
-      try {
-        limit = std::stol(text, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      if (used != text.size() || limit < 1 || limit > 1000) {
-        throw InvalidArgument("limit must be a number from 1 to 1000 (got '" + text + "')");
-      }
-      q.limit = static_cast<std::size_t>(limit);
-    }
-    if (req.has_param("after")) {
-      auto cursor = unhex(req.get_param_value("after"));
-      if (!cursor) throw InvalidArgument("the cursor in 'after' is not one this API gave out");
-      q.after = *cursor;
-    }
+    auto q = parse_list_query(req.params, std::chrono::system_clock::now());
     auto page = service.ledger().list(q);
     json items = json::array();
     for (const auto& m : page.items) items.push_back(message_json(m, false));
-    reply(res, 200, {{"items", items}, {"next", page.next ? json(hex(*page.next)) : json()}});
+    reply(res, 200,
+          {{"items", items}, {"next", page.next ? json(encode_cursor(*page.next)) : json()}});
   }
 
   void show(const ledger::MessageKey& key, httplib::Response& res) {
