@@ -49,8 +49,11 @@ std::string name_of(const MessageKey& key, const std::string& correlation = {}) 
   return correlation.empty() ? name : name + " [" + correlation + "]";
 }
 
+/// At most `limit` bytes, not cutting a UTF-8 sequence in two.
 std::string clip(std::string text, std::size_t limit) {
-  if (text.size() > limit) text.resize(limit);
+  if (text.size() <= limit) return text;
+  while (limit > 0 && (static_cast<unsigned char>(text[limit]) & 0xC0) == 0x80) --limit;
+  text.resize(limit);
   return text;
 }
 
