@@ -369,6 +369,7 @@ void read_metro(TableReader& r, MetroOptions& m) {
   if (auto v = r.integer("prefetch", 0, 100000)) m.prefetch = static_cast<int>(*v);
   if (auto v = r.duration("deferred_deadline")) m.deferred_deadline = *v;
   if (auto v = r.duration("shutdown_grace")) m.shutdown_grace = *v;
+  if (auto v = r.duration("ledger_retention")) m.ledger_retention = *v;
   if (auto v = r.integer("ledger_body_limit", 0, 256LL * 1024 * 1024)) {
     m.ledger_body_limit = static_cast<std::size_t>(*v);
   }

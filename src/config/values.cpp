@@ -92,17 +92,24 @@ std::optional<milliseconds> parse_duration(std::string_view text) {
     }
     auto unit = text.substr(0, unit_length);
     text.remove_prefix(unit_length);
+    long long unit_ms = 0;
     if (unit == "ms") {
-      total += milliseconds(amount);
+      unit_ms = 1;
     } else if (unit == "s") {
-      total += std::chrono::seconds(amount);
+      unit_ms = 1000;
     } else if (unit == "m") {
-      total += std::chrono::minutes(amount);
+      unit_ms = 60LL * 1000;
     } else if (unit == "h") {
-      total += std::chrono::hours(amount);
+      unit_ms = 3600LL * 1000;
+    } else if (unit == "d") {
+      unit_ms = 24LL * 3600 * 1000;
     } else {
       return std::nullopt;
     }
+    // Beyond a century is a typo, and would overflow further on.
+    constexpr long long kMaxMs = 100LL * 366 * 24 * 3600 * 1000;
+    if (amount > kMaxMs / unit_ms || total.count() + amount * unit_ms > kMaxMs) return std::nullopt;
+    total += milliseconds(amount * unit_ms);
   }
   return total;
 }

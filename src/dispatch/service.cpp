@@ -1115,7 +1115,21 @@ struct Service::Impl {
           spdlog::error("{}: reaper: {}", route->options.entity_path(), e.what());
         }
       }
+      prune();
       lock.lock();
+    }
+  }
+
+  /// Deletes settled rows past `ledger_retention`.
+  void prune() {
+    auto retention = config.metro.ledger_retention;
+    if (retention.count() <= 0) return;
+    try {
+      if (auto n = ledger->prune(SysClock::now() - retention); n > 0) {
+        spdlog::info("ledger: deleted {} settled message(s) older than ledger_retention", n);
+      }
+    } catch (const Error& e) {
+      spdlog::error("ledger: pruning: {}", e.what());
     }
   }
 

@@ -308,6 +308,23 @@ class SqliteLedger : public Ledger {
     return from_ms(s.integer(0));
   }
 
+  std::size_t prune(Clock::time_point before) override {
+    return write([this, before] {
+      auto runs = statement(
+          "DELETE FROM handler_runs WHERE (topic, subscription, sequence_number) IN"
+          " (SELECT topic, subscription, sequence_number FROM deferred_messages"
+          "  WHERE state IN ('completed', 'dead-lettered') AND updated < ?1)");
+      runs.bind(1, to_ms(before));
+      runs.step();
+      auto s = statement(
+          "DELETE FROM deferred_messages WHERE state IN ('completed', 'dead-lettered')"
+          " AND updated < ?1");
+      s.bind(1, to_ms(before));
+      s.step();
+      return static_cast<std::size_t>(sqlite3_changes(db_));
+    });
+  }
+
   bool writable() override {
     std::lock_guard lock(db_mutex_);
     if (sqlite3_exec(db_, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) != SQLITE_OK) return false;

@@ -91,6 +91,8 @@ struct MetroOptions {
   milliseconds deferred_deadline{std::chrono::hours(1)};  ///< Reaper: a deferral older is stale.
   milliseconds shutdown_grace{std::chrono::seconds(30)};  ///< In-flight handlers get this long.
   std::size_t ledger_body_limit = 256 * 1024;             ///< Bodies kept in the ledger, bytes.
+  /// Completed and dead-lettered ledger rows older than this are deleted; 0 keeps them forever.
+  milliseconds ledger_retention{std::chrono::hours(24 * 7)};
 };
 
 enum class Role { kViewer, kAdmin };

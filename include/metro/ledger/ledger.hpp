@@ -119,6 +119,9 @@ class Ledger {
   /// `completed` and `dead-lettered`) was recorded; nullopt when there is none.
   virtual std::optional<Clock::time_point> oldest_deferred(const std::string& topic,
                                                            const std::string& subscription) = 0;
+  /// Deletes `completed` and `dead-lettered` messages (and their runs) last updated before
+  /// `before`; returns how many.
+  virtual std::size_t prune(Clock::time_point before) = 0;
   /// Whether a write can be made now (takes and releases the write lock).
   virtual bool writable() = 0;
 };

@@ -39,6 +39,7 @@ subject_source = "body-then-property"
 on_no_match = "dead-letter"
 prefetch = 20
 deferred_deadline = "2h"
+ledger_retention = "30d"
 shutdown_grace = 5
 
 [[subscriptions]]
@@ -92,6 +93,7 @@ TEST(Config, ReadsEveryOption) {
   EXPECT_EQ(c.metro.subject_source, routing::SubjectSource::kBodyThenProperty);
   EXPECT_EQ(c.metro.on_no_match, NoMatchPolicy::kDeadLetter);
   EXPECT_EQ(c.metro.deferred_deadline, 2h);
+  EXPECT_EQ(c.metro.ledger_retention, 30 * 24h);
   EXPECT_EQ(c.metro.shutdown_grace, 5s);
   ASSERT_EQ(c.subscriptions.size(), 2u);
 
@@ -119,7 +121,7 @@ TEST(Config, ReadsEveryOption) {
   EXPECT_EQ(a.handlers[2].name, "notify");
   EXPECT_EQ(a.handlers[2].kind, HandlerKind::kHttp);
   EXPECT_EQ(a.handlers[2].match, routing::MatchKind::kGlob);
-  EXPECT_EQ(a.handlers[2].line, 33);
+  EXPECT_EQ(a.handlers[2].line, 34);
 
   EXPECT_EQ(c.subscriptions[1].subject_source, routing::SubjectSource::kProperty);
   ASSERT_EQ(c.admin.tokens.size(), 2u);

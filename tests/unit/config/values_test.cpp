@@ -59,7 +59,11 @@ TEST(Duration, ParsesUnitsAndSums) {
   EXPECT_EQ(parse_duration("30"), std::nullopt);
   EXPECT_EQ(parse_duration("5 m"), std::nullopt);
   EXPECT_EQ(parse_duration("-1s"), std::nullopt);
-  EXPECT_EQ(parse_duration("1d"), std::nullopt);
+  EXPECT_EQ(parse_duration("7d"), 168h);
+  EXPECT_EQ(parse_duration("1w"), std::nullopt);
+  EXPECT_EQ(parse_duration("99999999999999h"), std::nullopt);  // Would overflow.
+  EXPECT_EQ(parse_duration("36700d"), std::nullopt);           // Past a century.
+  EXPECT_EQ(parse_duration("36500d"), 36500 * 24h);
 }
 
 }  // namespace

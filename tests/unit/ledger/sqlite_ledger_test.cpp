@@ -161,6 +161,21 @@ TEST_F(SqliteLedgerTest, ManyAtOnceAndForgetting) {
   EXPECT_EQ(ledger_->counts()[State::kCompleted], 2u);
 }
 
+TEST_F(SqliteLedgerTest, PrunesSettledMessagesPastRetention) {
+  ledger_->record_all({message("a", 1, "s"), message("a", 2, "s"), message("a", 3, "s")});
+  ledger_->set_state({"metro-demo", "a", 1}, State::kCompleted);
+  ledger_->set_state({"metro-demo", "a", 2}, State::kFailed);
+  ledger_->set_state({"metro-demo", "a", 3}, State::kDeadLettered);
+  ledger_->record_run({"metro-demo", "a", 1},
+                      {"h", 1, HandlerRun::Outcome::kSucceeded, Clock::now(), {}, {}});
+  EXPECT_EQ(ledger_->prune(Clock::now() - std::chrono::hours(1)), 0u);
+  EXPECT_EQ(ledger_->prune(Clock::now() + std::chrono::seconds(1)), 2u);
+  EXPECT_FALSE(ledger_->find({"metro-demo", "a", 1}));
+  EXPECT_TRUE(ledger_->runs({"metro-demo", "a", 1}).empty());
+  EXPECT_EQ(ledger_->find({"metro-demo", "a", 2})->state, State::kFailed);  // Parked: kept.
+  EXPECT_FALSE(ledger_->find({"metro-demo", "a", 3}));
+}
+
 TEST(OpenLedger, ExplainsBadUrls) {
   EXPECT_THROW(open_ledger("mysql://x"), InvalidArgument);
   EXPECT_THROW(open_ledger("sqlite:///nonexistent-dir/x/ledger.db"), Error);
