@@ -256,7 +256,7 @@ class TableReader {
     std::size_t position = 0;
     for (auto c : choices) {
       if (position > 0) expected += position + 1 == choices.size() ? " or " : ", ";
-      expected += "\"" + std::string(c) + "\"";
+      expected.append("\"").append(c).append("\"");  // Not `"…" + string`: GCC 12 -Wrestrict.
       ++position;
     }
     const auto* n = node(key);
