@@ -16,13 +16,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     (void)cs.audience("entity");
     if (cs.has_key()) {
       // The key's own value never survives redaction. (A key of a few characters, or one that
-      // also stands inside another value, may still occur elsewhere in the text.)
+      // also stands inside another value, may still occur elsewhere in the text; and a key with
+      // a `*` may be spelt again by the text before it plus the `***` marker.)
       const auto& key = cs.shared_access_key;
       auto redacted = metro::sb::redact_connection_string(text);
       auto first = text.find(key);
       bool once =
           first != std::string_view::npos && text.find(key, first + 1) == std::string_view::npos;
-      if (key.size() >= 12 && once && key.find("***") == std::string::npos &&
+      if (key.size() >= 12 && once && key.find('*') == std::string::npos &&
           redacted.find(key) != std::string::npos) {
         std::abort();
       }
