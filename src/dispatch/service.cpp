@@ -311,7 +311,21 @@ struct Service::Impl {
       receiver_options.mode = sb::ReceiveMode::kPeekLock;
       receiver_options.prefetch = 0;  // Credit only for what the listener asks: no hidden backlog.
       receiver_options.auto_renew_lock_for = kLockRenewal;
-      route->receiver = client->create_receiver(route->options.entity_path(), receiver_options);
+      try {
+        route->receiver = client->create_receiver(route->options.entity_path(), receiver_options);
+      } catch (const Error& e) {
+        // Say why the connection is not there, not only that the attach timed out.
+        std::string why;
+        {
+          std::lock_guard lock(route->status_mutex);
+          if (route->status.state != sb::ConnectionState::kConnected)
+            why = route->status.state_reason;
+        }
+        throw Error("cannot consume " + route->options.entity_path() + " at " +
+                        route->options.connection.host + ": " + e.what() +
+                        (why.empty() ? "" : "; the connection: " + why),
+                    e.is_transient());
+      }
       std::lock_guard lock(route->status_mutex);
       route->status.state = client->state();
     }

@@ -504,6 +504,29 @@ TEST_F(ServiceTest, SurvivesAnEmulatorRestartWithNothingLost) {
       << "handled " << handled.size() << ", left " << counts().total();
 }
 
+TEST_F(ServiceTest, AnUnreachableNamespaceIsAClearError) {
+  auto text = "[metro]\nledger = \"sqlite://" + (dir_ / "ledger.db").string() +
+              "\"\n[[subscriptions]]\ntopic_name = \"orders\"\nsubscription_name = \"billing\"\n"
+              "connection_string = \"Endpoint=sb://localhost:1;SharedAccessKeyName=k;"
+              "SharedAccessKey=v;UseDevelopmentEmulator=true\"\n[[subscriptions.handlers]]\n"
+              "subject = \"s\"\nexec = [\"true\"]\n[admin]\nenabled = false\n";
+  ServiceOptions options;
+  options.client.operation_timeout = 1s;
+  Service service(metro::config::parse_config(text, "t.toml"), options);
+  try {
+    service.start();
+    FAIL();
+  } catch (const metro::Error& e) {
+    std::string what = e.what();
+    EXPECT_NE(what.find("cannot consume orders/Subscriptions/billing at localhost"),
+              std::string::npos)
+        << what;
+    EXPECT_NE(what.find("the connection: proton:io: Connection refused"), std::string::npos)
+        << what;
+    EXPECT_EQ(what.find("SharedAccessKey=v"), std::string::npos) << what;
+  }
+}
+
 TEST_F(ServiceTest, UnknownFunctionHandlersAreAClearError) {
   try {
     Service s(config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"my_func\"\n"));
