@@ -8,18 +8,13 @@
 #include <metro/emulator/emulator.hpp>
 #include <metro/sb/client.hpp>
 
+#include "../support/test_support.hpp"
+
 namespace {
 
-using namespace std::chrono_literals;
+using metro::test::run_command;
 
-std::pair<int, std::string> run(const std::string& command) {
-  std::string output;
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  char buffer[4096];
-  while (auto n = fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, n);
-  int status = pclose(pipe);
-  return {WEXITSTATUS(status), output};
-}
+using namespace std::chrono_literals;
 
 TEST(Publish, SendsToTheTopicOfTheConfig) {
   metro::emulator::EmulatorOptions options;
@@ -38,9 +33,10 @@ TEST(Publish, SendsToTheTopicOfTheConfig) {
                            "connection_string = \""
                         << bus.connection_string()
                         << "\"\n[[subscriptions.handlers]]\nsubject = \"x\"\nhandler = \"f\"\n";
-  auto [code, out] = run(std::string(METRO_BIN) + " publish --config " + config.string() +
-                         " --topic metro-demo --subject MetroDemo/Type/GeekJokes --count 3 --body "
-                         "'{\"subject\":\"MetroDemo/Type/GeekJokes\",\"joke\":\"x\"}'");
+  auto [code, out] =
+      run_command(std::string(METRO_BIN) + " publish --config " + config.string() +
+                  " --topic metro-demo --subject MetroDemo/Type/GeekJokes --count 3 --body "
+                  "'{\"subject\":\"MetroDemo/Type/GeekJokes\",\"joke\":\"x\"}'");
   EXPECT_EQ(code, 0) << out;
   EXPECT_EQ(out, "published 3 messages to metro-demo with subject MetroDemo/Type/GeekJokes\n");
   EXPECT_EQ(bus.counts("metro-demo/Subscriptions/sub-metrodemo-metrooj").active, 3u);
@@ -51,13 +47,13 @@ TEST(Publish, SendsToTheTopicOfTheConfig) {
   EXPECT_EQ(m.body, R"({"subject":"MetroDemo/Type/GeekJokes","joke":"x"})");
   EXPECT_EQ(m.subject, "MetroDemo/Type/GeekJokes");
 
-  std::tie(code, out) = run(std::string(METRO_BIN) + " publish --config " + config.string() +
-                            " --topic other --body '{}'");
+  std::tie(code, out) = run_command(std::string(METRO_BIN) + " publish --config " +
+                                    config.string() + " --topic other --body '{}'");
   EXPECT_EQ(code, 2);
   EXPECT_NE(out.find("no subscription on topic 'other'"), std::string::npos) << out;
 
-  std::tie(code, out) = run(std::string(METRO_BIN) + " publish --connection-string '" +
-                            bus.connection_string() + "' --topic nope --body '{}'");
+  std::tie(code, out) = run_command(std::string(METRO_BIN) + " publish --connection-string '" +
+                                    bus.connection_string() + "' --topic nope --body '{}'");
   EXPECT_EQ(code, 1);
   EXPECT_NE(out.find("amqp:not-found"), std::string::npos) << out;
   EXPECT_EQ(out.find("SAS_KEY_VALUE"), std::string::npos) << out;

@@ -17,22 +17,16 @@
 #include <metro/ledger/ledger.hpp>
 #include <metro/sb/client.hpp>
 
+#include "../support/test_support.hpp"
+
 extern char** environ;
 
 namespace {
 
+using metro::test::wait_until;
+
 using namespace std::chrono_literals;
 namespace fs = std::filesystem;
-
-template <class Predicate>
-bool wait_until(Predicate predicate, std::chrono::milliseconds timeout) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (predicate()) return true;
-    std::this_thread::sleep_for(20ms);
-  }
-  return predicate();
-}
 
 std::string read_file(const fs::path& path) {
   std::ifstream in(path);

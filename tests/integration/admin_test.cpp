@@ -20,7 +20,11 @@
 #include <metro/emulator/emulator.hpp>
 #include <metro/sb/client.hpp>
 
+#include "../support/test_support.hpp"
+
 namespace {
+
+using metro::test::wait_until;
 
 using namespace std::chrono_literals;
 using metro::ledger::State;
@@ -29,16 +33,6 @@ using nlohmann::json;
 constexpr const char* kEntity = "orders/Subscriptions/billing";
 constexpr const char* kAdmin = "admin-secret";
 constexpr const char* kViewer = "viewer-secret";
-
-template <class Predicate>
-bool wait_until(Predicate predicate, std::chrono::milliseconds timeout = 20s) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (predicate()) return true;
-    std::this_thread::sleep_for(10ms);
-  }
-  return predicate();
-}
 
 class AdminTest : public ::testing::Test {
  protected:
@@ -366,54 +360,47 @@ TEST_F(AdminTest, WithoutTokensReadsOnLoopbackAndRefusesEveryAction) {
 }
 
 #ifdef METRO_BIN
-std::pair<int, std::string> shell(const std::string& command) {
-  std::string output;
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  char buffer[4096];
-  while (auto n = fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, n);
-  int status = pclose(pipe);
-  return {WEXITSTATUS(status), output};
-}
-
 TEST_F(AdminTest, TheCliAgainstARunningMetro) {
   start();
   park_one();
   auto cli = std::string(METRO_BIN) +
              " deferred --url http://127.0.0.1:" + std::to_string(api_->port()) + " --token " +
              kAdmin + " ";
-  auto [code, out] = shell(cli + "list --state failed");
+  auto [code, out] = metro::test::run_command(cli + "list --state failed");
   EXPECT_EQ(code, 0) << out;
   EXPECT_NE(out.find("SEQ  TOPIC/SUBSCRIPTION  SUBJECT         STATE   AGE"), std::string::npos)
       << out;
   EXPECT_NE(out.find("1    orders/billing      Orders/Created  failed"), std::string::npos) << out;
   EXPECT_NE(out.find("flaky: the billing system is down"), std::string::npos) << out;
 
-  std::tie(code, out) = shell(cli + "show orders billing 1");
+  std::tie(code, out) = metro::test::run_command(cli + "show orders billing 1");
   EXPECT_EQ(code, 0) << out;
   EXPECT_NE(out.find("correlation id  order-7"), std::string::npos) << out;
   EXPECT_NE(out.find("\"subject\": \"Orders/Created\""), std::string::npos) << out;
   EXPECT_NE(out.find("flaky    2        failed"), std::string::npos) << out;
 
-  std::tie(code, out) = shell(cli + "--json list --subscription billing");
+  std::tie(code, out) = metro::test::run_command(cli + "--json list --subscription billing");
   EXPECT_EQ(code, 0);
   EXPECT_EQ(json::parse(out)["items"][0]["state"], "failed");
 
   broken_ = false;
-  std::tie(code, out) = shell(cli + "retry orders billing 1");
+  std::tie(code, out) = metro::test::run_command(cli + "retry orders billing 1");
   EXPECT_EQ(code, 0) << out;
   EXPECT_NE(out.find("retry: ok"), std::string::npos);
   ASSERT_TRUE(wait_until([&] { return state_of("billing", 1) == State::kCompleted; }));
-  std::tie(code, out) = shell(cli + "retry orders billing 1");
+  std::tie(code, out) = metro::test::run_command(cli + "retry orders billing 1");
   EXPECT_EQ(code, 1);
   EXPECT_EQ(out, "metro deferred retry: 409: orders/billing#1 is already completed\n");
-  std::tie(code, out) = shell(cli + "show orders billing 77");
+  std::tie(code, out) = metro::test::run_command(cli + "show orders billing 77");
   EXPECT_EQ(code, 1);
   EXPECT_EQ(out, "metro deferred show: 404: no deferred message orders/billing#77 is known\n");
-  std::tie(code, out) = shell(std::string(METRO_BIN) + " deferred --url http://127.0.0.1:" +
-                              std::to_string(api_->port()) + " complete orders billing 1");
+  std::tie(code, out) = metro::test::run_command(
+      std::string(METRO_BIN) + " deferred --url http://127.0.0.1:" + std::to_string(api_->port()) +
+      " complete orders billing 1");
   EXPECT_EQ(code, 1);
   EXPECT_NE(out.find("401: this API needs a bearer token"), std::string::npos) << out;
-  std::tie(code, out) = shell(std::string(METRO_BIN) + " deferred --url http://127.0.0.1:1 list");
+  std::tie(code, out) =
+      metro::test::run_command(std::string(METRO_BIN) + " deferred --url http://127.0.0.1:1 list");
   EXPECT_EQ(code, 1);
   EXPECT_NE(out.find("cannot reach http://127.0.0.1:1"), std::string::npos) << out;
 }

@@ -18,7 +18,11 @@
 #include <metro/emulator/emulator.hpp>
 #include <metro/sb/client.hpp>
 
+#include "../support/test_support.hpp"
+
 namespace {
+
+using metro::test::wait_until;
 
 using namespace std::chrono_literals;
 using metro::dispatch::Service;
@@ -28,16 +32,6 @@ using metro::ledger::MessageKey;
 using metro::ledger::State;
 
 constexpr const char* kEntity = "orders/Subscriptions/billing";
-
-template <class Predicate>
-bool wait_until(Predicate predicate, std::chrono::milliseconds timeout = 20s) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (predicate()) return true;
-    std::this_thread::sleep_for(10ms);
-  }
-  return predicate();
-}
 
 class ServiceTest : public ::testing::Test {
  protected:
