@@ -9,7 +9,6 @@
 #include <random>
 #include <set>
 #include <thread>
-#include <tuple>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -35,13 +34,6 @@ constexpr std::size_t kDescriptionLimit = 1024;  // Dead-letter descriptions are
 constexpr milliseconds kReceiveWait{500};
 constexpr milliseconds kDeferringAge{std::chrono::minutes(1)};  // Older `deferring` rows: resolve.
 constexpr milliseconds kLockRenewal{std::chrono::minutes(5)};
-
-struct KeyLess {
-  bool operator()(const MessageKey& a, const MessageKey& b) const {
-    return std::tie(a.topic, a.subscription, a.sequence_number) <
-           std::tie(b.topic, b.subscription, b.sequence_number);
-  }
-};
 
 /// `topic/subscription#seq [correlation-id]`, how log lines name a message.
 std::string name_of(const MessageKey& key, const std::string& correlation = {}) {
@@ -201,7 +193,7 @@ struct Service::Impl {
 
   mutable std::mutex mutex;  // active, rng, stopping transitions
   std::condition_variable changed;
-  std::map<MessageKey, Active, KeyLess> active;
+  std::map<MessageKey, Active> active;
   std::mt19937_64 rng{std::random_device{}()};
   std::atomic<bool> stopping{false};
   bool stopped = false;

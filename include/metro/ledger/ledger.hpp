@@ -7,6 +7,7 @@
 /// commit (group commit), and the `_all` forms put many changes in one.
 
 #include <chrono>
+#include <compare>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -41,7 +42,8 @@ struct MessageKey {
   std::string topic;
   std::string subscription;
   std::int64_t sequence_number = 0;
-  friend bool operator==(const MessageKey&, const MessageKey&) = default;
+  /// Ordered by topic, subscription, sequence number (as the ledger pages them).
+  friend auto operator<=>(const MessageKey&, const MessageKey&) = default;
 };
 
 struct DeferredMessage {
