@@ -1,5 +1,4 @@
 #include <csignal>
-#include <cstdlib>
 #include <iostream>
 #include <optional>
 
@@ -72,13 +71,9 @@ int run_service(const RunCommand& command,
       "{}: stopping (handlers get {} s to finish)", received == SIGINT ? "SIGINT" : "SIGTERM",
       std::chrono::duration_cast<std::chrono::seconds>(config.metro.shutdown_grace).count());
   if (api) api->stop();
-  bool finished = service->stop(config.metro.shutdown_grace);
-  if (!finished) {
-    // A handler thread cannot be interrupted; its message stays deferred and runs again at the
-    // next start. Leave without waiting for it.
-    spdlog::shutdown();
-    std::_Exit(kExitOk);
-  }
+  // Runs past the grace period are interrupted (their messages stay deferred for the next start)
+  // and every thread of the service is joined before it is destroyed.
+  service->stop(config.metro.shutdown_grace);
   service.reset();
   if (bus) bus->stop();
   spdlog::info("stopped");
