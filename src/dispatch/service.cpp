@@ -249,12 +249,12 @@ struct Service::Impl : Completer {
     auto row = ledger->find(key);
     if (!row) throw UnknownMessageError("no deferred message " + name_of(key) + " is known");
     if (key.generation != 0) {
-      throw ConflictError(name_of(key, row->correlation_id) +
+      throw ConflictError(name_of(key) +
                           " is a superseded record (a newer message has this sequence number); "
                           "it is no longer in Service Bus");
     }
     if (row->state == State::kCompleted || row->state == State::kDeadLettered) {
-      throw ConflictError(name_of(key, row->correlation_id) + " is already " +
+      throw ConflictError(name_of(key) + " is already " +
                           std::string(to_string(row->state)));
     }
     return *row;
@@ -286,12 +286,12 @@ struct Service::Impl : Completer {
     auto key = canonical(route, k);
     auto row = row_or_throw(key);
     if (in_flight.contains(key)) {
-      throw ConflictError(name_of(key, row.correlation_id) + " is being handled right now");
+      throw ConflictError(name_of(key) + " is being handled right now");
     }
     if (stopping) throw ConflictError("metro is shutting down");
     if (!reconciler.resume(route, row, true)) {
-      throw ConflictError("no handler of the current config matches " +
-                          name_of(key, row.correlation_id) + "'s subject '" +
+      throw ConflictError("no handler of the current config matches " + name_of(key) +
+                          "'s subject '" +
                           log_value(row.subject) + "'");
     }
     spdlog::info("{}: retried by request", name_of(key, row.correlation_id));
@@ -303,7 +303,7 @@ struct Service::Impl : Completer {
     auto key = canonical(route, k);
     auto row = row_or_throw(key);
     if (in_flight.contains(key)) {
-      throw ConflictError(name_of(key, row.correlation_id) + " is being handled right now");
+      throw ConflictError(name_of(key) + " is being handled right now");
     }
     spdlog::info("{}: dead-lettered by request ({})", name_of(key, row.correlation_id),
                  log_value(reason));

@@ -6,23 +6,6 @@ namespace metro::sqlite {
 
 SqliteError::SqliteError(const std::string& what, int code) : Error(what, false), code_(code) {}
 
-bool SqliteError::is_unwritable() const noexcept {
-  switch (code_ & 0xFF) {
-    case SQLITE_FULL:
-    case SQLITE_READONLY:
-    case SQLITE_IOERR:
-    case SQLITE_CANTOPEN:
-    case SQLITE_BUSY:
-    case SQLITE_LOCKED:
-    case SQLITE_PERM:
-    case SQLITE_CORRUPT:
-    case SQLITE_NOTADB:
-      return true;
-    default:
-      return false;
-  }
-}
-
 void ConnectionDeleter::operator()(sqlite3* db) const noexcept { sqlite3_close_v2(db); }
 void StatementDeleter::operator()(sqlite3_stmt* stmt) const noexcept { sqlite3_finalize(stmt); }
 

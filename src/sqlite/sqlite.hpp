@@ -28,9 +28,6 @@ class SqliteError : public Error {
  public:
   SqliteError(const std::string& what, int code);
   int code() const noexcept { return code_; }
-  /// True for the codes that say the file cannot be written now (full, read-only, I/O error,
-  /// cannot open, busy/locked) rather than that the statement is wrong.
-  bool is_unwritable() const noexcept;
 
  private:
   int code_;
