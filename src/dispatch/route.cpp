@@ -53,13 +53,13 @@ bool Route::explicit_completion(const std::vector<std::size_t>& indices) const {
   });
 }
 
-void Route::record_duration(std::size_t index, std::chrono::milliseconds duration) {
+void Route::record_duration(std::size_t handler, std::chrono::milliseconds duration) {
   double seconds = static_cast<double>(duration.count()) / 1000.0;
   auto bucket = static_cast<std::size_t>(
       std::lower_bound(HandlerStats::kBounds.begin(), HandlerStats::kBounds.end(), seconds) -
       HandlerStats::kBounds.begin());
   MutexLock lock(mutex_);
-  auto& h = stats_[index];
+  auto& h = stats_[handler];
   ++h.buckets[bucket];
   ++h.count;
   h.sum_seconds += seconds;
