@@ -25,22 +25,22 @@ namespace metro::dispatch {
 /// What to do after a handler run ended.
 struct Decision {
   enum class Kind {
-    kUnknown,        ///< The message is not (or no longer) tracked: nothing to do.
-    kWait,           ///< Other handlers of the message are still to finish.
-    kRetry,          ///< Run `next` again after `delay`.
-    kLeave,          ///< Stopping with attempts left: it stays `retrying` for the next start.
-    kComplete,       ///< Every handler succeeded: complete it.
-    kPark,           ///< A handler used its attempts up (`on_failure = "park"`).
-    kDeadLetter,     ///< A handler used its attempts up (`on_failure = "dead-letter"`).
-    kAwaitExplicit,  ///< Every handler succeeded; one of them completes it itself.
+    kUnknown,             ///< The message is not (or no longer) tracked: nothing to do.
+    kWait,                ///< Other handlers of the message are still to finish.
+    kRetry,               ///< Run `next` again after `delay`.
+    kLeave,               ///< Stopping with attempts left: it stays `retrying` for the next start.
+    kComplete,            ///< Every handler succeeded: complete it.
+    kPark,                ///< A handler used its attempts up (`on_failure = "park"`).
+    kDeadLetter,          ///< A handler used its attempts up (`on_failure = "dead-letter"`).
+    kAwaitExplicit,       ///< Every handler succeeded; one of them completes it itself.
     kCompletedByRequest,  ///< Completed by request meanwhile: nothing more to run or settle.
   };
   Kind kind = Kind::kUnknown;
-  Task next;                      ///< kRetry: the task to run again.
+  Task next;  ///< kRetry: the task to run again.
   std::chrono::milliseconds delay{0};
-  std::string error;              ///< The last error (`handler: why`).
+  std::string error;  ///< The last error (`handler: why`).
   std::string correlation;
-  std::size_t route = 0;          ///< The route the message came from.
+  std::size_t route = 0;  ///< The route the message came from.
 };
 
 class InFlight {

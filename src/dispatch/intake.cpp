@@ -55,7 +55,7 @@ Classification classify(const sb::ReceivedMessage& m, const config::Subscription
     c.base.correlation_id = m.correlation_id.value_or("");
     c.kind = Classification::Kind::kMalformed;
     try {
-      (void)nlohmann::json::parse(m.body);
+      [[maybe_unused]] auto again = nlohmann::json::parse(m.body);  // Throws why it is not.
       c.reason = "the body is not JSON";
     } catch (const nlohmann::json::exception& e) {
       c.reason = std::string("the body is not JSON: ") + e.what();
@@ -195,9 +195,10 @@ Intake::Recorded Intake::record_then_defer(Route& route, std::vector<Work>& work
     // An earlier message with this sequence number still in hand (the subscription's numbers
     // started again): it is gone from Service Bus, and its record is kept apart by the ledger.
     if (auto id = in_flight_.message_id(key); id && *id != base.message_id) {
-      spdlog::warn("{}: a new message with this sequence number arrived; the earlier one in hand "
-                   "is no longer in Service Bus and is let go",
-                   name_of(key, base.correlation_id));
+      spdlog::warn(
+          "{}: a new message with this sequence number arrived; the earlier one in hand "
+          "is no longer in Service Bus and is let go",
+          name_of(key, base.correlation_id));
       in_flight_.drop(key);
     }
     rows.push_back(row_of(base, w.classification.enqueued_time, State::kDeferring, body_limit_));

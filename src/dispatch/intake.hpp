@@ -56,8 +56,8 @@ ledger::DeferredMessage row_of(const Task& base, std::chrono::system_clock::time
 
 class Intake {
  public:
-  Intake(ledger::Ledger& ledger, TaskRunner& runner, InFlight& in_flight,
-         ServiceCounters& counters, LedgerHealth& health, std::size_t body_limit)
+  Intake(ledger::Ledger& ledger, TaskRunner& runner, InFlight& in_flight, ServiceCounters& counters,
+         LedgerHealth& health, std::size_t body_limit)
       : ledger_(ledger),
         runner_(runner),
         in_flight_(in_flight),

@@ -137,8 +137,7 @@ void Listener::wake() {
 void Listener::watch_ledger(const std::stop_token& stop) {
   auto stopped = [&] { return stop.stop_requested() || stopping(); };
   while (!stopped()) {
-    if (!health_.wait_until_failed(LedgerHealth::Clock::now() + std::chrono::seconds(1),
-                                   stopped)) {
+    if (!health_.wait_until_failed(LedgerHealth::Clock::now() + std::chrono::seconds(1), stopped)) {
       continue;
     }
     auto backoff = kProbeFirst;

@@ -29,8 +29,8 @@ inline std::string clip(std::string text, std::size_t limit) {
 /// A value from outside for a log line: at most `kLogValueLimit` bytes, marked when cut.
 inline std::string log_value(std::string_view text, std::size_t limit = kLogValueLimit) {
   if (text.size() <= limit) return std::string(text);
-  return clip(std::string(text.substr(0, limit + 4)), limit) + "…(" +
-         std::to_string(text.size()) + " bytes)";
+  return clip(std::string(text.substr(0, limit + 4)), limit) + "…(" + std::to_string(text.size()) +
+         " bytes)";
 }
 
 /// `topic/subscription#seq [correlation-id]` (`#seq.generation` for a superseded record).

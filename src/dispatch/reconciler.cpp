@@ -15,9 +15,9 @@ using ledger::State;
 
 namespace {
 
-constexpr std::size_t kPage = 100;        // Rows read at once.
-constexpr std::size_t kPeekPage = 250;    // Messages per peek while scanning for orphans.
-constexpr int kTransientTries = 5;        // Tries of a ledger read or a peek that failed.
+constexpr std::size_t kPage = 100;      // Rows read at once.
+constexpr std::size_t kPeekPage = 250;  // Messages per peek while scanning for orphans.
+constexpr int kTransientTries = 5;      // Tries of a ledger read or a peek that failed.
 constexpr std::chrono::seconds kTryAgain{1};
 
 /// Sleeps `d` unless `stop` holds meanwhile (checked every 50 ms); false when stopped.
@@ -50,8 +50,8 @@ void Reconciler::for_each_row(Route& route, State state,
       failures = 0;
     } catch (const Error& e) {
       if (++failures >= kTransientTries) throw;
-      spdlog::warn("{}: reading the ledger failed ({}); trying again",
-                   route.options.entity_path(), log_value(e.what()));
+      spdlog::warn("{}: reading the ledger failed ({}); trying again", route.options.entity_path(),
+                   log_value(e.what()));
       if (!pause(kTryAgain * failures, stop)) return;
       continue;
     }
@@ -128,9 +128,10 @@ std::size_t Reconciler::resume_unfinished(std::optional<ledger::Clock::time_poin
             if (resume(*route, row, false)) {
               ++here;
               if (before) {
-                spdlog::warn("{}: stale deferral (past deferred_deadline), handlers dispatched "
-                             "again",
-                             name_of(row.key, row.correlation_id));
+                spdlog::warn(
+                    "{}: stale deferral (past deferred_deadline), handlers dispatched "
+                    "again",
+                    name_of(row.key, row.correlation_id));
               }
             }
           } catch (const Error& e) {
@@ -139,8 +140,8 @@ std::size_t Reconciler::resume_unfinished(std::optional<ledger::Clock::time_poin
           }
         });
       } catch (const Error& e) {
-        spdlog::error("{}: resuming unfinished messages stopped: {}",
-                      route->options.entity_path(), log_value(e.what()));
+        spdlog::error("{}: resuming unfinished messages stopped: {}", route->options.entity_path(),
+                      log_value(e.what()));
       }
     }
     if (here > 0 && !before) {
@@ -241,8 +242,8 @@ void Reconciler::adopt_orphans(Route& route, const StopFn& stop) {
       ledger::MessageKey key{route.topic(), route.subscription(), m.sequence_number};
       auto known = ledger_.find(key);
       // Known, and the same message (a new one with a reused number is recorded apart).
-      if (known && (known->message_id.empty() || !m.message_id ||
-                    known->message_id == *m.message_id)) {
+      if (known &&
+          (known->message_id.empty() || !m.message_id || known->message_id == *m.message_id)) {
         continue;
       }
       m.locked_until.reset();  // Peeked: no lock to lapse.

@@ -27,8 +27,8 @@ class Reconciler {
  public:
   using StopFn = std::function<bool()>;
 
-  Reconciler(const Routes& routes, ledger::Ledger& ledger, InFlight& in_flight,
-             TaskRunner& runner, Settler& settler, LedgerHealth& health, std::size_t body_limit)
+  Reconciler(const Routes& routes, ledger::Ledger& ledger, InFlight& in_flight, TaskRunner& runner,
+             Settler& settler, LedgerHealth& health, std::size_t body_limit)
       : routes_(routes),
         ledger_(ledger),
         in_flight_(in_flight),

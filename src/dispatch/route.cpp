@@ -83,8 +83,8 @@ void Route::connection_changed(sb::ConnectionState state, const std::string& why
   auto entity = options.entity_path();
   switch (state) {
     case sb::ConnectionState::kConnected:
-      spdlog::info("{}: {}{}", entity, reconnected ? "reconnected: " : "connected: ",
-                   log_value(why));
+      spdlog::info("{}: {}{}", entity,
+                   reconnected ? "reconnected: " : "connected: ", log_value(why));
       break;
     case sb::ConnectionState::kDisconnected:
       spdlog::warn("{}: connection lost: {}", entity, log_value(why));

@@ -43,7 +43,8 @@ constexpr milliseconds kLockRenewal{std::chrono::minutes(5)};
 constexpr milliseconds kInterruptWait{std::chrono::seconds(10)};  // After interrupting runs.
 constexpr std::chrono::seconds kReadinessProbeAge{5};  // Readiness probes an idle ledger.
 
-Routes build_routes(const config::Config& config, const std::map<std::string, Function>& functions) {
+Routes build_routes(const config::Config& config,
+                    const std::map<std::string, Function>& functions) {
   Routes routes;
   std::vector<std::string> missing;
   for (std::size_t i = 0; i < config.subscriptions.size(); ++i) {
@@ -95,9 +96,9 @@ struct Service::Impl : Completer {
   Impl(config::Config c, ServiceOptions o)
       : config(std::move(c)),
         options(std::move(o)),
-        ledger(options.ledger ? options.ledger
-                              : std::shared_ptr<ledger::Ledger>(
-                                    ledger::open_ledger(config.metro.ledger))),
+        ledger(options.ledger
+                   ? options.ledger
+                   : std::shared_ptr<ledger::Ledger>(ledger::open_ledger(config.metro.ledger))),
         routes(build_routes(config, options.functions)),
         queue(make_queue(config, options.queue)),
         in_flight(4 * queue->workers()),
@@ -254,8 +255,7 @@ struct Service::Impl : Completer {
                           "it is no longer in Service Bus");
     }
     if (row->state == State::kCompleted || row->state == State::kDeadLettered) {
-      throw ConflictError(name_of(key) + " is already " +
-                          std::string(to_string(row->state)));
+      throw ConflictError(name_of(key) + " is already " + std::string(to_string(row->state)));
     }
     return *row;
   }
@@ -291,8 +291,7 @@ struct Service::Impl : Completer {
     if (stopping) throw ConflictError("metro is shutting down");
     if (!reconciler.resume(route, row, true)) {
       throw ConflictError("no handler of the current config matches " + name_of(key) +
-                          "'s subject '" +
-                          log_value(row.subject) + "'");
+                          "'s subject '" + log_value(row.subject) + "'");
     }
     spdlog::info("{}: retried by request", name_of(key, row.correlation_id));
   }
@@ -314,8 +313,7 @@ struct Service::Impl : Completer {
 
   Readiness readiness() {
     Readiness r;
-    if (health.ok() &&
-        LedgerHealth::Clock::now() - health.last_success() > kReadinessProbeAge) {
+    if (health.ok() && LedgerHealth::Clock::now() - health.last_success() > kReadinessProbeAge) {
       if (auto problem = ledger->write_problem()) {
         health.failed(*problem);
       } else {
@@ -376,8 +374,8 @@ void Service::publish(const std::string& topic, const sb::Message& message) {
     if (same_name(r->topic(), topic) && r->client) route = r.get();
   }
   if (route == nullptr) {
-    throw UnknownMessageError("no subscription of this metro is on the topic '" +
-                              log_value(topic) + "'");
+    throw UnknownMessageError("no subscription of this metro is on the topic '" + log_value(topic) +
+                              "'");
   }
   route->sender().send(message);
 }

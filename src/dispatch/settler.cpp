@@ -44,8 +44,16 @@ std::future<void> Settler::enqueue(Route& route, const ledger::MessageKey& key,
                         " stays deferred and is settled after the next start")));
       return future;
     }
-    items_.push_back({&route, key, disposition, std::move(reason), std::move(description),
-                      std::move(correlation), cause, done, 0, {}});
+    items_.push_back({&route,
+                      key,
+                      disposition,
+                      std::move(reason),
+                      std::move(description),
+                      std::move(correlation),
+                      cause,
+                      done,
+                      0,
+                      {}});
   }
   wake_.notify_one();
   return future;

@@ -52,8 +52,7 @@ void TaskRunner::run(const Task& task) {
   run.attempt = task.attempt;
   run.started = SysClock::now();
   write(key, correlation, "the start of a run", [&] { ledger_.begin_run(key, run); });
-  spdlog::debug("{}: {} attempt {} started", name_of(key, correlation), task.handler,
-                task.attempt);
+  spdlog::debug("{}: {} attempt {} started", name_of(key, correlation), task.handler, task.attempt);
   Result result;
   try {
     result = route->handlers[*index]->run(task, handler.timeout);
@@ -71,8 +70,8 @@ void TaskRunner::run(const Task& task) {
     spdlog::debug("{}: {} succeeded in {} ms", name_of(key, correlation), task.handler,
                   result.duration.count());
   } else {
-    spdlog::warn("{}: {} attempt {} {}: {}", name_of(key, correlation), task.handler,
-                 task.attempt, result.outcome == Outcome::kRetry ? "asked to retry" : "failed",
+    spdlog::warn("{}: {} attempt {} {}: {}", name_of(key, correlation), task.handler, task.attempt,
+                 result.outcome == Outcome::kRetry ? "asked to retry" : "failed",
                  log_value(result.error, 1024));
   }
   double jitter = 0;
@@ -94,12 +93,14 @@ void TaskRunner::act(Route& route, const Task& task, const Decision& d) {
       return;
     case Decision::Kind::kRetry:
       ++counters_.retries;
-      write(key, correlation, "a retry", [&] { ledger_.set_state(key, State::kRetrying, d.error); });
+      write(key, correlation, "a retry",
+            [&] { ledger_.set_state(key, State::kRetrying, d.error); });
       // A refused push means shutting down: the row stays `retrying` for the next start.
       if (!queue_.push(d.next, TaskQueue::Clock::now() + d.delay)) in_flight_.drop(key);
       return;
     case Decision::Kind::kLeave:
-      write(key, correlation, "a retry", [&] { ledger_.set_state(key, State::kRetrying, d.error); });
+      write(key, correlation, "a retry",
+            [&] { ledger_.set_state(key, State::kRetrying, d.error); });
       return;
     case Decision::Kind::kComplete:
       (void)settler_.enqueue(route, key, sb::Disposition::kComplete, {}, {}, correlation);

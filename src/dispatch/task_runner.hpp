@@ -51,8 +51,7 @@ class TaskRunner {
   void act(Route& route, const Task& task, const Decision& decision);
   /// A ledger write that must not stop a worker: logged and reported to the health.
   template <class F>
-  void write(const ledger::MessageKey& key, const std::string& correlation, const char* what,
-             F f);
+  void write(const ledger::MessageKey& key, const std::string& correlation, const char* what, F f);
 
   const Routes& routes_;
   ledger::Ledger& ledger_;

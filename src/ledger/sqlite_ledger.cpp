@@ -164,8 +164,8 @@ class SqliteLedger : public Ledger {
 
   std::optional<DeferredMessage> find(const MessageKey& key) override {
     MutexLock lock(db_mutex_);
-    auto s = db_->statement(std::string("SELECT ") + kColumns + " FROM deferred_messages" +
-                            kKeyWhere);
+    auto s =
+        db_->statement(std::string("SELECT ") + kColumns + " FROM deferred_messages" + kKeyWhere);
     bind_key(s, key);
     if (!s.step()) return std::nullopt;
     return read_message(s);
@@ -174,7 +174,8 @@ class SqliteLedger : public Ledger {
   std::vector<HandlerRun> runs(const MessageKey& key) override {
     MutexLock lock(db_mutex_);
     auto s = db_->statement(
-        std::string("SELECT handler, attempt, outcome, started, finished, error FROM handler_runs") +
+        std::string(
+            "SELECT handler, attempt, outcome, started, finished, error FROM handler_runs") +
         kKeyWhere + " ORDER BY started, handler, attempt");
     bind_key(s, key);
     std::vector<HandlerRun> out;
@@ -419,10 +420,10 @@ class SqliteLedger : public Ledger {
   std::size_t update_state(const MessageKey& key, State state, const std::string& error)
       REQUIRES(db_mutex_) {
     // Final states are never left: a late writer cannot revive a settled message.
-    auto s = db_->statement(
-        std::string("UPDATE deferred_messages SET state = ?5, updated = ?6,"
-                    " last_error = CASE WHEN ?7 = '' THEN last_error ELSE ?7 END") +
-        kKeyWhere + " AND state NOT IN ('completed', 'dead-lettered')");
+    auto s =
+        db_->statement(std::string("UPDATE deferred_messages SET state = ?5, updated = ?6,"
+                                   " last_error = CASE WHEN ?7 = '' THEN last_error ELSE ?7 END") +
+                       kKeyWhere + " AND state NOT IN ('completed', 'dead-lettered')");
     bind_key(s, key);
     s.bind(5, to_string(state)).bind(6, to_ms(Clock::now())).bind(7, error);
     s.run();
@@ -499,7 +500,7 @@ class SqliteLedger : public Ledger {
 
   const std::string path_;
   std::optional<std::pair<dev_t, ino_t>> identity_;  // The file opened; set once.
-  Mutex db_mutex_;                                    // The connection and its statements.
+  Mutex db_mutex_;                                   // The connection and its statements.
   std::unique_ptr<sqlite::Database> db_ GUARDED_BY(db_mutex_);
   Mutex queue_mutex_;
   CondVar committed_;

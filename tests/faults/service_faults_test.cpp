@@ -9,9 +9,9 @@
 
 #include <csignal>
 #include <cstring>
-#include <iostream>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <set>
 #include <sstream>
 
@@ -49,9 +49,9 @@ class MetroProcess {
  public:
   MetroProcess(const fs::path& config, const fs::path& output) : output_(output) {
     // SIGXFSZ ignored (as a service manager would set it): a file-size limit fails the write.
-    std::vector<std::string> argv{"/bin/sh", "-c",
-                                  std::string("trap '' XFSZ; exec ") + METRO_BIN +
-                                      " run --config '" + config.string() + "'"};
+    std::vector<std::string> argv{
+        "/bin/sh", "-c",
+        std::string("trap '' XFSZ; exec ") + METRO_BIN + " run --config '" + config.string() + "'"};
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_addopen(&actions, 1, output_.c_str(), O_WRONLY | O_CREAT | O_APPEND,
@@ -104,9 +104,10 @@ class UnwritableLedgerTest : public ::testing::Test {
     bus_ = std::make_unique<metro::emulator::Emulator>(options);
     bus_->start();
     handler_ = dir_ / "handler.sh";
-    std::ofstream(handler_) << "#!/bin/sh\nseq=$(grep -o '\"sequence_number\":[0-9]*' | cut -d: -f2)\n"
-                               "echo $seq >> "
-                            << (dir_ / "handled.log").string() << "\n";
+    std::ofstream(handler_)
+        << "#!/bin/sh\nseq=$(grep -o '\"sequence_number\":[0-9]*' | cut -d: -f2)\n"
+           "echo $seq >> "
+        << (dir_ / "handled.log").string() << "\n";
     fs::permissions(handler_, fs::perms::owner_all);
   }
   void TearDown() override {
@@ -124,14 +125,14 @@ class UnwritableLedgerTest : public ::testing::Test {
                              "subscription_name = \"billing\"\nconnection_string = \""
                           << bus_->connection_string()
                           << "\"\n[[subscriptions.handlers]]\nsubject = \"s\"\nexec = [\""
-                          << handler_.string()
-                          << "\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+                          << handler_.string() << "\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n";
     metro_ = std::make_unique<MetroProcess>(config, dir_ / "metro.log");
     ASSERT_TRUE(metro_->wait_for("metro running")) << metro_->output();
     auto out = metro_->output();
     auto at = out.find("metro admin listening: http://127.0.0.1:");
     ASSERT_NE(at, std::string::npos) << out;
-    admin_port_ = std::stoi(out.substr(at + std::string("metro admin listening: http://127.0.0.1:").size()));
+    admin_port_ =
+        std::stoi(out.substr(at + std::string("metro admin listening: http://127.0.0.1:").size()));
   }
 
   /// /readyz: status and body.

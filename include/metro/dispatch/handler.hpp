@@ -26,8 +26,8 @@ struct Task {
   std::string body;  ///< The message body as received (JSON text when it is JSON).
 };
 
-/// `{"message": <body as JSON, or a string when it is not JSON or exceeds the JSON bounds>, "topic_name": …,
-/// "subscription_name": …, "sequence_number": …, "subject": …, "message_id": …,
+/// `{"message": <body as JSON, or a string when it is not JSON or exceeds the JSON bounds>,
+/// "topic_name": …, "subscription_name": …, "sequence_number": …, "subject": …, "message_id": …,
 /// "correlation_id": …, "attempt": …, "handler": …}`
 std::string to_json(const Task& task);
 

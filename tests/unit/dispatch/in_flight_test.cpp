@@ -1,9 +1,9 @@
 // The in-flight state machine alone: no bus, no ledger, no threads.
+#include "../../../src/dispatch/in_flight.hpp"
+
 #include <gtest/gtest.h>
 
 #include <metro/config/config.hpp>
-
-#include "../../../src/dispatch/in_flight.hpp"
 
 namespace metro::dispatch {
 namespace {
@@ -71,7 +71,8 @@ TEST_F(InFlightTest, RetriesWithinTheBudgetThenParksOrDeadLetters) {
 }
 
 TEST_F(InFlightTest, ExplicitCompletionIsAwaitedAndAFreshBudgetCountsAgain) {
-  options_.handlers = {handler("e", 2, config::FailurePolicy::kPark, config::Completion::kExplicit)};
+  options_.handlers = {
+      handler("e", 2, config::FailurePolicy::kPark, config::Completion::kExplicit)};
   auto tasks = *in_flight_.begin(0, options_, base(), {0}, {{0, 2}}, true);
   EXPECT_EQ(tasks[0].attempt, 3);  // Numbering goes on.
   auto retry = in_flight_.finished(tasks[0], Outcome::kFailure, "x", 0.0, false);

@@ -1,11 +1,11 @@
 // Intake's classification alone (no bus): bodies bounded before parsing, subjects, routing,
 // correlation ids; and the task JSON built from whatever a body is.
+#include "../../../src/dispatch/intake.hpp"
+
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include <metro/config/config.hpp>
-
-#include "../../../src/dispatch/intake.hpp"
 
 namespace metro::dispatch {
 namespace {
