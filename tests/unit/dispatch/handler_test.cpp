@@ -158,5 +158,17 @@ TEST_F(HttpHandlerTest, StatusDecides) {
   EXPECT_THROW(make_http_handler("ftp://x"), std::exception);
 }
 
+TEST_F(HttpHandlerTest, InterruptCutsTheRequestsUnderWay) {
+  auto handler = make_http_handler(url("/slow"));
+  Result r;
+  std::thread run([&] { r = handler->run(task(), 60s); });
+  std::this_thread::sleep_for(300ms);
+  handler->interrupt();
+  run.join();
+  EXPECT_EQ(r.outcome, Outcome::kRetry);
+  EXPECT_LT(r.duration, 2s);
+  EXPECT_EQ(handler->run(task(), 60s).error, "interrupted: metro was stopping");
+}
+
 }  // namespace
 }  // namespace metro::dispatch
