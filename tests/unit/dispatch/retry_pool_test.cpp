@@ -7,8 +7,9 @@
 
 #include <gtest/gtest.h>
 
-#include "../../../src/dispatch/retry.hpp"
 #include <metro/dispatch/task_queue.hpp>
+
+#include "../../../src/dispatch/retry.hpp"
 #include "../../../src/dispatch/worker_pool.hpp"
 
 namespace metro::dispatch {
