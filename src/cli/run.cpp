@@ -43,9 +43,8 @@ class SystemdNotifier {
       if (!s.state_reason.empty()) waiting += " (" + s.state_reason + ")";
     }
     std::string status =
-        waiting.empty()
-            ? "consuming " + std::to_string(subscriptions.size()) + " subscription(s)"
-            : "waiting for " + waiting;
+        waiting.empty() ? "consuming " + std::to_string(subscriptions.size()) + " subscription(s)"
+                        : "waiting for " + waiting;
     if (waiting.empty() && !ready_) {
       ready_ = true;
       notify("READY=1\nSTATUS=" + status);

@@ -1,16 +1,6 @@
 // `metro run` under systemd: the notify protocol (Type=notify) over a real unix datagram socket
 // as systemd's NOTIFY_SOCKET, the watchdog, and log lines for the journal (JOURNAL_STREAM).
 
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -20,7 +10,16 @@
 #include <string>
 #include <vector>
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "../support/test_support.hpp"
 
@@ -90,7 +89,7 @@ enabled = false
     envp.push_back(nullptr);
 
     std::string config = (dir_ / "metro.toml").string();
-    std::vector<std::string> args = {METRO_BIN, "run", "--config", config, "--emulator",
+    std::vector<std::string> args = {METRO_BIN,         "run", "--config", config, "--emulator",
                                      "--emulator-port", "0"};
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
@@ -118,8 +117,8 @@ enabled = false
   int stop() {
     kill(pid_, SIGTERM);
     int status = 0;
-    bool exited = metro::test::wait_until(
-        [&] { return waitpid(pid_, &status, WNOHANG) == pid_; }, 60s);
+    bool exited =
+        metro::test::wait_until([&] { return waitpid(pid_, &status, WNOHANG) == pid_; }, 60s);
     if (!exited) return -1;
     pid_ = -1;
     close(stderr_fd_);
