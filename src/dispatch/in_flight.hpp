@@ -75,7 +75,6 @@ class InFlight {
   /// Stops tracking a message (it stays deferred; the next start or the reaper takes it up).
   void drop(const ledger::MessageKey& key) EXCLUDES(mutex_);
   std::size_t size() const EXCLUDES(mutex_);
-  std::size_t capacity() const { return capacity_; }
   /// Room for more messages: how many (0 when full).
   std::size_t room() const EXCLUDES(mutex_);
   /// Waits until there is room, `stop()` holds or `deadline` passes; true when there is room.
