@@ -304,8 +304,6 @@ struct Service::Impl : Completer {
     if (in_flight.contains(key)) {
       throw ConflictError(name_of(key) + " is being handled right now");
     }
-    spdlog::info("{}: dead-lettered by request ({})", name_of(key, row.correlation_id),
-                 log_value(reason));
     return settler.enqueue(route, key, sb::Disposition::kDeadLetter, clip(reason, 256),
                            clip(description, kDescriptionLimit), row.correlation_id,
                            DeadLetterCause::kOperator);

@@ -160,9 +160,9 @@ class Service {
   /// minutes before the future fails.
   std::future<void> complete(const ledger::MessageKey& key);
   /// The same, waiting at most `wait`: `kDone` when confirmed, `kUnderWay` when it is still being
-  /// tried. Throws `UnknownMessageError` (not a message this metro consumes or knows),
-  /// `ConflictError` (dead-lettered already, a superseded record, shutting down), or the
-  /// settlement's error when it failed within `wait`.
+  /// tried. Throws `UnknownMessageError` (not a subscription this metro consumes),
+  /// `ConflictError` (a superseded record, shutting down), or the settlement's error when it
+  /// failed within `wait`.
   Settlement complete(const ledger::MessageKey& key, std::chrono::milliseconds wait);
   /// Runs again the handlers of a message that have not succeeded (a `failed`, stale `deferred`
   /// or `orphaned` one), with a fresh set of attempts. Throws `UnknownMessageError`,
