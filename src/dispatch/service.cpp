@@ -72,6 +72,9 @@ std::shared_ptr<TaskQueue> make_queue(const config::Config& config,
 
 struct Service::Impl : Completer {
   // ---- parts, in start order (stopped in reverse) ----------------------------------------------
+  // The ledger, the routes and the queue come first because the parts after them are built on
+  // them; `stop` has joined the queue's workers and every part's thread before any member is
+  // destroyed, so nothing runs against a part that is gone.
   const config::Config config;
   ServiceOptions options;
   std::shared_ptr<ledger::Ledger> ledger;
