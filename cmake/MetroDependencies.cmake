@@ -9,6 +9,7 @@ find_package(SQLite3 REQUIRED)
 pkg_check_modules(RE2 REQUIRED IMPORTED_TARGET re2)
 pkg_check_modules(HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
 find_package(CLI11 REQUIRED)  # metro::app is the command line as a library
+find_package(Boost 1.74 REQUIRED)  # header-only: Beast and Asio for the admin HTTP server
 
 # Qpid Proton ships no CMake package config and its C++ pkg-config file needs .pc files Debian
 # does not ship; find the headers and libraries directly and wrap them in one target.
