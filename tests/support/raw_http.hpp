@@ -66,8 +66,10 @@ class RawConnection {
     return true;
   }
 
-  /// Reads one response (framed by Content-Length, else by the close) within `timeout`.
-  std::optional<RawResponse> read_response(std::chrono::milliseconds timeout) {
+  /// Reads one response (framed by Content-Length, else by the close) within `timeout`. The
+  /// answer to a HEAD request has no body whatever its Content-Length says: `head_only` tells.
+  std::optional<RawResponse> read_response(std::chrono::milliseconds timeout,
+                                           bool head_only = false) {
     auto deadline = std::chrono::steady_clock::now() + timeout;
     std::size_t head_end;
     while ((head_end = pending_.find("\r\n\r\n")) == std::string::npos) {
@@ -95,6 +97,7 @@ class RawConnection {
       at = end + 2;
     }
     pending_.erase(0, head_end + 4);
+    if (head_only) return r;
     if (auto it = r.headers.find("content-length"); it != r.headers.end()) {
       auto length = std::stoull(it->second);
       while (pending_.size() < length) {
