@@ -341,12 +341,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
     phase_ = Phase::kLinger;
     since_ = Clock::time_point{};  // First to go when room is needed.
     lingered_ = 0;
+    scratch_ = std::make_unique<std::array<char, 4096>>();
     arm(kLingerTime);
     drain();
   }
 
   void drain() {
-    socket_.async_read_some(asio::buffer(scratch_),
+    socket_.async_read_some(asio::buffer(*scratch_),
                             [self = shared_from_this()](beast::error_code ec, std::size_t n) {
                               if (self->phase_ != Phase::kLinger) return;
                               self->lingered_ += n;
@@ -363,7 +364,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   std::shared_ptr<Request> request_;
-  std::array<char, 16 * 1024> scratch_{};
+  std::unique_ptr<std::array<char, 4096>> scratch_;  // Only while lingering.
   Phase phase_ = Phase::kHead;
   Clock::time_point since_ = Clock::now();
   std::uint64_t deadline_generation_ = 0;

@@ -419,6 +419,17 @@ TEST_F(AdminTest, ActionsTakeNoBodyAnEmptyBodyOrAnEmptyObject) {
   auto dlq = client.create_receiver(std::string(kEntity) + "/$DeadLetterQueue").receive(1, 5s);
   ASSERT_EQ(dlq.size(), 1u);
   EXPECT_EQ(dlq[0].dead_letter_reason, "DeadLetteredByOperator");
+  // A client that waits for 100 Continue before it sends the body.
+  RawConnection waiting(port);
+  waiting.send("POST /api/v1/deferred/orders/billing/1/dead-letter HTTP/1.1\r\nAuthorization: "
+               "Bearer admin-secret\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n");
+  auto go_on = waiting.read_response(20s);
+  ASSERT_TRUE(go_on);
+  EXPECT_EQ(go_on->status, 100);
+  waiting.send("{}");
+  r = waiting.read_response(20s);
+  ASSERT_TRUE(r);
+  EXPECT_TRUE(r->status == 200 || r->status == 409) << r->status << " " << r->body;
   // Chunked, empty.
   r = raw_request(port, http_request("POST", "/api/v1/deferred/orders/billing/1/complete", kAdmin,
                                      "0\r\n\r\n", false, "Transfer-Encoding: chunked\r\n"));
@@ -679,7 +690,7 @@ TEST_F(AdminTest, TheCliAgainstARunningMetro) {
   park_one();
   auto cli = std::string(METRO_BIN) +
              " deferred --url http://127.0.0.1:" + std::to_string(api_->port()) + " --token " +
-             kAdmin + "; ";
+             kAdmin + " ";
   auto [code, out] = metro::test::run_command(cli + "list --state failed");
   EXPECT_EQ(code, 0) << out;
   EXPECT_NE(out.find("SEQ  TOPIC/SUBSCRIPTION  SUBJECT         STATE   AGE"), std::string::npos)

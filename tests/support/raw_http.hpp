@@ -97,7 +97,7 @@ class RawConnection {
       at = end + 2;
     }
     pending_.erase(0, head_end + 4);
-    if (head_only) return r;
+    if (head_only || (r.status >= 100 && r.status < 200)) return r;  // No body.
     if (auto it = r.headers.find("content-length"); it != r.headers.end()) {
       auto length = std::stoull(it->second);
       while (pending_.size() < length) {
