@@ -56,6 +56,11 @@ std::string read_file(const std::filesystem::path& path) {
   return out.str();
 }
 
+/// The last 3,000 bytes of `text`, for failure messages.
+std::string clipped_tail(const std::string& text) {
+  return text.size() <= 3000 ? text : "…" + text.substr(text.size() - 3000);
+}
+
 std::string http_request(const std::string& method, const std::string& target, const char* token,
                          const std::string& body = {}, const std::string& extra_headers = {}) {
   std::string text = method + " " + target + " HTTP/1.1\r\nHost: metro\r\n";
@@ -114,6 +119,13 @@ class Metro {
   }
 
   ~Metro() {
+    stop();
+    std::filesystem::remove_all(dir_);
+  }
+
+  /// SIGTERM, and how it ended ("exited with 0" when it stopped as it should, sanitizers
+  /// included: a report makes the exit code non-zero).
+  std::string stop() {
     if (pid_ > 0 && alive()) {
       ::kill(pid_, SIGTERM);
       if (!wait_until([&] { return !alive(); }, 30s)) {
@@ -121,7 +133,7 @@ class Metro {
         wait_until([&] { return !alive(); }, 10s);
       }
     }
-    std::filesystem::remove_all(dir_);
+    return exit_description();
   }
 
   bool started() const { return port_ > 0; }
@@ -252,6 +264,11 @@ class AdminFaults : public ::testing::Test {
   void SetUp() override {
     metro_ = std::make_unique<Metro>();
     ASSERT_TRUE(metro_->started()) << metro_->stdout_text() << metro_->log();
+  }
+  void TearDown() override {
+    if (metro_->started()) {
+      EXPECT_EQ(metro_->stop(), "exited with 0") << clipped_tail(metro_->log());
+    }
   }
   std::unique_ptr<Metro> metro_;
 };
@@ -569,6 +586,7 @@ void forge(const std::string& format) {
     }
   }
   EXPECT_LT(longest, 10u * 1024) << "a 200 KB description must not make a 200 KB line";
+  EXPECT_EQ(metro.stop(), "exited with 0") << clipped_tail(metro.log());
 }
 
 TEST(AdminLogFaults, ValuesCannotForgeALineInTheTextFormat) { forge("text"); }
