@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -20,6 +21,7 @@
 #include <nlohmann/json.hpp>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include "../support/raw_http.hpp"
@@ -72,6 +74,8 @@ std::string http_request(const std::string& method, const std::string& target, c
 /// `metro run --emulator` on free ports, its stdout and stderr in files, stopped with SIGTERM.
 class Metro {
  public:
+  /// `log_format` is text, json, or journal (text logs with stderr named the journal, as
+  /// systemd does with JOURNAL_STREAM).
   explicit Metro(const std::string& log_format = "text") {
     dir_ = std::filesystem::temp_directory_path() /
            ("metro-faults-" + std::to_string(::getpid()) + "-" + std::to_string(++count_));
@@ -92,18 +96,34 @@ class Metro {
 
     auto binary = metro_binary();
     auto config = (dir_ / "metro.toml").string();
-    std::vector<std::string> args = {binary, "--log-format", log_format,        "run", "--config",
-                                     config, "--emulator",   "--emulator-port", "0"};
+    const bool journal = log_format == "journal";
+    std::vector<std::string> args = {binary,       "--log-format",    journal ? "text" : log_format,
+                                     "run",        "--config",        config,
+                                     "--emulator", "--emulator-port", "0"};
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
+    std::vector<std::string> env;
+    for (char** e = environ; *e != nullptr; ++e) {
+      if (std::string_view(*e).rfind("JOURNAL_STREAM=", 0) != 0) env.emplace_back(*e);
+    }
+    if (journal) {
+      std::ofstream(dir_ / "stderr").flush();  // The file the child's stderr will be.
+      struct stat st {};
+      ::stat((dir_ / "stderr").c_str(), &st);
+      env.push_back("JOURNAL_STREAM=" + std::to_string(st.st_dev) + ":" +
+                    std::to_string(st.st_ino));
+    }
+    std::vector<char*> envp;
+    for (auto& e : env) envp.push_back(e.data());
+    envp.push_back(nullptr);
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_addopen(&actions, 1, (dir_ / "stdout").c_str(),
                                      O_WRONLY | O_CREAT | O_TRUNC, 0644);
     posix_spawn_file_actions_addopen(&actions, 2, (dir_ / "stderr").c_str(),
                                      O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int error = posix_spawn(&pid_, binary.c_str(), &actions, nullptr, argv.data(), environ);
+    int error = posix_spawn(&pid_, binary.c_str(), &actions, nullptr, argv.data(), envp.data());
     posix_spawn_file_actions_destroy(&actions);
     if (error != 0) {
       pid_ = -1;
@@ -580,6 +600,13 @@ void forge(const std::string& format) {
   while (std::getline(in, line)) {
     longest = std::max(longest, line.size());
     EXPECT_NE(line.rfind("2026-01-01 00:00:00.000", 0), 0u) << "a forged line: " << clipped(line);
+    if (format == "journal") {
+      // One entry a line, each with its syslog priority: a line without one would be an entry
+      // that metro did not write.
+      EXPECT_TRUE(line.size() >= 3 && line[0] == '<' && std::isdigit(line[1]) != 0 &&
+                  line[2] == '>')
+          << clipped(line);
+    }
     if (format == "json") {
       auto parsed = json::parse(line, nullptr, false);
       EXPECT_TRUE(parsed.is_object() && parsed["message"].is_string()) << clipped(line);
@@ -591,5 +618,6 @@ void forge(const std::string& format) {
 
 TEST(AdminLogFaults, ValuesCannotForgeALineInTheTextFormat) { forge("text"); }
 TEST(AdminLogFaults, ValuesCannotForgeALineInTheJsonFormat) { forge("json"); }
+TEST(AdminLogFaults, ValuesCannotForgeAnEntryInTheJournal) { forge("journal"); }
 
 }  // namespace
