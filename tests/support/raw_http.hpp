@@ -54,7 +54,6 @@ class RawConnection {
       : fd_(std::exchange(other.fd_, -1)), pending_(std::move(other.pending_)) {}
 
   bool ok() const { return fd_ >= 0; }
-  int fd() const { return fd_; }
 
   /// Sends all of `bytes`; false when the peer is gone.
   bool send(std::string_view bytes) {
