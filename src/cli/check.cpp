@@ -94,8 +94,13 @@ int run_check(const std::string& config_path) {
     std::cout << "  " << s.topic_name << "/" << s.subscription_name << "  (" << s.handlers.size()
               << (s.handlers.size() == 1 ? " handler)" : " handlers)") << '\n';
     std::cout << "    connection " << sb::redact_connection_string(s.connection_string) << '\n';
-    std::cout << "    no match: " << config::to_string(s.on_no_match)
-              << ", malformed body: " << config::to_string(s.on_malformed_body) << '\n';
+    // Each subscription's own settings, as they apply after its overrides of [metro].
+    std::cout << "    subject from " << routing::to_string(s.subject_source)
+              << ", no match: " << config::to_string(s.on_no_match)
+              << ", malformed body: " << config::to_string(s.on_malformed_body) << ", prefetch "
+              << (s.prefetch == 0 ? std::string("0 (as room allows, up to 100)")
+                                  : std::to_string(s.prefetch))
+              << '\n';
     for (const auto& h : s.handlers) {
       std::cout << "    - " << h.name << ": subject " << h.subject << " ("
                 << routing::to_string(h.match) << ") -> " << describe_run(h) << ", completion "
