@@ -226,6 +226,13 @@ struct Service::Impl {
           case config::HandlerKind::kHttp:
             route->handlers.push_back(make_http_handler(h.http));
             break;
+          case config::HandlerKind::kPython:
+          case config::HandlerKind::kCelery:
+            throw InvalidArgument(
+                "subscription " + sub.topic_name + "/" + sub.subscription_name + ": handler '" +
+                h.name + "' is a " + std::string(config::to_string(h.kind)) +
+                " handler; metro run does not send Celery tasks yet (metro check accepts the "
+                "config; run these handlers as exec or http handlers for now)");
           case config::HandlerKind::kFunction:
             if (auto it = options.functions.find(h.function); it != options.functions.end()) {
               route->handlers.push_back(make_function_handler(it->second));
