@@ -8,6 +8,7 @@ find_package(spdlog REQUIRED)
 find_package(SQLite3 REQUIRED)
 pkg_check_modules(RE2 REQUIRED IMPORTED_TARGET re2)
 pkg_check_modules(HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
+pkg_check_modules(HIREDIS REQUIRED IMPORTED_TARGET hiredis)  # the Celery handlers' Redis
 find_package(CLI11 REQUIRED)  # metro::app is the command line as a library
 
 # Qpid Proton ships no CMake package config and its C++ pkg-config file needs .pc files Debian
