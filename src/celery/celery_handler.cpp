@@ -3,6 +3,8 @@
 
 #include "celery_handler.hpp"
 
+#include <vector>
+
 #include <nlohmann/json.hpp>
 
 #include <metro/error.hpp>
@@ -34,16 +36,25 @@ std::string failure_text(const TaskOutcome& outcome) {
     out += one_line(meta.exception_text());
   }
   if (outcome.retries > 0) out += " after " + std::to_string(outcome.retries) + " retries";
-  auto tail = traceback_tail(meta.traceback, 4);
-  // The last line of a Python traceback repeats the exception: keep the frames before it.
-  if (auto last = tail.rfind('\n'); last != std::string::npos) {
-    tail = tail.substr(0, last);
-  } else if (!tail.empty() && tail.rfind(meta.exception_type, 0) == 0) {
-    tail.clear();
+  // The frames nearest the error: not the "Traceback (most recent call last):" header, and not
+  // the last line, which repeats the exception.
+  std::vector<std::string> frames;
+  std::string tail = traceback_tail(meta.traceback, 5);
+  for (std::size_t start = 0; start <= tail.size();) {
+    auto end = tail.find('\n', start);
+    if (end == std::string::npos) end = tail.size();
+    auto line = tail.substr(start, end - start);
+    if (!line.empty() && line.rfind("Traceback (", 0) != 0) frames.push_back(line);
+    start = end + 1;
   }
-  if (!tail.empty()) {
+  if (!frames.empty() && !meta.exception_type.empty() &&
+      frames.back().rfind(meta.exception_type, 0) == 0) {
+    frames.pop_back();
+  }
+  if (frames.size() > 3) frames.erase(frames.begin(), frames.end() - 3);
+  if (!frames.empty()) {
     std::string joined;
-    for (char c : tail) joined += c == '\n' ? std::string(" | ") : std::string(1, c);
+    for (const auto& f : frames) joined += (joined.empty() ? "" : " | ") + f;
     out += " [traceback: " + one_line(joined) + "]";
   }
   return out;

@@ -626,15 +626,16 @@ struct Client::Impl {
   }
 
   /// For a batch with a value too large to read whole: each key alone, the large ones by their
-  /// first 64 KiB (Celery writes `status` first).
+  /// first bytes (up to 64 KiB; Celery writes `status` first).
   void read_one_by_one(const std::vector<std::string>& ids, std::vector<Notice>& notices) {
     for (const auto& id : ids) {
       auto key = std::string(kChannelPrefix) + id;
       auto length = cmd->command({"STRLEN", key}, Clock::now() + options.command_timeout);
       if (length.type != Reply::Type::kInteger || length.integer == 0) continue;
-      bool whole = static_cast<std::size_t>(length.integer) < options.max_reply_bytes / 2;
+      auto limit = std::min<std::size_t>(65536, options.max_reply_bytes / 2);
+      bool whole = static_cast<std::size_t>(length.integer) <= limit;
       auto value = whole ? cmd->command({"GET", key}, Clock::now() + options.command_timeout)
-                         : cmd->command({"GETRANGE", key, "0", "65535"},
+                         : cmd->command({"GETRANGE", key, "0", std::to_string(limit - 1)},
                                         Clock::now() + options.command_timeout);
       if (value.type == Reply::Type::kString) handle_meta(id, value.text, !whole, notices, true);
     }
