@@ -637,7 +637,7 @@ struct Client::Impl {
       auto value = whole ? cmd->command({"GET", key}, Clock::now() + options.command_timeout)
                          : cmd->command({"GETRANGE", key, "0", std::to_string(limit - 1)},
                                         Clock::now() + options.command_timeout);
-      if (value.type == Reply::Type::kString) handle_meta(id, value.text, !whole, notices, true);
+      if (value.type == Reply::Type::kString) handle_meta(id, value.text, true, notices, !whole);
     }
   }
 

@@ -19,7 +19,8 @@
 //
 // Thread-safety: every member function may be called from any number of threads. Callbacks run
 // on the client's thread (or on the caller's, when a task ends before it was sent) and must not
-// block; they must not call `close()`.
+// block: they must not call `submit`, `call`, `watch` or `close` (hand the work to another
+// thread instead).
 
 #include <chrono>
 #include <cstdint>

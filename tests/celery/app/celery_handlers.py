@@ -21,3 +21,7 @@ def fails_twice(*, message, topic_name, subscription_name, sequence_number):
 
 async def async_handler(*, message, topic_name, subscription_name, sequence_number):
     record("async_handler", sequence_number=sequence_number)
+
+
+def noop(*, message, topic_name, subscription_name, sequence_number):
+    return None

@@ -66,3 +66,8 @@ def retrying(self, *, message, topic_name, subscription_name, sequence_number):
 def slow(*, message, topic_name, subscription_name, sequence_number):
     time.sleep(float(message.get("seconds", 5)) if isinstance(message, dict) else 5)
     return None
+
+
+@app.task(name="tests.noop")
+def noop(*, message, topic_name, subscription_name, sequence_number):
+    return None
