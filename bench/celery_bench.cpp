@@ -3,13 +3,13 @@
 // the bottleneck). Starts its own redis-server and workers (tests/celery/app).
 // Usage: bench_celery [N] [in-flight]
 
-#include <sys/resource.h>
-
 #include <atomic>
 #include <iomanip>
 #include <iostream>
 #include <semaphore>
 #include <thread>
+
+#include <sys/resource.h>
 
 #include "../src/celery/celery_handler.hpp"
 #include "../src/celery/client.hpp"
@@ -24,7 +24,9 @@ using metro::celery::TaskOutcome;
 double cpu_seconds() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
-  auto seconds = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
+  auto seconds = [](const timeval& t) {
+    return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6;
+  };
   return seconds(usage.ru_utime) + seconds(usage.ru_stime);
 }
 
@@ -77,7 +79,8 @@ Figures run(Client& client, metro::celery::HandlerSpec spec, int n, int in_fligh
 int main(int argc, char** argv) {
   int n = argc > 1 ? std::stoi(argv[1]) : 5000;
   int in_flight = argc > 2 ? std::stoi(argv[2]) : 64;
-  auto dir = std::filesystem::temp_directory_path() / ("metro-bench-celery-" + std::to_string(::getpid()));
+  auto dir =
+      std::filesystem::temp_directory_path() / ("metro-bench-celery-" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   metro::test::RedisServer redis(dir / "redis");
   if (!redis.start()) {
@@ -99,17 +102,20 @@ int main(int argc, char** argv) {
     Client client(options);
     for (const auto& [label, spec] :
          {std::pair{std::string("celery = \"tests.noop\""),
-                    metro::celery::HandlerSpec{metro::celery::HandlerSpec::Kind::kCelery,
-                                               "tests.noop", "celery", 0, {}}},
+                    metro::celery::HandlerSpec{
+                        metro::celery::HandlerSpec::Kind::kCelery, "tests.noop", "celery", 0, {}}},
           std::pair{std::string("python = \"celery_handlers.noop\""),
                     metro::celery::HandlerSpec{metro::celery::HandlerSpec::Kind::kPython,
-                                               "celery_handlers.noop", "celery", 0, {}}}}) {
+                                               "celery_handlers.noop",
+                                               "celery",
+                                               0,
+                                               {}}}}) {
       run(client, spec, std::min(n, 200), in_flight);  // Warm up: imports, connections.
       auto f = run(client, spec, n, in_flight);
       std::cout << "| " << label << " | " << processes << " | " << std::fixed
                 << std::setprecision(0) << f.tasks_per_second << " | " << std::setprecision(1)
-                << f.cpu_ms_per_1000 << " ms |" << (f.failed ? " (" + std::to_string(f.failed) + " failed)" : "")
-                << '\n';
+                << f.cpu_ms_per_1000 << " ms |"
+                << (f.failed ? " (" + std::to_string(f.failed) + " failed)" : "") << '\n';
     }
   }
   std::filesystem::remove_all(dir);

@@ -27,8 +27,8 @@ std::string one_line(std::string_view text) {
 
 std::string failure_text(const TaskOutcome& outcome) {
   const auto& meta = outcome.meta;
-  std::string out = "Celery task " + outcome.task_id + " " + std::string(to_string(meta.state)) +
-                    ": ";
+  std::string out =
+      "Celery task " + outcome.task_id + " " + std::string(to_string(meta.state)) + ": ";
   if (meta.exception_type == "NotRegistered") {
     out += "the workers have no task registered as " + one_line(meta.exception_message) +
            " (NotRegistered)";
@@ -111,8 +111,7 @@ CeleryHandler::CeleryHandler(std::shared_ptr<Client> client, HandlerSpec spec)
   if (!client_) throw InvalidArgument("a Celery handler needs a Celery client");
 }
 
-dispatch::Result CeleryHandler::run(const dispatch::Task& task,
-                                    std::chrono::milliseconds timeout) {
+dispatch::Result CeleryHandler::run(const dispatch::Task& task, std::chrono::milliseconds timeout) {
   return run_task(task, timeout).result;
 }
 
@@ -132,8 +131,8 @@ CeleryRun CeleryHandler::run_task(const dispatch::Task& task, std::chrono::milli
   run.task_id = outcome.task_id;
   run.retries = outcome.retries;
   run.last_state = outcome.meta.state;
-  run.result = result_of(
-      outcome, std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start));
+  run.result = result_of(outcome, std::chrono::duration_cast<std::chrono::milliseconds>(
+                                      std::chrono::steady_clock::now() - start));
   return run;
 }
 

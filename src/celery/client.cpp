@@ -272,10 +272,9 @@ struct Client::Impl {
         refused = ended(id, TaskOutcome::Status::kRefused,
                         "a task with the id " + id + " is already in flight");
       } else if (link == Link::kDown) {
-        refused = ended(id,
-                        link_auth_error ? TaskOutcome::Status::kRefused
-                                        : TaskOutcome::Status::kUnavailable,
-                        "the result backend cannot be reached: " + link_error);
+        refused = ended(
+            id, link_auth_error ? TaskOutcome::Status::kRefused : TaskOutcome::Status::kUnavailable,
+            "the result backend cannot be reached: " + link_error);
       }
       if (refused) {
         count(*refused);
@@ -298,10 +297,10 @@ struct Client::Impl {
         if (it == pending.end()) return false;  // Ended meanwhile (closed).
         if (it->second.subscribed) return true;
         if (link == Link::kDown) {
-          failed = ended(id,
-                         link_auth_error ? TaskOutcome::Status::kRefused
-                                         : TaskOutcome::Status::kUnavailable,
-                         "the result backend cannot be reached: " + link_error);
+          failed = ended(
+              id,
+              link_auth_error ? TaskOutcome::Status::kRefused : TaskOutcome::Status::kUnavailable,
+              "the result backend cannot be reached: " + link_error);
           break;
         }
         if (changed.wait_until(lock, deadline) == std::cv_status::timeout &&
@@ -318,8 +317,8 @@ struct Client::Impl {
     return false;
   }
 
-  std::string submit(const TaskMessage& message, milliseconds result_timeout,
-                     OutcomeCallback done, ProgressCallback progress) {
+  std::string submit(const TaskMessage& message, milliseconds result_timeout, OutcomeCallback done,
+                     ProgressCallback progress) {
     TaskMessage m = message;
     if (m.id.empty()) m.id = new_task_id();
     const std::string id = m.id;
@@ -349,19 +348,16 @@ struct Client::Impl {
       pool.release(std::move(connection));
       if (reply.is_error()) {
         bool permanent = reply.text.rfind("WRONGTYPE", 0) == 0;
-        failed = ended(id,
-                       permanent ? TaskOutcome::Status::kRefused
-                                 : TaskOutcome::Status::kUnavailable,
-                       "the broker " + options.broker.endpoint() + " refused the message: " +
-                           reply.text);
+        failed = ended(
+            id, permanent ? TaskOutcome::Status::kRefused : TaskOutcome::Status::kUnavailable,
+            "the broker " + options.broker.endpoint() + " refused the message: " + reply.text);
       }
     } catch (const RedisError& e) {
       // A push whose reply was lost may have reached Redis; the task may then run although it
       // counts as not sent here, and runs again on the retry (delivery is at least once).
-      failed = ended(id,
-                     e.is_transient() ? TaskOutcome::Status::kUnavailable
-                                      : TaskOutcome::Status::kRefused,
-                     e.what());
+      failed = ended(
+          id, e.is_transient() ? TaskOutcome::Status::kUnavailable : TaskOutcome::Status::kRefused,
+          e.what());
     }
     if (failed) {
       end_pending(id, *failed);
@@ -599,14 +595,15 @@ struct Client::Impl {
     for (std::size_t at = 0; at < ids.size(); at += options.reconcile_batch) {
       auto end = std::min(ids.size(), at + options.reconcile_batch);
       std::vector<std::string> command{"MGET"};
-      for (std::size_t i = at; i < end; ++i) command.push_back(std::string(kChannelPrefix) + ids[i]);
+      for (std::size_t i = at; i < end; ++i)
+        command.push_back(std::string(kChannelPrefix) + ids[i]);
       Reply reply;
       try {
         reply = cmd->command(command, Clock::now() + options.command_timeout);
       } catch (const RedisReplyTooLarge&) {
-        cmd = RedisConnection::connect(options.result_backend,
-                                       Clock::now() + options.connect_timeout,
-                                       options.max_reply_bytes);
+        cmd =
+            RedisConnection::connect(options.result_backend, Clock::now() + options.connect_timeout,
+                                     options.max_reply_bytes);
         read_one_by_one({ids.begin() + static_cast<std::ptrdiff_t>(at),
                          ids.begin() + static_cast<std::ptrdiff_t>(end)},
                         notices);

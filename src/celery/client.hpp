@@ -45,7 +45,7 @@ struct ClientOptions {
   milliseconds connect_timeout{std::chrono::seconds(5)};   ///< Name lookup, TCP, TLS, AUTH.
   milliseconds command_timeout{std::chrono::seconds(10)};  ///< One command's round trip.
   milliseconds reconcile_interval{std::chrono::seconds(30)};
-  std::size_t reconcile_batch = 100;  ///< Keys per MGET.
+  std::size_t reconcile_batch = 100;   ///< Keys per MGET.
   std::size_t broker_connections = 4;  ///< Idle broker connections kept.
   milliseconds min_backoff{100};       ///< Between connection attempts after a failure…
   milliseconds max_backoff{std::chrono::seconds(5)};  ///< …doubling up to this.
@@ -64,8 +64,8 @@ struct TaskOutcome {
   };
   Status status = Status::kUnavailable;
   std::string task_id;
-  TaskMeta meta;     ///< The last state seen (PENDING when none).
-  int retries = 0;   ///< RETRY states seen (the task's own self.retry calls).
+  TaskMeta meta;      ///< The last state seen (PENDING when none).
+  int retries = 0;    ///< RETRY states seen (the task's own self.retry calls).
   std::string error;  ///< What went wrong, for a person; empty on success.
 };
 
@@ -88,8 +88,8 @@ struct ClientStats {
   std::uint64_t timed_out = 0;
   std::uint64_t unavailable = 0;  ///< Includes refused.
   std::uint64_t retries_seen = 0;
-  std::uint64_t reconnects = 0;   ///< Of the result backend's connections.
-  std::uint64_t reconciled = 0;   ///< Outcomes found by reading keys rather than by pub/sub.
+  std::uint64_t reconnects = 0;  ///< Of the result backend's connections.
+  std::uint64_t reconciled = 0;  ///< Outcomes found by reading keys rather than by pub/sub.
   std::size_t in_flight = 0;
 };
 
@@ -111,8 +111,8 @@ class Client {
   /// while subscribing and sending (bounded by connect and command timeouts), never for the
   /// outcome. `result_timeout` counts from the moment the message is in Redis, and again from
   /// each RETRY.
-  std::string submit(const TaskMessage& message, milliseconds result_timeout,
-                     OutcomeCallback done, ProgressCallback progress = {});
+  std::string submit(const TaskMessage& message, milliseconds result_timeout, OutcomeCallback done,
+                     ProgressCallback progress = {});
 
   /// `submit` and wait for the outcome.
   TaskOutcome call(const TaskMessage& message, milliseconds result_timeout,

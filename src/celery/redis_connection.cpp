@@ -135,9 +135,9 @@ AddrInfoPtr resolve(const std::string& host, std::uint16_t port, Deadline deadli
     throw RedisError("Redis at " + where + ": looking up '" + host + "' took too long", true);
   }
   if (lookup->status != 0) {
-    throw RedisError("Redis at " + where + ": cannot resolve '" + host +
-                         "': " + ::gai_strerror(lookup->status),
-                     lookup->status == EAI_AGAIN);
+    throw RedisError(
+        "Redis at " + where + ": cannot resolve '" + host + "': " + ::gai_strerror(lookup->status),
+        lookup->status == EAI_AGAIN);
   }
   return std::move(lookup->result);
 }
@@ -165,7 +165,8 @@ Reply copy_reply(const redisReply& in) {
       out.type = Reply::Type::kArray;
       out.elements.reserve(in.elements);
       // hiredis's reader nests at most 9 levels deep, so this recursion is bounded.
-      for (std::size_t i = 0; i < in.elements; ++i) out.elements.push_back(copy_reply(*in.element[i]));
+      for (std::size_t i = 0; i < in.elements; ++i)
+        out.elements.push_back(copy_reply(*in.element[i]));
       break;
     default:
       out.type = Reply::Type::kNil;
@@ -184,8 +185,8 @@ std::string format_command(const std::vector<std::string>& args) {
     lengths.push_back(a.size());
   }
   char* raw = nullptr;
-  int length = redisFormatCommandArgv(&raw, static_cast<int>(args.size()), argv.data(),
-                                      lengths.data());
+  int length =
+      redisFormatCommandArgv(&raw, static_cast<int>(args.size()), argv.data(), lengths.data());
   std::unique_ptr<char, void (*)(char*)> owner(raw, redisFreeCommand);
   if (length < 0 || raw == nullptr) throw RedisError("cannot format a Redis command", false);
   return std::string(raw, static_cast<std::size_t>(length));
@@ -210,8 +211,8 @@ struct RedisConnection::Impl {
     auto addresses = resolve(url.host, url.port, deadline, where);
     std::string last_error = "no address";
     for (auto* a = addresses.get(); a != nullptr; a = a->ai_next) {
-      Socket s(::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                        a->ai_protocol));
+      Socket s(
+          ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol));
       if (s.get() < 0) {
         last_error = std::strerror(errno);
         continue;
@@ -253,8 +254,7 @@ struct RedisConnection::Impl {
     }
     if (!url.cert_file.empty()) {
       if (SSL_CTX_use_certificate_chain_file(ssl_ctx.get(), url.cert_file.c_str()) != 1 ||
-          SSL_CTX_use_PrivateKey_file(ssl_ctx.get(), url.key_file.c_str(), SSL_FILETYPE_PEM) !=
-              1) {
+          SSL_CTX_use_PrivateKey_file(ssl_ctx.get(), url.key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
         fail("cannot load the client certificate: " + ssl_error_text(), false);
       }
     }
@@ -303,8 +303,8 @@ struct RedisConnection::Impl {
       short wait_events = POLLOUT;
       if (ssl) {
         ERR_clear_error();
-        int rc = SSL_write(ssl.get(), data.data(), static_cast<int>(std::min<std::size_t>(
-                                                        data.size(), 1 << 30)));
+        int rc = SSL_write(ssl.get(), data.data(),
+                           static_cast<int>(std::min<std::size_t>(data.size(), 1 << 30)));
         if (rc > 0) {
           n = rc;
         } else {
@@ -425,9 +425,9 @@ std::unique_ptr<RedisConnection> RedisConnection::connect(const RedisUrl& url, D
       throw RedisAuthError("Redis at " + where + " refused the URL's credentials: " + text);
     }
     if (text.rfind("NOAUTH", 0) == 0) {
-      throw RedisAuthError("Redis at " + where +
-                           " wants a password and the URL has none (redis://:password@host…): " +
-                           text);
+      throw RedisAuthError(
+          "Redis at " + where +
+          " wants a password and the URL has none (redis://:password@host…): " + text);
     }
     throw RedisError("Redis at " + where + " refused " + setup[i][0] + ": " + text, false);
   }

@@ -247,8 +247,7 @@ RedisUrl parse_redis_url(std::string_view url) {
       } else if (lowered == "none" || lowered == "cert_none") {
         out.verify = TlsVerify::kNone;
       } else {
-        throw fail("ssl_cert_reqs=" + quoted(value) +
-                   " is not one of required, optional or none");
+        throw fail("ssl_cert_reqs=" + quoted(value) + " is not one of required, optional or none");
       }
     } else if (key == "ssl_check_hostname") {
       saw_tls_param = true;
@@ -262,8 +261,9 @@ RedisUrl parse_redis_url(std::string_view url) {
     } else if (key == "ssl_ca_certs" || key == "ssl_certfile" || key == "ssl_keyfile") {
       saw_tls_param = true;
       if (value.empty()) throw fail(key + " needs a file name");
-      (key == "ssl_ca_certs" ? out.ca_file : key == "ssl_certfile" ? out.cert_file : out.key_file) =
-          value;
+      (key == "ssl_ca_certs"   ? out.ca_file
+       : key == "ssl_certfile" ? out.cert_file
+                               : out.key_file) = value;
     } else {
       throw fail("the parameter " + quoted(key) +
                  " is not one metro reads (db, ssl_cert_reqs, ssl_check_hostname, "

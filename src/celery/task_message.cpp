@@ -360,8 +360,8 @@ std::string python_json_string(std::string_view text) {
 
 std::string python_float(double value) {
   std::array<char, 64> buffer{};
-  auto [end, ec] =
-      std::to_chars(buffer.data(), buffer.data() + buffer.size(), value, std::chars_format::scientific);
+  auto [end, ec] = std::to_chars(buffer.data(), buffer.data() + buffer.size(), value,
+                                 std::chars_format::scientific);
   if (ec != std::errc()) return "0.0";
   std::string_view text(buffer.data(), static_cast<std::size_t>(end - buffer.data()));
   if (text == "inf" || text == "-inf") return text[0] == '-' ? "-inf" : "inf";
@@ -480,9 +480,8 @@ Envelope encode_task_message(const TaskMessage& message) {
   args_repr.tuple(args);
   SafeRepr kwargs_repr(1024);
   kwargs_repr.dict(kwargs);
-  auto origin = message.origin.empty()
-                    ? "metro" + std::to_string(::getpid()) + "@" + host_name()
-                    : message.origin;
+  auto origin = message.origin.empty() ? "metro" + std::to_string(::getpid()) + "@" + host_name()
+                                       : message.origin;
 
   PyJsonWriter envelope;
   envelope.begin_object();

@@ -16,7 +16,7 @@ namespace metro::celery {
 /// One task to send. Arguments and keyword arguments are JSON texts, embedded as they are (so a
 /// message body reaches the worker exactly as it was published, numbers and all).
 struct TaskMessage {
-  std::string id;  ///< The task id; empty: a fresh UUID4.
+  std::string id;    ///< The task id; empty: a fresh UUID4.
   std::string task;  ///< The name the task is registered under, e.g. "myapp.tasks.handle".
   std::string queue = "celery";
   int priority = 0;  ///< 0-9; on Redis 0 runs first. Picks the list key (see `queue_key`).

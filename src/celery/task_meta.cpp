@@ -51,9 +51,8 @@ class MetaReader : public nlohmann::json_sax<nlohmann::json> {
       } else if (key_ == "task_id") {
         append_bounded(meta_.task_id, value, 256);
       } else if (key_ == "traceback") {
-        meta_.traceback = value.size() > kMaxTraceback
-                              ? value.substr(value.size() - kMaxTraceback)
-                              : value;
+        meta_.traceback =
+            value.size() > kMaxTraceback ? value.substr(value.size() - kMaxTraceback) : value;
       }
       return true;
     }
@@ -109,7 +108,8 @@ class MetaReader : public nlohmann::json_sax<nlohmann::json> {
         append_bounded(meta_.exception_message, text, kMaxExceptionText);
       }
     } else if (depth_ == 3 && result_key_ == "exc_message") {
-      if (!meta_.exception_message.empty()) append_bounded(meta_.exception_message, ", ", kMaxExceptionText);
+      if (!meta_.exception_message.empty())
+        append_bounded(meta_.exception_message, ", ", kMaxExceptionText);
       append_bounded(meta_.exception_message, text, kMaxExceptionText);
     }
     return true;

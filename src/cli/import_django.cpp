@@ -163,12 +163,13 @@ class Importer {
     }
     if (!metro->is_object()) throw SettingsError(file_ + ": " + base, "expected the settings dict");
     if (metro->contains("worker_type") && metro->at("worker_type") != "celery") {
-      throw SettingsError(at(base, "worker_type"),
-                        "metro sends Celery tasks only; " + metro->at("worker_type").dump() +
-                            " workers have no counterpart");
+      throw SettingsError(at(base, "worker_type"), "metro sends Celery tasks only; " +
+                                                       metro->at("worker_type").dump() +
+                                                       " workers have no counterpart");
     }
     static const Json kNone;
-    const auto& subscriptions = metro->contains("subscriptions") ? metro->at("subscriptions") : kNone;
+    const auto& subscriptions =
+        metro->contains("subscriptions") ? metro->at("subscriptions") : kNone;
     if (!subscriptions.is_array() || subscriptions.empty()) {
       throw SettingsError(at(base, "subscriptions"), "expected a list of subscriptions");
     }
@@ -187,7 +188,8 @@ class Importer {
         << "listen = \"127.0.0.1:8080\"\n"
         << "# Handlers that call complete_deferred_message (python/metro) reach this API with\n"
         << "# METRO_URL and METRO_TOKEN set to this token on the workers.\n"
-        << "tokens = [{ token = \"${METRO_ADMIN_TOKEN}\", role = \"admin\", name = \"workers\" }]\n";
+        << "tokens = [{ token = \"${METRO_ADMIN_TOKEN}\", role = \"admin\", name = \"workers\" "
+           "}]\n";
     return out.str();
   }
 
@@ -200,8 +202,7 @@ class Importer {
 
   /// A string setting that may come from the environment: `{"env": "NAME"}`, or a string that
   /// equals a variable's value. Nullopt when absent or null.
-  std::optional<std::string> value_from(const Json& value, const std::string& where,
-                                        bool secret) {
+  std::optional<std::string> value_from(const Json& value, const std::string& where, bool secret) {
     if (value.is_null()) return std::nullopt;
     if (value.is_object() && value.contains("env") && value.at("env").is_string()) {
       return env_reference(value.at("env").get<std::string>());
@@ -210,8 +211,9 @@ class Importer {
     auto text = value.get<std::string>();
     if (auto name = variable_holding(text)) return env_reference(*name);
     if (secret) {
-      notes_.push_back(where + ": written as it is (no environment variable holds it); it is a "
-                               "secret: consider ${VARIABLE} instead");
+      notes_.push_back(where +
+                       ": written as it is (no environment variable holds it); it is a "
+                       "secret: consider ${VARIABLE} instead");
     }
     return toml_literal(text);
   }
@@ -311,7 +313,8 @@ class Importer {
       out << "  subject = " << toml_literal(subject) << "\n";
     }
     if (!h.contains("handler_function")) {
-      throw SettingsError(where + ".handler_function", "missing (expected the function's dotted path)");
+      throw SettingsError(where + ".handler_function",
+                          "missing (expected the function's dotted path)");
     }
     const auto& f = h.at("handler_function");
     if (f.is_string()) {
@@ -322,8 +325,8 @@ class Importer {
       out << "  python = " << toml_literal(f.at("path").get<std::string>()) << "\n";
     } else {
       throw SettingsError(where + ".handler_function",
-                        "expected a dotted path such as \"demoproj.demoapp.services.my_func\" or "
-                        "{\"celery_task\": \"registered.name\"}");
+                          "expected a dotted path such as \"demoproj.demoapp.services.my_func\" or "
+                          "{\"celery_task\": \"registered.name\"}");
     }
   }
 

@@ -431,9 +431,8 @@ bool is_python_path(std::string_view path) {
 
 /// Queue and task names go into Redis keys and Celery headers: printable, no spaces.
 bool is_celery_name(std::string_view name) {
-  return !name.empty() && std::all_of(name.begin(), name.end(), [](unsigned char c) {
-    return c > 0x20 && c != 0x7f;
-  });
+  return !name.empty() && std::all_of(name.begin(), name.end(),
+                                      [](unsigned char c) { return c > 0x20 && c != 0x7f; });
 }
 
 /// `python`, `celery`, and the keys only they take (`queue`, `priority`); counts `ways`.
@@ -444,8 +443,10 @@ bool read_celery_kinds(TableReader& r, HandlerOptions& h, int& ways) {
     h.kind = HandlerKind::kPython;
     h.python = *path;
     if (!is_python_path(*path)) {
-      r.invalid("python", "expected the dotted path of a Python function such as "
-                          "\"myapp.handlers.my_func\", got \"" + *path + "\"");
+      r.invalid("python",
+                "expected the dotted path of a Python function such as "
+                "\"myapp.handlers.my_func\", got \"" +
+                    *path + "\"");
       ok = false;
     }
   }
@@ -454,8 +455,10 @@ bool read_celery_kinds(TableReader& r, HandlerOptions& h, int& ways) {
     h.kind = HandlerKind::kCelery;
     h.celery = *name;
     if (!is_celery_name(*name)) {
-      r.invalid("celery", "expected the name a Celery task is registered under such as "
-                          "\"myapp.tasks.handle\" (no spaces), got \"" + *name + "\"");
+      r.invalid("celery",
+                "expected the name a Celery task is registered under such as "
+                "\"myapp.tasks.handle\" (no spaces), got \"" +
+                    *name + "\"");
       ok = false;
     }
   }
@@ -786,12 +789,12 @@ void resolve_celery_handlers(Context& ctx, Config& config) {
       if (h.kind != HandlerKind::kPython && h.kind != HandlerKind::kCelery) continue;
       if (!config.celery.configured) {
         auto kind = std::string(to_string(h.kind));
-        ctx.error(h.line,
-                  "subscriptions[" + std::to_string(i) + "].handlers[" + std::to_string(j) + "]." +
-                      kind,
-                  "a " + kind +
-                      " handler sends Celery tasks: add a [celery] section with broker = "
-                      "\"redis://host:6379/0\"");
+        ctx.error(
+            h.line,
+            "subscriptions[" + std::to_string(i) + "].handlers[" + std::to_string(j) + "]." + kind,
+            "a " + kind +
+                " handler sends Celery tasks: add a [celery] section with broker = "
+                "\"redis://host:6379/0\"");
         continue;
       }
       if (h.queue.empty()) h.queue = config.celery.queue;

@@ -127,9 +127,10 @@ class RedisServer {
 
   /// Starts and waits until it answers (with `password` when it has one).
   bool start(const std::string& password = {}) {
-    std::vector<std::string> argv{"redis-server", "--port",   std::to_string(port_),
-                                  "--bind",       "127.0.0.1", "--dir", dir_.string(),
-                                  "--save",       "",          "--daemonize", "no"};
+    std::vector<std::string> argv{"redis-server", "--port",    std::to_string(port_),
+                                  "--bind",       "127.0.0.1", "--dir",
+                                  dir_.string(),  "--save",    "",
+                                  "--daemonize",  "no"};
     for (const auto& e : extra_) argv.push_back(e);
     process_ = std::make_unique<ChildProcess>(argv, dir_ / "redis.log");
     celery::RedisUrl url;
@@ -150,8 +151,8 @@ class RedisServer {
   void kill9() { process_->kill(SIGKILL); }
   std::uint16_t port() const { return port_; }
   std::string url(int db, const std::string& userinfo = {}) const {
-    return "redis://" + (userinfo.empty() ? "" : userinfo + "@") + "127.0.0.1:" +
-           std::to_string(port_) + "/" + std::to_string(db);
+    return "redis://" + (userinfo.empty() ? "" : userinfo + "@") +
+           "127.0.0.1:" + std::to_string(port_) + "/" + std::to_string(db);
   }
   std::string log() const { return read_text(dir_ / "redis.log"); }
 

@@ -24,8 +24,8 @@ std::string unbase64(const std::string& text) {
                           reinterpret_cast<const unsigned char*>(text.data()),
                           static_cast<int>(text.size()));
   std::size_t padding = text.size() >= 2 && text.substr(text.size() - 2) == "==" ? 2
-                        : !text.empty() && text.back() == '='                   ? 1
-                                                                                : 0;
+                        : !text.empty() && text.back() == '='                    ? 1
+                                                                                 : 0;
   out.resize(static_cast<std::size_t>(n) - padding);  // EVP_DecodeBlock counts padding as zeros.
   return out;
 }
@@ -60,21 +60,19 @@ TEST(RedisUrlTest, ReadsTheFormsCeleryAndRedisPyAccept) {
   EXPECT_EQ(tls.verify, TlsVerify::kRequired);
   EXPECT_EQ(tls.ca_file, "/etc/ca.pem");
   EXPECT_FALSE(tls.check_hostname);
-  EXPECT_EQ(tls.redacted(),
-            "rediss://h:6380/0?ssl_check_hostname=false&ssl_ca_certs=/etc/ca.pem");
+  EXPECT_EQ(tls.redacted(), "rediss://h:6380/0?ssl_check_hostname=false&ssl_ca_certs=/etc/ca.pem");
   EXPECT_EQ(full.redacted(), "redis://:***@redis.internal:6380/3");
   EXPECT_EQ(user.endpoint(), "[::1]:6390/2");
 }
 
 TEST(RedisUrlTest, RefusesWhatItCannotUseAndNeverShowsThePassword) {
-  for (const auto* url : {"amqp://guest:hunter2@rabbit//", "redis://:hunter2@", "redis://:hunter2@h:0/0",
-                          "redis://:hunter2@h:99999/0", "redis://:hunter2@h:63a9/0",
-                          "redis://:hunter2@h/zero", "redis://hunter2@h/0",
-                          "redis://:hunter2@h/0?socket_timeout=3",
-                          "redis://:hunter2@h/0?ssl_cert_reqs=required",
-                          "rediss://:hunter2@h/0?ssl_cert_reqs=maybe", "redis://:hunter2@h/0#x",
-                          "rediss://:hunter2@h/0?ssl_certfile=/c.pem", "redis://:hunter2@h o/0",
-                          "", "localhost:6379"}) {
+  for (const auto* url :
+       {"amqp://guest:hunter2@rabbit//", "redis://:hunter2@", "redis://:hunter2@h:0/0",
+        "redis://:hunter2@h:99999/0", "redis://:hunter2@h:63a9/0", "redis://:hunter2@h/zero",
+        "redis://hunter2@h/0", "redis://:hunter2@h/0?socket_timeout=3",
+        "redis://:hunter2@h/0?ssl_cert_reqs=required", "rediss://:hunter2@h/0?ssl_cert_reqs=maybe",
+        "redis://:hunter2@h/0#x", "rediss://:hunter2@h/0?ssl_certfile=/c.pem",
+        "redis://:hunter2@h o/0", "", "localhost:6379"}) {
     try {
       parse_redis_url(url);
       ADD_FAILURE() << "accepted " << url;
@@ -87,7 +85,8 @@ TEST(RedisUrlTest, RefusesWhatItCannotUseAndNeverShowsThePassword) {
 TEST(RedisUrlTest, RedactsThePasswordOfEveryUrlInAText) {
   EXPECT_EQ(redact_url_passwords("broker redis://:s3cret@h:6379/0 and rediss://u:pw@h2/1 done"),
             "broker redis://:***@h:6379/0 and rediss://u:***@h2/1 done");
-  EXPECT_EQ(redact_url_passwords("\"amqp://guest:guest@rabbit//\""), "\"amqp://guest:***@rabbit//\"");
+  EXPECT_EQ(redact_url_passwords("\"amqp://guest:guest@rabbit//\""),
+            "\"amqp://guest:***@rabbit//\"");
   EXPECT_EQ(redact_url_passwords("redis://onlysecret@h/0"), "redis://***@h/0");
   // A password with an unencoded '/' or '@' is hidden whole.
   EXPECT_EQ(redact_url_passwords("redis://:a/b@c@h/0"), "redis://:***@h/0");
@@ -216,7 +215,8 @@ TEST(TaskMessageTest, SafereprIsCelerys) {
   std::string expected = "{";
   for (int i = 0; i < 60; ++i) {
     auto item = "'k" + std::to_string(i) + "': '" + std::string(30, 'v') + "'";
-    many += (i > 0 ? ", " : "") + ("\"k" + std::to_string(i) + "\": \"" + std::string(30, 'v') + "\"");
+    many +=
+        (i > 0 ? ", " : "") + ("\"k" + std::to_string(i) + "\": \"" + std::string(30, 'v') + "\"");
     if (i < 25) expected += (i > 0 ? ", " : "") + item;
   }
   many += "}";
@@ -267,7 +267,8 @@ TEST(TaskMetaTest, ReadsEachStateCeleryWrites) {
   EXPECT_EQ(failure->state, TaskState::kFailure);
   EXPECT_EQ(failure->exception_text(), "ValueError: boom 42");
   EXPECT_EQ(failure->exception_module, "builtins");
-  EXPECT_EQ(traceback_tail(failure->traceback, 2), "raise ValueError(\"boom 42\")\nValueError: boom 42");
+  EXPECT_EQ(traceback_tail(failure->traceback, 2),
+            "raise ValueError(\"boom 42\")\nValueError: boom 42");
 
   auto retry = parse_task_meta(
       R"({"status": "RETRY", "result": {"exc_type": "Retry", "exc_message": ["Retry in 1s", 7, null]}, )"
@@ -299,10 +300,10 @@ TEST(TaskMetaTest, RefusesWhatIsNotAResultAndBoundsWhatItKeeps) {
   auto prefix = parse_task_meta(R"({"status": "SUCCESS", "result": "xxxxxxxx)", error, true);
   ASSERT_TRUE(prefix) << error;
   EXPECT_EQ(prefix->state, TaskState::kSuccess);
-  auto big = parse_task_meta(R"({"status": "FAILURE", "result": {"exc_type": "E", "exc_message": [")" +
-                                 std::string(100000, 'm') + R"("]}, "traceback": ")" +
-                                 std::string(100000, 't') + R"("})",
-                             error);
+  auto big = parse_task_meta(
+      R"({"status": "FAILURE", "result": {"exc_type": "E", "exc_message": [")" +
+          std::string(100000, 'm') + R"("]}, "traceback": ")" + std::string(100000, 't') + R"("})",
+      error);
   ASSERT_TRUE(big) << error;
   EXPECT_EQ(big->exception_message.size(), kMaxExceptionText);
   EXPECT_EQ(big->traceback.size(), kMaxTraceback);
@@ -321,8 +322,9 @@ TEST(CeleryHandlerTest, OutcomesBecomeHandlerResults) {
   o.meta.state = TaskState::kFailure;
   o.meta.exception_type = "ValueError";
   o.meta.exception_message = "boom\nforged log line";
-  o.meta.traceback = "Traceback (most recent call last):\n  File \"t.py\", line 3, in f\n"
-                     "    raise ValueError(x)\nValueError: boom\n";
+  o.meta.traceback =
+      "Traceback (most recent call last):\n  File \"t.py\", line 3, in f\n"
+      "    raise ValueError(x)\nValueError: boom\n";
   auto r = result_of(o, {});
   EXPECT_EQ(r.outcome, Outcome::kFailure);
   EXPECT_EQ(r.error,
@@ -366,8 +368,8 @@ TEST(CeleryHandlerTest, ARunIsOneTaskWithTheOriginalsKeywordArguments) {
   EXPECT_EQ(m.kwargs[0], (std::pair<std::string, std::string>{"message", R"({"id": 7})"}));
   EXPECT_EQ(m.kwargs[1].first, "topic_name");
   EXPECT_EQ(m.kwargs[2].first, "subscription_name");
-  EXPECT_EQ(m.kwargs[3], (std::pair<std::string, std::string>{"sequence_number",
-                                                              "9007199254740993"}));
+  EXPECT_EQ(m.kwargs[3],
+            (std::pair<std::string, std::string>{"sequence_number", "9007199254740993"}));
   auto envelope = json::parse(encode_task_message(m).payload);
   EXPECT_EQ(envelope["headers"]["metro_correlation_id"], "c-1");
   EXPECT_EQ(envelope["headers"]["metro_attempt"], 3);
