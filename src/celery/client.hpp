@@ -46,7 +46,7 @@ struct ClientOptions {
   milliseconds command_timeout{std::chrono::seconds(10)};  ///< One command's round trip.
   milliseconds reconcile_interval{std::chrono::seconds(30)};
   std::size_t reconcile_batch = 100;   ///< Keys per MGET.
-  std::size_t broker_connections = 4;  ///< Idle broker connections kept.
+  std::size_t broker_connections = 16;  ///< Idle broker connections kept for the next sends.
   milliseconds min_backoff{100};       ///< Between connection attempts after a failure…
   milliseconds max_backoff{std::chrono::seconds(5)};  ///< …doubling up to this.
   std::size_t max_reply_bytes = 64u * 1024 * 1024;
