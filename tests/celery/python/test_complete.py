@@ -93,6 +93,8 @@ tokens = [{{ token = "{ADMIN}", role = "admin", name = "ops" }},
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait(timeout=30)
+        self.process.stdout.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def api(self, method, path, body=None, token=ADMIN):
