@@ -25,6 +25,8 @@ namespace metro::celery {
 namespace {
 
 constexpr std::string_view kChannelPrefix = "celery-task-meta-";
+/// The longest the client's thread sleeps without looking at deadlines.
+constexpr milliseconds kLongestPoll{1000};
 
 /// An eventfd that wakes the client's thread out of poll().
 class WakeFd {
@@ -137,6 +139,9 @@ class BrokerPool {
 };
 
 struct Pending {
+  /// Wakes the thread waiting for this task's subscription (only that one: a confirmation
+  /// should not wake every sender). Shared, so that it outlives the entry for that waiter.
+  std::shared_ptr<CondVar> subscription_changed = std::make_shared<CondVar>();
   OutcomeCallback done;
   ProgressCallback progress;
   milliseconds result_timeout{0};
@@ -184,7 +189,6 @@ struct Client::Impl {
   WakeFd wake;
 
   mutable Mutex mutex;
-  CondVar changed;
   std::map<std::string, Pending> pending GUARDED_BY(mutex);
   std::vector<std::string> to_subscribe GUARDED_BY(mutex);
   std::vector<std::string> to_unsubscribe GUARDED_BY(mutex);
@@ -211,6 +215,18 @@ struct Client::Impl {
 
   explicit Impl(ClientOptions o) : options(std::move(o)) {
     thread = std::thread([this] { loop(); });
+  }
+
+  /// Wakes every thread waiting for a subscription (the link changed, or the client closes).
+  void wake_all_subscribers() REQUIRES(mutex) {
+    for (auto& [id, p] : pending) p.subscription_changed->notify_all();
+  }
+
+  /// Removes a task, waking a thread that may still wait for its subscription.
+  std::map<std::string, Pending>::iterator erase(std::map<std::string, Pending>::iterator it)
+      REQUIRES(mutex) {
+    it->second.subscription_changed->notify_all();
+    return pending.erase(it);
   }
 
   // ---- callers' side ------------------------------------------------------------------------
@@ -252,7 +268,7 @@ struct Client::Impl {
       if (it == pending.end()) return false;
       done = std::move(it->second.done);
       if (it->second.subscribed) to_unsubscribe.push_back(id);
-      pending.erase(it);
+      erase(it);
       count(outcome);
     }
     wake.signal();
@@ -264,6 +280,7 @@ struct Client::Impl {
   /// when it cannot be.
   bool register_and_subscribe(const std::string& id, Pending entry) EXCLUDES(mutex) {
     std::optional<TaskOutcome> refused;
+    std::shared_ptr<CondVar> signal;
     {
       MutexLock lock(mutex);
       if (closing) {
@@ -279,6 +296,7 @@ struct Client::Impl {
       if (refused) {
         count(*refused);
       } else {
+        signal = entry.subscription_changed;
         pending.emplace(id, std::move(entry));
         to_subscribe.push_back(id);
       }
@@ -303,7 +321,7 @@ struct Client::Impl {
               "the result backend cannot be reached: " + link_error);
           break;
         }
-        if (changed.wait_until(lock, deadline) == std::cv_status::timeout &&
+        if (signal->wait_until(lock, deadline) == std::cv_status::timeout &&
             Clock::now() >= deadline) {
           failed = ended(id, TaskOutcome::Status::kUnavailable,
                          "the result backend did not confirm the subscription to " +
@@ -371,7 +389,9 @@ struct Client::Impl {
         it->second.deadline = Clock::now() + result_timeout;
       }
     }
-    wake.signal();
+    // The client's thread looks at deadlines at least every second; only a shorter timeout needs
+    // to wake it now.
+    if (result_timeout < kLongestPoll) wake.signal();
     return id;
   }
 
@@ -452,7 +472,6 @@ struct Client::Impl {
       link_error.clear();
       link_auth_error = false;
       if (ever_connected) ++counters.reconnects;
-      changed.notify_all();
     }
     if (ever_connected || !logged_error.empty()) {
       spdlog::info("celery: result backend {} connected", options.result_backend.redacted());
@@ -482,7 +501,7 @@ struct Client::Impl {
       link_error = e.what();
       link_auth_error = auth;
       for (auto& [id, p] : pending) p.subscribed = false;
-      changed.notify_all();
+      wake_all_subscribers();
     }
     if (logged_error != e.what()) {
       spdlog::warn("celery: result backend {}: {}; connecting again with backoff",
@@ -531,7 +550,7 @@ struct Client::Impl {
     }
     if (!awaiting.empty()) until = std::min(until, awaiting_deadline);
     auto left = std::chrono::duration_cast<milliseconds>(until - Clock::now()).count();
-    int timeout = static_cast<int>(std::clamp<long long>(left, 0, 1000));
+    int timeout = static_cast<int>(std::clamp<long long>(left, 0, kLongestPoll.count()));
     pollfd fds[2] = {{wake.fd(), POLLIN, 0}, {sub ? sub->fd() : -1, POLLIN, 0}};
     int n = ::poll(fds, sub ? 2 : 1, timeout);
     if (n > 0 && (fds[0].revents & POLLIN) != 0) wake.drain();
@@ -560,7 +579,7 @@ struct Client::Impl {
               it->second.needs_read = false;
               to_read.push_back(*id);
             }
-            changed.notify_all();
+            it->second.subscription_changed->notify_all();
           } else {
             to_unsubscribe.push_back(*id);  // Ended while subscribing.
           }
@@ -678,7 +697,7 @@ struct Client::Impl {
         if (reconciled) ++counters.reconciled;
         notices.push_back({std::move(p.done), std::move(outcome), {}, {}});
         unsubscribe = p.subscribed;
-        pending.erase(it);
+        erase(it);
       } else if (p.progress) {
         notices.push_back({{}, {}, p.progress, {id, meta->state, p.retries}});
       }
@@ -707,7 +726,7 @@ struct Client::Impl {
       count(outcome);
       notices.push_back({std::move(p.done), std::move(outcome), {}, {}});
       if (p.subscribed) to_unsubscribe.push_back(it->first);
-      it = pending.erase(it);
+      it = erase(it);
     }
   }
 
@@ -722,8 +741,8 @@ struct Client::Impl {
                            {},
                            {}});
       }
+      wake_all_subscribers();
       pending.clear();
-      changed.notify_all();
     }
     sub.reset();
     cmd.reset();
@@ -734,7 +753,7 @@ struct Client::Impl {
     {
       MutexLock lock(mutex);
       closing = true;
-      changed.notify_all();
+      wake_all_subscribers();
     }
     wake.signal();
     MutexLock lock(join_mutex);
