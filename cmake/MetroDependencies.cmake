@@ -42,6 +42,7 @@ metro_find_package(SQLite3)
 metro_find_package(CLI11)  # metro::app is the command line as a library
 metro_pkg_module(RE2 re2)
 metro_pkg_module(HTTPLIB cpp-httplib)
+metro_pkg_module(HIREDIS hiredis)  # the Celery handlers' Redis
 # sd_notify for systemd's Type=notify (libsystemd0 is on every Debian system: apt needs it).
 metro_pkg_module(SYSTEMD libsystemd)
 # Boost's Beast and Asio, header-only, for the admin HTTP server: needed to build metro, not by

@@ -140,6 +140,16 @@ int App::main(int argc, char** argv) {
   publish->add_option("-n,--count", publish_command.count, "How many copies to send (default 1)")
       ->check(CLI::Range(1, 1000000));
 
+  std::string django_settings;
+  auto* import_django = app.add_subcommand(
+      "import-django",
+      "Convert the original's METRO settings (dumped as JSON) into a metro config on stdout");
+  import_django
+      ->add_option("settings", django_settings,
+                   "settings.json: python manage.py shell -c \"from metro.django_settings import "
+                   "dump; dump()\" > settings.json")
+      ->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {
@@ -163,6 +173,7 @@ int App::main(int argc, char** argv) {
     }
     if (emulator->parsed()) return metro::cli::run_emulator(emulator_command);
     if (publish->parsed()) return metro::cli::run_publish(publish_command);
+    if (import_django->parsed()) return metro::cli::run_import_django(django_settings);
   } catch (const std::exception& e) {
     spdlog::critical("{}", e.what());
     return metro::cli::kExitFailure;

@@ -6,6 +6,7 @@
 #include <metro/config/config.hpp>
 #include <metro/sb/connection_string.hpp>
 
+#include "../celery/redis_url.hpp"
 #include "commands.hpp"
 
 namespace metro::cli {
@@ -22,6 +23,10 @@ std::string describe_run(const config::HandlerOptions& h) {
     }
     case config::HandlerKind::kHttp:
       return "http " + h.http;
+    case config::HandlerKind::kPython:
+      return "python " + h.python + " (Celery queue " + h.queue + ")";
+    case config::HandlerKind::kCelery:
+      return "celery " + h.celery + " (Celery queue " + h.queue + ")";
   }
   return {};
 }
@@ -107,6 +112,11 @@ int run_check(const std::string& config_path) {
                 << config::to_string(h.completion) << ", " << h.retry.max_attempts
                 << " attempts, then " << config::to_string(h.on_failure) << '\n';
     }
+  }
+  if (cfg.celery.configured) {
+    std::cout << "  celery broker " << celery::redact_url_passwords(cfg.celery.broker)
+              << ", results " << celery::redact_url_passwords(cfg.celery.result_backend)
+              << ", queue " << cfg.celery.queue << '\n';
   }
   if (cfg.admin.enabled) {
     std::cout << "  admin API on " << cfg.admin.listen << " with " << cfg.admin.tokens.size()

@@ -74,6 +74,10 @@ struct PublishCommand {
 /// subscription on it (or a given one).
 int run_publish(const PublishCommand& command);
 
+/// `metro import-django settings.json`: the original's METRO settings (as JSON) as a metro config
+/// on stdout; notes on stderr.
+int run_import_django(const std::string& settings_path);
+
 /// `metro emulator`: runs the local Service Bus until SIGINT or SIGTERM.
 int run_emulator(const EmulatorCommand& command);
 
