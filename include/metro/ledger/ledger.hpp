@@ -147,6 +147,13 @@ class Ledger {
   virtual std::optional<std::string> write_problem() = 0;
 };
 
+/// A page cursor: the last key of the previous page, as every ledger pages
+/// ("topic\nsubscription\nsequence\ngeneration").
+std::string cursor_of(const MessageKey& key);
+/// The key a cursor names, or nullopt when it is not one `cursor_of` made (cursors of three
+/// parts, from before generations, are still read).
+std::optional<MessageKey> parse_cursor(std::string_view cursor);
+
 /// Opens a ledger from its URL: `sqlite://<file>` (created if missing). Throws `metro::Error`
 /// naming the problem (an unknown scheme, a file that cannot be opened).
 std::unique_ptr<Ledger> open_ledger(const std::string& url);
