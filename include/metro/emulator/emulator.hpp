@@ -19,10 +19,7 @@
 #include <vector>
 
 #include <metro/error.hpp>
-
-namespace metro::config {
-struct Config;
-}
+#include <metro/settings.hpp>
 
 namespace metro::emulator {
 
@@ -84,10 +81,8 @@ struct BusConfig {
   std::vector<TopicOptions> topics;
 };
 
-/// Reads `bus.toml`. Throws `metro::config::ConfigError` with every problem found.
+/// Reads `bus.toml`. Throws `metro::ConfigError` with every problem found.
 BusConfig load_bus_config(const std::filesystem::path& path);
-/// The topics and subscriptions a metro config consumes, with default settings.
-BusConfig bus_config_for(const config::Config& config);
 
 struct EmulatorOptions {
   std::string host = "127.0.0.1";
