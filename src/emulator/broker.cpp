@@ -1,3 +1,8 @@
+// Service Bus semantics over the emulator's entities. Over 600 lines on purpose: it is one class
+// whose operations (send, lock, settle, expire, schedule, dead-letter, restore) each keep the
+// same invariants over an entity's indexes (available, locks, expiries, schedule, dirty rows);
+// split across files, those invariants would be harder to see together.
+
 #include "broker.hpp"
 
 #include <algorithm>

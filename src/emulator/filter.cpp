@@ -1,3 +1,8 @@
+// Subscription filters: correlation filters, and the SQL filter language (tokenizer, a
+// bounded recursive-descent parser, the three-valued evaluator it builds) with the rule
+// descriptions of $management. Over 600 lines on purpose: the grammar, its evaluation and its
+// limits read best in one place.
+
 #include "filter.hpp"
 
 #include <algorithm>

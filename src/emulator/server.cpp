@@ -20,6 +20,8 @@ namespace {
 
 constexpr std::uint64_t kMaxMessageSize = 1024 * 1024;
 constexpr pn_millis_t kTickMs = 50;
+/// On stop, how long clients get to answer the close before they are dropped.
+constexpr pn_millis_t kCloseGraceMs = 2000;
 /// While the journal cannot be written, how often to say so again.
 constexpr auto kJournalComplaintInterval = std::chrono::seconds(10);
 
@@ -214,6 +216,10 @@ bool Server::handle(pn_event_t* event) {
       break;
     }
     case PN_LISTENER_ACCEPT:
+      if (stopping_) {
+        pn_listener_close(pn_event_listener(event));
+        break;
+      }
       on_accept(pn_event_listener(event));
       break;
     case PN_CONNECTION_INIT: {
@@ -243,6 +249,11 @@ bool Server::handle(pn_event_t* event) {
         pn_transport_close_head(t);
         break;
       }
+      if (stopping_) {
+        // A clean close: what this turn owes (acknowledgements) goes out before the close frame.
+        pn_connection_close(c);
+        break;
+      }
       pump_connection(c);
       break;
     }
@@ -259,7 +270,11 @@ bool Server::handle(pn_event_t* event) {
       if (state_of(c)->drop) --dropping_;
       delete state_of(c);
       pn_connection_set_context(c, nullptr);
-      wake_receivers();
+      if (stopping_ && connections_.empty()) {
+        pn_proactor_disconnect(proactor_.get(), nullptr);  // the listeners; then inactive
+      } else {
+        wake_receivers();
+      }
       break;
     }
     case PN_SESSION_REMOTE_OPEN:
@@ -299,15 +314,25 @@ bool Server::handle(pn_event_t* event) {
       on_delivery(pn_event_delivery(event));
       break;
     case PN_PROACTOR_TIMEOUT:
+      if (stopping_) {
+        // Clients that did not answer the close in time are dropped.
+        pn_proactor_disconnect(proactor_.get(), nullptr);
+        break;
+      }
       if (broker_.tick(now_ms())) wake_receivers();
-      if (!stopping_) pn_proactor_set_timeout(proactor_.get(), kTickMs);
+      pn_proactor_set_timeout(proactor_.get(), kTickMs);
       break;
     case PN_PROACTOR_INTERRUPT:
       run_tasks();
-      wake_receivers();
-      if (stopping_) {
-        pn_proactor_cancel_timeout(proactor_.get());
-        pn_proactor_disconnect(proactor_.get(), nullptr);
+      wake_receivers();  // stopping: each connection closes in its turn
+      if (stopping_ && !stop_begun_) {
+        stop_begun_ = true;
+        if (connections_.empty()) {
+          pn_proactor_cancel_timeout(proactor_.get());
+          pn_proactor_disconnect(proactor_.get(), nullptr);
+        } else {
+          pn_proactor_set_timeout(proactor_.get(), kCloseGraceMs);
+        }
       }
       break;
     case PN_PROACTOR_INACTIVE:

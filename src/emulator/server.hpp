@@ -193,6 +193,7 @@ class Server {
   std::deque<std::function<void()>> tasks_ GUARDED_BY(mutex_);
   bool running_ GUARDED_BY(mutex_) = false;
   std::atomic<bool> stopping_{false};  // read by the event thread without the mutex
+  bool stop_begun_ = false;            // event thread: the connections are closing
   std::thread thread_;
 };
 

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include <proton/connection.h>
 #include <proton/disposition.h>
 #include <proton/session.h>
 
@@ -73,6 +74,11 @@ void Server::on_delivery(pn_delivery_t* delivery) {
   auto* link = pn_delivery_link(delivery);
   auto* state = state_of(link);
   if (state == nullptr) return;
+  // After this side's close frame no answer can reach the client: what arrives now is not
+  // applied, so that nothing changes that the client was not told of (it tries again).
+  if ((pn_connection_state(pn_session_connection(pn_link_session(link))) & PN_LOCAL_CLOSED) != 0) {
+    return;
+  }
   if (pn_link_is_receiver(link)) {
     on_incoming(link, *state, delivery);
   } else if (pn_delivery_updated(delivery)) {

@@ -114,7 +114,8 @@ class Emulator {
   /// Binds the listeners and starts the event thread. Throws `metro::Error` when a port cannot
   /// be bound or the certificate cannot be loaded.
   void start();
-  /// Closes every connection and stops. Idempotent.
+  /// Closes every connection (cleanly: what is owed goes out before the close frame; a client
+  /// that does not answer within 2 s is dropped) and stops. Idempotent.
   void stop();
 
   std::uint16_t port() const;
