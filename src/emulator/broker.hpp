@@ -149,6 +149,8 @@ class Broker {
 
   /// Loads what a journal holds (messages lose their locks, as after a broker restart).
   void restore(Journal& journal, TimeMs now);
+  /// Whether anything changed since the last flush.
+  bool changed() const { return !dirty_.empty() || !dirty_sequences_.empty(); }
   /// Writes every change since the last flush, in one transaction. Throws `metro::Error` when
   /// the journal refuses; the journal is then as it was, and so is this broker after `reload`.
   void flush(Journal& journal);

@@ -149,6 +149,7 @@ void Server::after_write(AfterWrite effect) {
 }
 
 std::optional<std::string> Server::write_journal() {
+  if (!broker_.changed()) return std::nullopt;  // nothing to write is no sign either way
   try {
     broker_.flush(*journal_);
     if (journal_failing_) {

@@ -158,6 +158,7 @@ void Engine::run_loop() {
       ours = ours || (connection_ != nullptr && pn_event_connection(e) == connection_);
       if (!handle(e)) done = true;
     }
+    if (ours && connection_ != nullptr) note_input();
     // Released links are detached in the connection's turn (or forgotten without one).
     if (ours || connection_ == nullptr) sweep();
     pn_proactor_done(proactor_.get(), events);
@@ -354,15 +355,19 @@ bool Engine::handle(pn_event_t* e) {
   return true;
 }
 
+void Engine::note_input() {
+  // Frames that carry something raise events (a turn of the connection), so a reply is noted
+  // when it arrives; empty heartbeat frames raise none, and are noted by the next tick.
+  auto frames = pn_transport_get_frames_input(pn_connection_transport(connection_));
+  if (frames != frames_input_) {
+    frames_input_ = frames;
+    last_input_ = SteadyClock::now();
+  }
+}
+
 void Engine::tick() {
   auto now = SteadyClock::now();
-  if (connection_ != nullptr) {
-    auto frames = pn_transport_get_frames_input(pn_connection_transport(connection_));
-    if (frames != frames_input_) {
-      frames_input_ = frames;
-      last_input_ = now;
-    }
-  }
+  if (connection_ != nullptr) note_input();
   Unanswered unanswered;
   cbs_.tick(now, unanswered);
   std::vector<std::shared_ptr<Link>> links;

@@ -91,6 +91,8 @@ class Engine : public std::enable_shared_from_this<Engine> {
   void run_tasks() EXCLUDES(mutex_);
   void connect();
   void tick();
+  /// Notes when a frame last arrived.
+  void note_input();
   /// Drops the connection now, without a close handshake (the peer may not answer one).
   void abort(const std::string& why);
   void lost(const std::string& why);
