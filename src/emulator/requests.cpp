@@ -29,6 +29,7 @@ void Server::reply(pn_link_t* request_link, const amqp::Message& request, Value 
                    Value body) {
   auto* session = pn_link_session(request_link);
   auto* connection = pn_session_connection(session);
+  if (state_of(connection) == nullptr) return;  // the connection closed in this turn
   auto reply_to = request.property_text(amqp::kReplyTo).value_or("");
   auto node =
       normalize_address(text_of(pn_terminus_get_address(pn_link_remote_target(request_link))));
