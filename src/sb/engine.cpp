@@ -447,7 +447,12 @@ void Engine::set_state(ConnectionState state, const std::string& why) {
   auto reason = printable(why);
   switch (state) {
     case ConnectionState::kConnected:
-      spdlog::info("sb: {}", reason);
+      // The first connection is routine (debug); one made after a failure is news (info).
+      if (before == ConnectionState::kConnecting) {
+        spdlog::debug("sb: {}", reason);
+      } else {
+        spdlog::info("sb: {}", reason);
+      }
       break;
     case ConnectionState::kDisconnected:
       if (before == ConnectionState::kConnecting) {
