@@ -180,8 +180,13 @@ void Server::on_settlement(pn_delivery_t* delivery) {
   try {
     outcome = read_outcome(delivery);
   } catch (const Error& e) {
-    // The lock stays; the client may settle again, or the lock expires.
-    if (!pn_delivery_settled(delivery)) {
+    // Nothing is applied: the message keeps its lock until it expires (or $management settles
+    // it by lock token), as when a disposition is lost.
+    delete ds;
+    pn_delivery_set_context(delivery, nullptr);
+    if (pn_delivery_settled(delivery)) {
+      pn_delivery_settle(delivery);
+    } else {
       settle_with_error(delivery, "amqp:decode-error",
                         std::string("The disposition could not be decoded: ") + e.what());
     }

@@ -255,7 +255,9 @@ TEST_F(SbClient, ReconnectsAfterTheConnectionDropsAndLosesNothing) {
   sender.send(text("before"));
   auto held = receiver.receive(1, 5s).at(0);
   bus_.drop_connections();
-  // Settling on the dead link is a clear lock-lost error, not a silent success.
+  // Once the client knows, settling on the dead link is a clear lock-lost error, not a silent
+  // success. (A settlement under way while the connection drops fails as ConnectionLostError.)
+  ASSERT_TRUE(test::wait_until([&] { return disconnects.load() == 1; }, 10s));
   EXPECT_THROW(receiver.complete(held), LockLostError);
   sender.send(text("after"));  // re-attached without the caller doing anything
   std::vector<std::string> bodies;
