@@ -34,7 +34,7 @@ void attach(detail::Engine& engine, const std::shared_ptr<detail::Link>& link,
       [e = &engine, link, attached] {
         e->add(link);
         link->when_ready([attached] { attached->set(); },
-                         [attached](std::exception_ptr error) { attached->fail(error); },
+                         [attached](std::exception_ptr error) { attached->fail(std::move(error)); },
                          e->deadline());
       },
       what);

@@ -17,11 +17,17 @@ class Completion {
   std::future<T> future() { return promise_.get_future(); }
   template <typename... V>
   void set(V&&... value) {
-    if (!done_.exchange(true)) promise_.set_value(std::forward<V>(value)...);
+    if (done_.exchange(true)) return;
+    auto promise = std::move(promise_);
+    promise.set_value(std::forward<V>(value)...);
   }
   void fail(std::exception_ptr error) {
-    if (!done_.exchange(true)) promise_.set_exception(std::move(error));
+    if (done_.exchange(true)) return;
+    auto promise = std::move(promise_);
+    promise.set_exception(std::move(error));
   }
+  // The promise is let go as soon as it is kept: the waiting side then owns the result (and an
+  // exception in it) alone, however long this object lives on in callbacks.
 
  private:
   std::promise<T> promise_;

@@ -107,7 +107,7 @@ std::future<void> Receiver::Impl::settle_async(const ReceivedMessage& message,
   auto settled = std::make_shared<detail::Completion<void>>();
   auto future = settled->future();
   auto done = [settled](std::exception_ptr error) {
-    if (error) return settled->fail(error);
+    if (error) return settled->fail(std::move(error));
     settled->set();
   };
   auto what = "settling message " + std::to_string(message.sequence_number);

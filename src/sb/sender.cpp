@@ -22,7 +22,7 @@ std::future<void> Sender::send_async(std::vector<Message> messages) {
         link->send(
             std::move(encoded),
             [sent](std::exception_ptr error) {
-              if (error) return sent->fail(error);
+              if (error) return sent->fail(std::move(error));
               sent->set();
             },
             deadline);
