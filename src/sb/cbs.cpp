@@ -9,6 +9,7 @@
 
 #include <metro/sb/sas.hpp>
 
+#include "../common/fresh_exception.hpp"
 #include "engine.hpp"
 
 namespace metro::sb::detail {
@@ -151,11 +152,11 @@ void Cbs::on_delivery(pn_delivery_t* d) {
     if (auto id = reply.property_text(amqp::kCorrelationId)) requests_.answer(*id, &reply, nullptr);
   } catch (const amqp::DecodeError& e) {
     if (auto id = codec::correlation_id_of(bytes)) {
-      requests_.answer(
-          *id, nullptr,
-          std::make_exception_ptr(ServiceBusError(
-              "amqp:decode-error",
-              std::string("the put-token reply could not be decoded: ") + e.what(), false)));
+      requests_.answer(*id, nullptr, fresh_exception([&] {
+        return ServiceBusError("amqp:decode-error",
+                               std::string("the put-token reply could not be decoded: ") + e.what(),
+                               false);
+      }));
     }
   }
 }

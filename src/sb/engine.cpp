@@ -14,6 +14,7 @@
 #include <proton/transport.h>
 #include <spdlog/spdlog.h>
 
+#include "../common/fresh_exception.hpp"
 #include "log_text.hpp"
 
 namespace metro::sb::detail {
@@ -167,7 +168,7 @@ void Engine::run_loop() {
   // whoever waits for messages gets an empty answer.
   set_state(ConnectionState::kClosed, "closed");
   run_tasks();
-  auto error = std::make_exception_ptr(closed_error("the operation"));
+  auto error = fresh_exception([&] { return closed_error("the operation"); });
   cbs_.lost(error);
   for (auto& [raw, link] : links_) {
     link->close(error);

@@ -10,6 +10,7 @@
 #include <proton/session.h>
 #include <proton/terminus.h>
 
+#include "../common/fresh_exception.hpp"
 #include "engine.hpp"
 
 namespace metro::sb::detail {
@@ -42,13 +43,15 @@ std::exception_ptr error_for(const std::string& condition, const std::string& de
 }
 
 std::exception_ptr connection_lost(const std::string& why) {
-  return std::make_exception_ptr(ConnectionLostError("amqp:connection:forced", why, true));
+  return fresh_exception([&] { return ConnectionLostError("amqp:connection:forced", why, true); });
 }
 
 std::exception_ptr timed_out(const std::string& what, milliseconds after) {
-  return std::make_exception_ptr(
-      TimeoutError("com.microsoft:timeout",
-                   what + " got no answer within " + std::to_string(after.count()) + " ms", true));
+  return fresh_exception([&] {
+    return TimeoutError("com.microsoft:timeout",
+                        what + " got no answer within " + std::to_string(after.count()) + " ms",
+                        true);
+  });
 }
 
 // ---- Outbox ----------------------------------------------------------------------------------
@@ -392,10 +395,10 @@ void ManagementLink::on_delivery(pn_delivery_t* d) {
   } catch (const amqp::DecodeError& e) {
     // Tell the request it answers, when the reply says which.
     if (auto id = codec::correlation_id_of(bytes)) {
-      requests_.answer(*id, nullptr,
-                       std::make_exception_ptr(ServiceBusError(
-                           "amqp:decode-error",
-                           std::string("the reply could not be decoded: ") + e.what(), false)));
+      requests_.answer(*id, nullptr, fresh_exception([&] {
+        return ServiceBusError("amqp:decode-error",
+                               std::string("the reply could not be decoded: ") + e.what(), false);
+      }));
     }
   }
 }

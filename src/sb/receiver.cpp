@@ -3,6 +3,7 @@
 
 #include <proton/disposition.h>
 
+#include "../common/fresh_exception.hpp"
 #include "codec.hpp"
 #include "completion.hpp"
 #include "handles.hpp"
@@ -35,8 +36,8 @@ std::future<std::vector<ReceivedMessage>> Receiver::receive_async(std::size_t ma
   auto& engine = *impl_->engine;
   auto link = impl_->link;
   if (engine.closed()) {
-    received->fail(
-        std::make_exception_ptr(detail::Engine::closed_error("receiving from " + link->address())));
+    received->fail(fresh_exception(
+        [&] { return detail::Engine::closed_error("receiving from " + link->address()); }));
     return future;
   }
   detail::ReceiverLink::Waiter waiter{
@@ -131,16 +132,18 @@ std::future<void> Receiver::Impl::settle_async(const ReceivedMessage& message,
       engine->post([ref, outcome, annotations, undeliverable, reason, description, done, deadline] {
         auto receiving = ref->link.lock();
         if (!receiving) {
-          return done(std::make_exception_ptr(
-              LockLostError("com.microsoft:message-lock-lost",
-                            "the receiver of this message is gone, so its lock is too; the message "
-                            "will be delivered again",
-                            false)));
+          return done(fresh_exception([&] {
+            return LockLostError(
+                "com.microsoft:message-lock-lost",
+                "the receiver of this message is gone, so its lock is too; the message "
+                "will be delivered again",
+                false);
+          }));
         }
         receiving->settle(*ref, outcome, annotations, undeliverable, reason, description, done,
                           deadline);
       });
-  if (!posted) settled->fail(std::make_exception_ptr(detail::Engine::closed_error(what)));
+  if (!posted) settled->fail(fresh_exception([&] { return detail::Engine::closed_error(what); }));
   return future;
 }
 

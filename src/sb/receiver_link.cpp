@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include "../amqp/value_pn.hpp"
+#include "../common/fresh_exception.hpp"
 #include "engine.hpp"
 #include "links.hpp"
 #include "log_text.hpp"
@@ -240,11 +241,13 @@ void ReceiverLink::settle(const DeliveryRef& ref, std::uint64_t outcome, const V
                           const std::string& description, Done done, TimePoint deadline) {
   auto* d = ref.delivery;
   if (ref.attachment != attachment_ || link_ == nullptr || unsettled_.count(d) == 0) {
-    return done(std::make_exception_ptr(LockLostError(
-        "com.microsoft:message-lock-lost",
-        "the link that received this message is gone (connection or link lost), so its lock is "
-        "too; the message will be delivered again",
-        false)));
+    return done(fresh_exception([&] {
+      return LockLostError(
+          "com.microsoft:message-lock-lost",
+          "the link that received this message is gone (connection or link lost), so its lock is "
+          "too; the message will be delivered again",
+          false);
+    }));
   }
   auto* local = pn_delivery_local(d);
   if (outcome == PN_MODIFIED) {

@@ -1,5 +1,6 @@
 // metro::sb::Sender: sends on its link, schedules over $management.
 
+#include "../common/fresh_exception.hpp"
 #include "codec.hpp"
 #include "completion.hpp"
 #include "handles.hpp"
@@ -28,8 +29,8 @@ std::future<void> Sender::send_async(std::vector<Message> messages) {
             deadline);
       });
   if (!posted) {
-    sent->fail(std::make_exception_ptr(
-        detail::Engine::closed_error("sending to " + impl_->link->address())));
+    sent->fail(fresh_exception(
+        [&] { return detail::Engine::closed_error("sending to " + impl_->link->address()); }));
   }
   return future;
 }
