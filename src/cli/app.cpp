@@ -124,6 +124,9 @@ int App::main(int argc, char** argv) {
   emulator->add_option("--key", emulator_command.private_key_file, "PEM private key for --cert");
   emulator->add_option("--data-dir", emulator_command.data_dir,
                        "Folder for durable state (default: in memory)");
+  emulator->add_option("--latency", emulator_command.latency,
+                       "Delay every frame the emulator sends by this much, e.g. 2ms (a cloud-like "
+                       "round trip; default none)");
 
   metro::cli::PublishCommand publish_command;
   auto* publish = app.add_subcommand("publish", "Send a message to a topic");

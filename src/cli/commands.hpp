@@ -58,6 +58,7 @@ struct EmulatorCommand {
   std::string certificate_file;
   std::string private_key_file;
   std::string data_dir;
+  std::string latency;  ///< A duration ("2ms"); empty: none.
 };
 
 struct PublishCommand {
