@@ -45,8 +45,11 @@ std::string metrics_text(dispatch::Service& service) {
   counter("metro_messages_deferred_total", "Messages deferred while their handlers run.",
           c.deferred);
   counter("metro_messages_completed_total", "Deferred messages completed.", c.completed);
-  counter("metro_messages_dead_lettered_total", "Messages dead-lettered by metro.",
-          c.dead_lettered);
+  header(out, "metro_messages_dead_lettered_total", "counter",
+         "Messages dead-lettered, by reason (NoHandler, MalformedBody, HandlerFailed, operator).");
+  for (const auto& [reason, n] : c.dead_lettered_by_reason) {
+    out << "metro_messages_dead_lettered_total{reason=\"" << label(reason) << "\"} " << n << '\n';
+  }
   counter("metro_messages_failed_total", "Messages parked as failed after their last attempt.",
           c.failed);
   counter("metro_handler_retries_total", "Handler runs scheduled again after a failure.",
@@ -93,6 +96,12 @@ std::string metrics_text(dispatch::Service& service) {
   for (const auto& s : subscriptions) {
     out << "metro_subscription_connected{" << labels(s.topic, s.subscription) << "} "
         << (s.state == sb::ConnectionState::kConnected ? 1 : 0) << '\n';
+  }
+  header(out, "metro_subscription_reconnects_total", "counter",
+         "Times the subscription's connection came back after it was lost.");
+  for (const auto& s : subscriptions) {
+    out << "metro_subscription_reconnects_total{" << labels(s.topic, s.subscription) << "} "
+        << s.reconnects << '\n';
   }
   header(out, "metro_messages_in_flight", "gauge",
          "Deferred messages this process is handling (queued or running).");

@@ -223,20 +223,18 @@ struct Server::Impl {
   }
 
   void readyz(httplib::Response& res) {
-    json problems = json::array();
-    for (const auto& s : service.subscriptions()) {
-      if (s.state != sb::ConnectionState::kConnected) {
-        problems.push_back(s.topic + "/" + s.subscription + " is not connected" +
-                           (s.state_reason.empty() ? "" : ": " + s.state_reason));
-      }
+    auto readiness = service.readiness();
+    if (readiness.ready) {
+      reply(res, 200, {{"ready", true}, {"problems", json::array()}});
+      return;
     }
-    bool writable = false;
-    try {
-      writable = service.ledger().writable();
-    } catch (const std::exception&) {
-    }
-    if (!writable) problems.push_back("the ledger cannot be written");
-    reply(res, problems.empty() ? 200 : 503, {{"ready", problems.empty()}, {"problems", problems}});
+    std::string why;
+    for (const auto& p : readiness.problems) why += (why.empty() ? "" : "; ") + p;
+    reply(res, 503,
+          {{"error", "not ready: " + why},
+           {"status", 503},
+           {"ready", false},
+           {"problems", readiness.problems}});
   }
 
   void list(const httplib::Request& req, httplib::Response& res) {

@@ -1,4 +1,7 @@
+#include <cstdlib>
 #include <iostream>
+
+#include <unistd.h>
 
 #include <metro/config/config.hpp>
 #include <metro/sb/connection_string.hpp>
@@ -23,6 +26,26 @@ std::string describe_run(const config::HandlerOptions& h) {
   return {};
 }
 
+/// Why an exec handler's command cannot run here (missing, not executable); empty when it can.
+std::string exec_problem(const std::string& command) {
+  if (command.find('/') != std::string::npos) {
+    if (::access(command.c_str(), F_OK) != 0) return "no such file: " + command;
+    if (::access(command.c_str(), X_OK) != 0) return command + " is not executable";
+    return {};
+  }
+  const char* path = std::getenv("PATH");
+  std::string dirs = path != nullptr ? path : "";
+  for (std::size_t start = 0; start <= dirs.size();) {
+    auto end = dirs.find(':', start);
+    if (end == std::string::npos) end = dirs.size();
+    auto dir = dirs.substr(start, end - start);
+    auto candidate = (dir.empty() ? std::string(".") : dir) + "/" + command;
+    if (::access(candidate.c_str(), X_OK) == 0) return {};
+    start = end + 1;
+  }
+  return "'" + command + "' is not an executable in PATH";
+}
+
 }  // namespace
 
 int run_check(const std::string& config_path) {
@@ -35,6 +58,28 @@ int run_check(const std::string& config_path) {
     }
     auto n = e.diagnostics().size();
     std::cerr << config_path << ": " << n << (n == 1 ? " error" : " errors") << '\n';
+    return kExitUsage;
+  }
+
+  // Exec handlers must be there to run (relative commands are beside the config file).
+  std::size_t missing = 0;
+  for (std::size_t i = 0; i < cfg.subscriptions.size(); ++i) {
+    const auto& s = cfg.subscriptions[i];
+    for (std::size_t j = 0; j < s.handlers.size(); ++j) {
+      const auto& h = s.handlers[j];
+      if (h.kind != config::HandlerKind::kExec || h.exec.empty()) continue;
+      if (auto problem = exec_problem(h.exec.front()); !problem.empty()) {
+        config::Diagnostic d{cfg.path, h.line, 0,
+                             "subscriptions[" + std::to_string(i) + "].handlers[" +
+                                 std::to_string(j) + "].exec",
+                             "the handler cannot run: " + problem};
+        std::cerr << d.to_string() << '\n';
+        ++missing;
+      }
+    }
+  }
+  if (missing > 0) {
+    std::cerr << config_path << ": " << missing << (missing == 1 ? " error" : " errors") << '\n';
     return kExitUsage;
   }
 

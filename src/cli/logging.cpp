@@ -1,9 +1,14 @@
 #include "logging.hpp"
 
+#include <cstdio>
+#include <cstdlib>
+
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <metro/sb/connection_string.hpp>
 
@@ -72,6 +77,33 @@ class JsonMessage : public spdlog::custom_flag_formatter {
   }
 };
 
+/// True when stderr is the journal: systemd then sets JOURNAL_STREAM to its "device:inode".
+bool stderr_is_journal() {
+  const char* stream = std::getenv("JOURNAL_STREAM");
+  if (stream == nullptr) return false;
+  unsigned long long device = 0, inode = 0;
+  char trailing = 0;
+  if (std::sscanf(stream, "%llu:%llu%c", &device, &inode, &trailing) != 2) return false;
+  struct stat st {};
+  if (fstat(STDERR_FILENO, &st) != 0) return false;
+  return st.st_dev == device && st.st_ino == inode;
+}
+
+/// `%&` for the journal: the level as a syslog priority prefix (`<6>` for info), which journald
+/// reads and strips; journald adds the time itself.
+class SyslogPriority : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg& msg, const std::tm& /*tm*/,
+              spdlog::memory_buf_t& dest) override {
+    constexpr std::string_view kPrefix[] = {"<7>", "<7>", "<6>", "<4>", "<3>", "<2>", "<6>"};
+    auto level = static_cast<std::size_t>(msg.level);
+    append(dest, kPrefix[level < std::size(kPrefix) ? level : 6]);
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override {
+    return std::make_unique<SyslogPriority>();
+  }
+};
+
 }  // namespace
 
 std::optional<std::string> setup_logging(std::string_view level, LogFormat format) {
@@ -87,6 +119,9 @@ std::optional<std::string> setup_logging(std::string_view level, LogFormat forma
     formatter = std::make_unique<spdlog::pattern_formatter>(spdlog::pattern_time_type::utc);
     formatter->add_flag<JsonMessage>('*').set_pattern(
         R"({"time":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","thread":%t,"message":"%*"})");
+  } else if (stderr_is_journal()) {
+    logger = spdlog::stderr_logger_mt("metro");
+    formatter->add_flag<RedactedMessage>('*').add_flag<SyslogPriority>('&').set_pattern("%&%*");
   } else {
     logger = spdlog::stderr_color_mt("metro");
     formatter->add_flag<RedactedMessage>('*').set_pattern("%Y-%m-%d %H:%M:%S.%e %^%-5l%$ %*");

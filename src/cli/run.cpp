@@ -1,17 +1,97 @@
+#include <algorithm>
+#include <chrono>
 #include <csignal>
+#include <cstdint>
 #include <cstdlib>
+#include <ctime>
 #include <iostream>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include <spdlog/spdlog.h>
+#include <systemd/sd-daemon.h>
 
 #include <metro/admin/server.hpp>
 #include <metro/config/config.hpp>
+#include <metro/dispatch/service.hpp>
 #include <metro/emulator/emulator.hpp>
 
 #include "commands.hpp"
 
 namespace metro::cli {
+namespace {
+
+using std::chrono::microseconds;
+
+/// Tells systemd how `metro run` is doing (Type=notify): ready once every subscription is
+/// connected, a status line, watchdog pings, stopping. Outside systemd (no NOTIFY_SOCKET) every
+/// call does nothing.
+class SystemdNotifier {
+ public:
+  SystemdNotifier() {
+    std::uint64_t usec = 0;
+    if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) watchdog_ = microseconds(usec);
+  }
+
+  /// Called every turn of the main loop with the subscriptions' states.
+  void update(const std::vector<dispatch::SubscriptionStatus>& subscriptions) {
+    std::string waiting;
+    for (const auto& s : subscriptions) {
+      if (s.state == sb::ConnectionState::kConnected) continue;
+      waiting += (waiting.empty() ? "" : ", ") + s.topic + "/" + s.subscription;
+      if (!s.state_reason.empty()) waiting += " (" + s.state_reason + ")";
+    }
+    std::string status =
+        waiting.empty() ? "consuming " + std::to_string(subscriptions.size()) + " subscription(s)"
+                        : "waiting for " + waiting;
+    if (waiting.empty() && !ready_) {
+      ready_ = true;
+      notify("READY=1\nSTATUS=" + status);
+    } else if (status != status_) {
+      notify("STATUS=" + status);
+    }
+    status_ = status;
+    // The ping says that this loop turns and the service answers.
+    auto now = std::chrono::steady_clock::now();
+    if (watchdog_ && now >= next_ping_) {
+      notify("WATCHDOG=1");
+      next_ping_ = now + *watchdog_ / 2;
+    }
+  }
+
+  /// How long the main loop may wait for a signal before its next turn.
+  microseconds poll_interval() const {
+    microseconds interval = ready_ ? std::chrono::seconds(1) : std::chrono::milliseconds(50);
+    if (watchdog_) interval = std::min(interval, *watchdog_ / 4);
+    return interval;
+  }
+
+  /// Stopping: handlers get `grace`, then pending settlements a little more.
+  void stopping(std::chrono::milliseconds grace) {
+    auto extend = std::chrono::duration_cast<microseconds>(grace + std::chrono::seconds(30));
+    notify("STOPPING=1\nSTATUS=stopping\nEXTEND_TIMEOUT_USEC=" + std::to_string(extend.count()));
+  }
+
+ private:
+  static void notify(const std::string& state) { sd_notify(0, state.c_str()); }
+
+  std::optional<microseconds> watchdog_;
+  std::chrono::steady_clock::time_point next_ping_{};
+  bool ready_ = false;
+  std::string status_;
+};
+
+/// Waits up to `timeout` for one of `signals`; the signal, or 0.
+int wait_for_signal(const sigset_t& signals, microseconds timeout) {
+  timespec ts{};
+  ts.tv_sec = static_cast<std::time_t>(timeout.count() / 1'000'000);
+  ts.tv_nsec = static_cast<long>(timeout.count() % 1'000'000 * 1000);
+  int received = sigtimedwait(&signals, nullptr, &ts);
+  return received > 0 ? received : 0;
+}
+
+}  // namespace
 
 int run_service(const RunCommand& command,
                 const std::map<std::string, dispatch::Function>& functions) {
@@ -66,19 +146,20 @@ int run_service(const RunCommand& command,
   std::cout << "metro running: subscriptions=" << config.subscriptions.size()
             << " workers=" << config.metro.workers << std::endl;
 
+  SystemdNotifier systemd;
   int received = 0;
-  sigwait(&signals, &received);
+  while (received == 0) {
+    systemd.update(service->subscriptions());
+    received = wait_for_signal(signals, systemd.poll_interval());
+  }
+  systemd.stopping(config.metro.shutdown_grace);
   spdlog::info(
       "{}: stopping (handlers get {} s to finish)", received == SIGINT ? "SIGINT" : "SIGTERM",
       std::chrono::duration_cast<std::chrono::seconds>(config.metro.shutdown_grace).count());
   if (api) api->stop();
-  bool finished = service->stop(config.metro.shutdown_grace);
-  if (!finished) {
-    // A handler thread cannot be interrupted; its message stays deferred and runs again at the
-    // next start. Leave without waiting for it.
-    spdlog::shutdown();
-    std::_Exit(kExitOk);
-  }
+  // Runs past the grace period are interrupted (their messages stay deferred for the next start)
+  // and every thread of the service is joined before it is destroyed.
+  service->stop(config.metro.shutdown_grace);
   service.reset();
   if (bus) bus->stop();
   spdlog::info("stopped");

@@ -724,6 +724,25 @@ Config parse_config(std::string_view text, std::string_view file_name, const Env
   return config;
 }
 
+namespace {
+
+/// A relative command with a `/` in it (`handlers/x.sh`, `./x.sh`) names a file beside the
+/// config, wherever metro is started from; a bare name (`python3`) is looked up in PATH.
+void resolve_exec_paths(Config& config, const std::filesystem::path& folder) {
+  if (folder.empty()) return;
+  for (auto& s : config.subscriptions) {
+    for (auto& h : s.handlers) {
+      if (h.kind != HandlerKind::kExec || h.exec.empty()) continue;
+      std::filesystem::path command(h.exec.front());
+      if (command.is_relative() && h.exec.front().find('/') != std::string::npos) {
+        h.exec.front() = (folder / command).lexically_normal().string();
+      }
+    }
+  }
+}
+
+}  // namespace
+
 Config load_config(const std::filesystem::path& path, const Environment& env) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
@@ -732,7 +751,9 @@ Config load_config(const std::filesystem::path& path, const Environment& env) {
   }
   std::ostringstream text;
   text << in.rdbuf();
-  return parse_config(text.str(), path.string(), env);
+  auto config = parse_config(text.str(), path.string(), env);
+  resolve_exec_paths(config, path.parent_path());
+  return config;
 }
 
 }  // namespace metro::config

@@ -1,9 +1,13 @@
 // The http handler: one POST per run.
 
+#include <set>
+
 #include <httplib.h>
 
 #include <metro/dispatch/handler.hpp>
 #include <metro/error.hpp>
+
+#include "../common/thread_annotations.hpp"
 
 namespace metro::dispatch {
 namespace {
@@ -21,6 +25,12 @@ class HttpHandler : public Handler {
     path_ = path_start == std::string::npos ? "/" : url.substr(path_start);
   }
 
+  void interrupt() override {
+    MutexLock lock(mutex_);
+    interrupted_ = true;
+    for (auto* client : running_) client->stop();
+  }
+
   Result run(const Task& task, std::chrono::milliseconds timeout) override {
     auto start = std::chrono::steady_clock::now();
     auto elapsed = [&] {
@@ -36,7 +46,16 @@ class HttpHandler : public Handler {
     httplib::Headers headers = {{"X-Correlation-Id", task.correlation_id},
                                 {"X-Metro-Sequence-Number", std::to_string(task.sequence_number)},
                                 {"X-Metro-Attempt", std::to_string(task.attempt)}};
+    {
+      MutexLock lock(mutex_);
+      if (interrupted_) return {Outcome::kRetry, "interrupted: metro was stopping", elapsed()};
+      running_.insert(&client);
+    }
     auto response = client.Post(path_.c_str(), headers, to_json(task), "application/json");
+    {
+      MutexLock lock(mutex_);
+      running_.erase(&client);
+    }
     if (!response) {
       return {Outcome::kRetry, "POST " + url_ + " failed: " + httplib::to_string(response.error()),
               elapsed()};
@@ -53,6 +72,9 @@ class HttpHandler : public Handler {
   std::string url_;
   std::string origin_;
   std::string path_;
+  Mutex mutex_;
+  std::set<httplib::Client*> running_ GUARDED_BY(mutex_);  // Requests under way.
+  bool interrupted_ GUARDED_BY(mutex_) = false;
 };
 
 }  // namespace

@@ -8,7 +8,7 @@
 #include <thread>
 
 #include <metro/dispatch/task_queue.hpp>
-#include <metro/dispatch/worker_pool.hpp>
+#include "worker_pool.hpp"
 
 namespace metro::dispatch {
 namespace {
@@ -47,17 +47,17 @@ class InProcessQueue : public TaskQueue {
   bool shutdown(std::chrono::milliseconds grace, std::vector<Task>* dropped) override {
     {
       std::lock_guard lock(mutex_);
-      if (stopping_ && pool_stopped_) return true;
       stopping_ = true;
       timer_wake_.notify_all();
     }
+    // Called again (by the destructor, or after a first grace ran out) it waits again: the
+    // queue's threads have all ended when a call with an unbounded grace returns.
     if (timer_.joinable()) {
       timer_.request_stop();
       timer_.join();
     }
     bool finished = pool_.shutdown(grace);
     std::lock_guard lock(mutex_);
-    pool_stopped_ = true;
     if (dropped != nullptr) {
       for (auto& task : due_) dropped->push_back(std::move(task));
       while (!delayed_.empty()) {
@@ -126,7 +126,6 @@ class InProcessQueue : public TaskQueue {
   std::uint64_t sequence_ = 0;
   std::size_t running_ = 0;
   bool stopping_ = false;
-  bool pool_stopped_ = false;
   WorkerPool pool_;
   std::jthread timer_;
 };

@@ -1,6 +1,6 @@
 #include <algorithm>
 
-#include <metro/dispatch/retry.hpp>
+#include "retry.hpp"
 
 namespace metro::dispatch {
 

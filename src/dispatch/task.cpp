@@ -2,26 +2,29 @@
 
 #include <metro/dispatch/handler.hpp>
 
+#include "../common/json_bounds.hpp"
+
 namespace metro::dispatch {
 
 std::string to_json(const Task& task) {
   nlohmann::json message;
-  try {
-    message = nlohmann::json::parse(task.body);
-  } catch (const nlohmann::json::exception&) {
-    message = task.body;  // Not JSON: handed over as a string.
+  // Bounded before it is parsed: copying or dumping a deeper value would recurse without limit.
+  if (json_bounds::check(task.body)) {
+    message = task.body;  // Past the bounds: handed over as a string.
+  } else {
+    message = nlohmann::json::parse(task.body, nullptr, false);
+    if (message.is_discarded()) message = task.body;  // Not JSON: handed over as a string.
   }
-  nlohmann::json out = {
-      {"message", message},
-      {"topic_name", task.topic_name},
-      {"subscription_name", task.subscription_name},
-      {"sequence_number", task.sequence_number},
-      {"subject", task.subject},
-      {"message_id", task.message_id},
-      {"correlation_id", task.correlation_id},
-      {"attempt", task.attempt},
-      {"handler", task.handler},
-  };
+  nlohmann::json out = nlohmann::json::object();
+  out["message"] = std::move(message);
+  out["topic_name"] = task.topic_name;
+  out["subscription_name"] = task.subscription_name;
+  out["sequence_number"] = task.sequence_number;
+  out["subject"] = task.subject;
+  out["message_id"] = task.message_id;
+  out["correlation_id"] = task.correlation_id;
+  out["attempt"] = task.attempt;
+  out["handler"] = task.handler;
   // Invalid UTF-8 in a body is replaced rather than failing the run.
   return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }

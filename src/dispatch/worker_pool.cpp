@@ -1,25 +1,20 @@
-#include <metro/dispatch/worker_pool.hpp>
+#include "worker_pool.hpp"
 
 namespace metro::dispatch {
 
-WorkerPool::WorkerPool(std::size_t workers) {
+WorkerPool::WorkerPool(std::size_t workers) : size_(workers) {
   for (std::size_t i = 0; i < workers; ++i) threads_.emplace_back([this] { work(); });
 }
 
 WorkerPool::~WorkerPool() {
   shutdown(std::chrono::milliseconds::max());
   // A job that outlived the grace period is still joined here: a thread is never abandoned.
-  {
-    std::lock_guard lock(mutex_);
-    stopping_ = true;
-  }
-  wake_.notify_all();
   threads_.clear();
 }
 
 bool WorkerPool::submit(std::function<void()> job) {
   {
-    std::lock_guard lock(mutex_);
+    MutexLock lock(mutex_);
     if (stopping_) return false;
     queue_.push_back(std::move(job));
   }
@@ -28,39 +23,42 @@ bool WorkerPool::submit(std::function<void()> job) {
 }
 
 std::size_t WorkerPool::idle() const {
-  std::lock_guard lock(mutex_);
+  MutexLock lock(mutex_);
   auto waiting = queue_.size() + busy_;
-  return waiting >= threads_.size() ? 0 : threads_.size() - waiting;
+  return waiting >= size_ ? 0 : size_ - waiting;
 }
 
 std::size_t WorkerPool::queued() const {
-  std::lock_guard lock(mutex_);
+  MutexLock lock(mutex_);
   return queue_.size();
 }
 
 bool WorkerPool::shutdown(std::chrono::milliseconds grace,
                           std::vector<std::function<void()>>* dropped) {
-  std::unique_lock lock(mutex_);
+  MutexLock lock(mutex_);
   stopping_ = true;
   if (dropped != nullptr) {
     for (auto& job : queue_) dropped->push_back(std::move(job));
   }
   queue_.clear();
   wake_.notify_all();
-  auto done = [&] { return busy_ == 0; };
   if (grace == std::chrono::milliseconds::max()) {
-    finished_.wait(lock, done);
+    while (busy_ != 0) finished_.wait(lock);
     return true;
   }
-  return finished_.wait_for(lock, grace, done);
+  auto deadline = std::chrono::steady_clock::now() + grace;
+  while (busy_ != 0) {
+    if (finished_.wait_until(lock, deadline) == std::cv_status::timeout) break;
+  }
+  return busy_ == 0;
 }
 
 void WorkerPool::work() {
   while (true) {
     std::function<void()> job;
     {
-      std::unique_lock lock(mutex_);
-      wake_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      MutexLock lock(mutex_);
+      while (!stopping_ && queue_.empty()) wake_.wait(lock);
       if (queue_.empty()) return;
       job = std::move(queue_.front());
       queue_.pop_front();
@@ -68,7 +66,7 @@ void WorkerPool::work() {
     }
     job();
     {
-      std::lock_guard lock(mutex_);
+      MutexLock lock(mutex_);
       --busy_;
     }
     finished_.notify_all();

@@ -1,18 +1,23 @@
-// SqliteLedger: the ledger in one SQLite file (WAL), one connection guarded by a mutex.
+// SqliteLedger: the ledger in one SQLite file (WAL), one connection, group commit. The schema
+// comes from numbered migrations (sqlite_migrations.cpp), run at open.
 
 #include <array>
-#include <condition_variable>
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 
-#include <sqlite3.h>
+#include <sys/stat.h>
 
 #include <metro/ledger/ledger.hpp>
 
+#include "../common/thread_annotations.hpp"
+#include "../sqlite/sqlite.hpp"
+#include "sqlite_migrations.hpp"
+
 namespace metro::ledger {
 namespace {
+
+using sqlite::Statement;
 
 constexpr std::array<std::string_view, 8> kStates = {"deferring",     "deferred", "running",
                                                      "retrying",      "failed",   "completed",
@@ -26,152 +31,102 @@ Clock::time_point from_ms(std::int64_t ms) {
   return Clock::time_point(std::chrono::milliseconds(ms));
 }
 
-/// A prepared statement borrowed from the ledger's cache for one use: reset and unbound when the
-/// borrow ends.
-class Statement {
- public:
-  Statement(sqlite3* db, sqlite3_stmt* stmt) : db_(db), stmt_(stmt) {}
-  ~Statement() {
-    sqlite3_reset(stmt_);
-    sqlite3_clear_bindings(stmt_);
-  }
-  Statement(const Statement&) = delete;
-  Statement& operator=(const Statement&) = delete;
-
-  Statement& bind(int i, const std::string& v) {
-    sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-    return *this;
-  }
-  Statement& bind(int i, std::int64_t v) {
-    sqlite3_bind_int64(stmt_, i, v);
-    return *this;
-  }
-  /// Steps once; true when a row is ready.
-  bool step() {
-    int rc = sqlite3_step(stmt_);
-    if (rc == SQLITE_ROW) return true;
-    if (rc == SQLITE_DONE) return false;
-    throw Error(std::string("ledger: ") + sqlite3_errmsg(db_));
-  }
-  std::string text(int i) const {
-    const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(stmt_, i));
-    return p == nullptr ? std::string()
-                        : std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(stmt_, i)));
-  }
-  std::int64_t integer(int i) const { return sqlite3_column_int64(stmt_, i); }
-
- private:
-  sqlite3* db_;
-  sqlite3_stmt* stmt_;
-};
-
-/// Binds a message key to parameters ?1, ?2, ?3, as every statement on one message does.
+/// Binds a message key to ?1, ?2, ?3 and its generation to ?4, as every statement on one
+/// message does.
 void bind_key(Statement& s, const MessageKey& key) {
   s.bind(1, key.topic).bind(2, key.subscription).bind(3, key.sequence_number);
+  s.bind(4, key.generation);
 }
 
+constexpr const char* kKeyWhere =
+    " WHERE topic = ?1 AND subscription = ?2 AND sequence_number = ?3 AND generation = ?4";
+
 constexpr const char* kColumns =
-    "topic, subscription, sequence_number, subject, message_id, correlation_id, body, "
-    "body_truncated, state, created, updated, last_error";
+    "topic, subscription, sequence_number, generation, subject, message_id, correlation_id, "
+    "body, body_truncated, state, created, updated, last_error, enqueued";
 
 DeferredMessage read_message(const Statement& s) {
   DeferredMessage m;
-  m.key = {s.text(0), s.text(1), s.integer(2)};
-  m.subject = s.text(3);
-  m.message_id = s.text(4);
-  m.correlation_id = s.text(5);
-  m.body = s.text(6);
-  m.body_truncated = s.integer(7) != 0;
-  m.state = state_from_string(s.text(8)).value_or(State::kOrphaned);
-  m.created = from_ms(s.integer(9));
-  m.updated = from_ms(s.integer(10));
-  m.last_error = s.text(11);
+  m.key = {s.text(0), s.text(1), s.integer(2), s.integer(3)};
+  m.subject = s.text(4);
+  m.message_id = s.text(5);
+  m.correlation_id = s.text(6);
+  m.body = s.text(7);
+  m.body_truncated = s.integer(8) != 0;
+  m.state = state_from_string(s.text(9)).value_or(State::kOrphaned);
+  m.created = from_ms(s.integer(10));
+  m.updated = from_ms(s.integer(11));
+  m.last_error = s.text(12);
+  m.enqueued_time = from_ms(s.integer(13));
   return m;
 }
 
-// The cursor is "topic\nsubscription\nsequence": the last key of the previous page.
+// The cursor is "topic\nsubscription\nsequence\ngeneration": the last key of the previous page.
+// (Cursors of three parts, from before generations, still page.)
 std::string cursor_of(const MessageKey& k) {
-  return k.topic + "\n" + k.subscription + "\n" + std::to_string(k.sequence_number);
+  return k.topic + "\n" + k.subscription + "\n" + std::to_string(k.sequence_number) + "\n" +
+         std::to_string(k.generation);
 }
 
 std::optional<MessageKey> parse_cursor(const std::string& cursor) {
   auto a = cursor.find('\n');
   auto b = a == std::string::npos ? a : cursor.find('\n', a + 1);
   if (b == std::string::npos) return std::nullopt;
+  auto c = cursor.find('\n', b + 1);
   try {
-    return MessageKey{cursor.substr(0, a), cursor.substr(a + 1, b - a - 1),
-                      std::stoll(cursor.substr(b + 1))};
+    std::size_t used = 0;
+    auto number = cursor.substr(b + 1, c == std::string::npos ? std::string::npos : c - b - 1);
+    auto sequence = std::stoll(number, &used);
+    if (used != number.size()) return std::nullopt;
+    std::int64_t generation = 0;
+    if (c != std::string::npos) {
+      auto g = cursor.substr(c + 1);
+      generation = std::stoll(g, &used);
+      if (used != g.size() || generation < 0) return std::nullopt;
+    }
+    return MessageKey{cursor.substr(0, a), cursor.substr(a + 1, b - a - 1), sequence, generation};
   } catch (const std::exception&) {
     return std::nullopt;
   }
 }
 
+bool is_final(std::string_view state) {
+  return state == to_string(State::kCompleted) || state == to_string(State::kDeadLettered);
+}
+
+/// Which file a path names now (device and inode); nullopt when there is none.
+std::optional<std::pair<dev_t, ino_t>> identity_of(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return std::nullopt;
+  return std::pair{st.st_dev, st.st_ino};
+}
+
 /// One connection (WAL) for everything. Writes are group-committed: each writer queues its
 /// change and waits; whichever writer finds no commit under way takes every queued change into
-/// one transaction, so concurrent writers share one fsync instead of queueing for one each.
+/// one transaction, each change in a savepoint of its own, so concurrent writers share one commit
+/// and each learns exactly whether its own change was committed.
 class SqliteLedger : public Ledger {
  public:
-  explicit SqliteLedger(const std::string& path) {
-    if (sqlite3_open_v2(path.c_str(), &db_,
-                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                        nullptr) != SQLITE_OK) {
-      std::string why = db_ != nullptr ? sqlite3_errmsg(db_) : "out of memory";
-      sqlite3_close(db_);
-      throw Error("cannot open the ledger " + path + ": " + why);
+  explicit SqliteLedger(std::string path) : path_(std::move(path)) {
+    MutexLock lock(db_mutex_);
+    try {
+      open();
+    } catch (const sqlite::SqliteError& e) {
+      throw Error("cannot open the ledger " + path_ + ": " + e.what());
     }
-    sqlite3_busy_timeout(db_, 5000);
-    exec("PRAGMA journal_mode=WAL");
-    exec("PRAGMA synchronous=NORMAL");
-    exec(
-        "CREATE TABLE IF NOT EXISTS deferred_messages ("
-        " topic TEXT NOT NULL, subscription TEXT NOT NULL, sequence_number INTEGER NOT NULL,"
-        " subject TEXT NOT NULL, message_id TEXT NOT NULL, correlation_id TEXT NOT NULL,"
-        " body BLOB NOT NULL, body_truncated INTEGER NOT NULL, state TEXT NOT NULL,"
-        " created INTEGER NOT NULL, updated INTEGER NOT NULL, last_error TEXT NOT NULL,"
-        " PRIMARY KEY (topic, subscription, sequence_number))");
-    exec(
-        "CREATE INDEX IF NOT EXISTS deferred_messages_state ON deferred_messages (state, updated)");
-    exec(
-        "CREATE INDEX IF NOT EXISTS deferred_messages_age ON deferred_messages"
-        " (topic, subscription, state, created)");
-    exec(
-        "CREATE TABLE IF NOT EXISTS handler_runs ("
-        " topic TEXT NOT NULL, subscription TEXT NOT NULL, sequence_number INTEGER NOT NULL,"
-        " handler TEXT NOT NULL, attempt INTEGER NOT NULL, outcome TEXT NOT NULL,"
-        " started INTEGER NOT NULL, finished INTEGER, error TEXT NOT NULL,"
-        " PRIMARY KEY (topic, subscription, sequence_number, handler, attempt))");
+    identity_ = identity_of(path_);
   }
-
-  ~SqliteLedger() override {
-    for (auto& [sql, stmt] : statements_) sqlite3_finalize(stmt);
-    sqlite3_close(db_);
-  }
-  SqliteLedger(const SqliteLedger&) = delete;
-  SqliteLedger& operator=(const SqliteLedger&) = delete;
 
   void record_all(const std::vector<DeferredMessage>& messages) override {
-    write([this, &messages] {
-      for (const auto& m : messages) {
-        auto s = statement(
-            "INSERT INTO deferred_messages VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, "
-            "?12)"
-            " ON CONFLICT (topic, subscription, sequence_number) DO UPDATE SET"
-            " state = excluded.state, updated = excluded.updated");
-        auto now = to_ms(Clock::now());
-        bind_key(s, m.key);
-        s.bind(4, m.subject).bind(5, m.message_id).bind(6, m.correlation_id).bind(7, m.body);
-        s.bind(8, std::int64_t{m.body_truncated ? 1 : 0}).bind(9, std::string(to_string(m.state)));
-        s.bind(10, m.created.time_since_epoch().count() != 0 ? to_ms(m.created) : now);
-        s.bind(11, now).bind(12, m.last_error);
-        s.step();
-      }
+    write([this, &messages]() REQUIRES(db_mutex_) {
+      for (const auto& m : messages) record_one(m);
       return std::size_t{0};
     });
   }
 
   std::size_t set_state_all(const std::vector<MessageKey>& keys, State state,
                             const std::string& error) override {
-    return write([this, &keys, state, &error] {
+    return write([this, &keys, state, &error]() REQUIRES(db_mutex_) {
       std::size_t known = 0;
       for (const auto& key : keys) known += update_state(key, state, error);
       return known;
@@ -179,14 +134,14 @@ class SqliteLedger : public Ledger {
   }
 
   void record_run(const MessageKey& key, const HandlerRun& run) override {
-    write([this, &key, &run] {
+    write([this, &key, &run]() REQUIRES(db_mutex_) {
       insert_run(key, run);
       return std::size_t{0};
     });
   }
 
   void begin_run(const MessageKey& key, const HandlerRun& run) override {
-    write([this, &key, &run] {
+    write([this, &key, &run]() REQUIRES(db_mutex_) {
       update_state(key, State::kRunning, {});
       insert_run(key, run);
       return std::size_t{0};
@@ -194,37 +149,34 @@ class SqliteLedger : public Ledger {
   }
 
   bool forget(const MessageKey& key) override {
-    return 0 != write([this, &key] {
-             auto runs = statement(
-                 "DELETE FROM handler_runs WHERE topic = ?1 AND subscription = ?2 AND"
-                 " sequence_number = ?3");
-             bind_key(runs, key);
-             runs.step();
-             auto s = statement(
-                 "DELETE FROM deferred_messages WHERE topic = ?1 AND subscription = ?2 AND"
-                 " sequence_number = ?3");
+    return 0 != write([this, &key]() REQUIRES(db_mutex_) {
+             {
+               auto runs = db_->statement(std::string("DELETE FROM handler_runs") + kKeyWhere);
+               bind_key(runs, key);
+               runs.run();
+             }
+             auto s = db_->statement(std::string("DELETE FROM deferred_messages") + kKeyWhere);
              bind_key(s, key);
-             s.step();
-             return static_cast<std::size_t>(sqlite3_changes(db_));
+             s.run();
+             return static_cast<std::size_t>(db_->changes());
            });
   }
 
   std::optional<DeferredMessage> find(const MessageKey& key) override {
-    std::lock_guard lock(db_mutex_);
-    auto s = statement((std::string("SELECT ") + kColumns +
-                        " FROM deferred_messages WHERE topic = ?1 AND subscription = ?2 AND"
-                        " sequence_number = ?3"));
+    MutexLock lock(db_mutex_);
+    auto s =
+        db_->statement(std::string("SELECT ") + kColumns + " FROM deferred_messages" + kKeyWhere);
     bind_key(s, key);
     if (!s.step()) return std::nullopt;
     return read_message(s);
   }
 
   std::vector<HandlerRun> runs(const MessageKey& key) override {
-    std::lock_guard lock(db_mutex_);
-    auto s = statement(
-        "SELECT handler, attempt, outcome, started, finished, error FROM handler_runs"
-        " WHERE topic = ?1 AND subscription = ?2 AND sequence_number = ?3"
-        " ORDER BY started, handler, attempt");
+    MutexLock lock(db_mutex_);
+    auto s = db_->statement(
+        std::string(
+            "SELECT handler, attempt, outcome, started, finished, error FROM handler_runs") +
+        kKeyWhere + " ORDER BY started, handler, attempt");
     bind_key(s, key);
     std::vector<HandlerRun> out;
     while (s.step()) {
@@ -236,7 +188,7 @@ class SqliteLedger : public Ledger {
         if (kOutcomes[i] == outcome) r.outcome = static_cast<HandlerRun::Outcome>(i);
       }
       r.started = from_ms(s.integer(3));
-      if (s.integer(4) != 0) r.finished = from_ms(s.integer(4));
+      if (!s.is_null(4) && s.integer(4) != 0) r.finished = from_ms(s.integer(4));
       r.error = s.text(5);
       out.push_back(std::move(r));
     }
@@ -248,28 +200,35 @@ class SqliteLedger : public Ledger {
     if (q.topic) sql += " AND topic = ?1";
     if (q.subscription) sql += " AND subscription = ?2";
     if (q.state) sql += " AND state = ?3";
-    if (q.subject_prefix) sql += " AND substr(subject, 1, length(?4)) = ?4";
+    // Compared as bytes: a NUL in a subject does not end it.
+    if (q.subject_prefix) {
+      sql += " AND substr(CAST(subject AS BLOB), 1, length(CAST(?4 AS BLOB))) = CAST(?4 AS BLOB)";
+    }
     if (q.updated_before) sql += " AND updated < ?5";
     if (q.subject_glob) sql += " AND subject GLOB ?10";
     if (q.created_before) sql += " AND created < ?11";
+    if (q.current_only) sql += " AND generation = 0";
     std::optional<MessageKey> after;
     if (q.after) {
       after = parse_cursor(*q.after);
       if (!after)
         throw InvalidArgument("the cursor '" + *q.after + "' is not one this API gave out");
-      sql += " AND (topic, subscription, sequence_number) > (?6, ?7, ?8)";
+      sql += " AND (topic, subscription, sequence_number, generation) > (?6, ?7, ?8, ?12)";
     }
-    sql += " ORDER BY topic, subscription, sequence_number LIMIT ?9";
-    std::lock_guard lock(db_mutex_);
-    auto s = statement(sql);
+    sql += " ORDER BY topic, subscription, sequence_number, generation LIMIT ?9";
+    MutexLock lock(db_mutex_);
+    auto s = db_->statement(sql);
     if (q.topic) s.bind(1, *q.topic);
     if (q.subscription) s.bind(2, *q.subscription);
-    if (q.state) s.bind(3, std::string(to_string(*q.state)));
+    if (q.state) s.bind(3, to_string(*q.state));
     if (q.subject_prefix) s.bind(4, *q.subject_prefix);
     if (q.updated_before) s.bind(5, to_ms(*q.updated_before));
     if (q.subject_glob) s.bind(10, *q.subject_glob);
     if (q.created_before) s.bind(11, to_ms(*q.created_before));
-    if (after) s.bind(6, after->topic).bind(7, after->subscription).bind(8, after->sequence_number);
+    if (after) {
+      s.bind(6, after->topic).bind(7, after->subscription).bind(8, after->sequence_number);
+      s.bind(12, after->generation);
+    }
     auto limit = std::max<std::size_t>(1, std::min<std::size_t>(q.limit, 1000));
     s.bind(9, static_cast<std::int64_t>(limit + 1));
     Page page;
@@ -283,10 +242,10 @@ class SqliteLedger : public Ledger {
 
   std::map<State, std::size_t> counts(const std::string& topic,
                                       const std::string& subscription) override {
-    std::lock_guard lock(db_mutex_);
-    auto s = statement(
-        "SELECT state, count(*) FROM deferred_messages"
-        " WHERE (?1 = '' OR topic = ?1) AND (?2 = '' OR subscription = ?2) GROUP BY state");
+    MutexLock lock(db_mutex_);
+    auto s = db_->statement(
+        "SELECT state, count(*) FROM deferred_messages WHERE generation = 0"
+        " AND (?1 = '' OR topic = ?1) AND (?2 = '' OR subscription = ?2) GROUP BY state");
     s.bind(1, topic).bind(2, subscription);
     std::map<State, std::size_t> out;
     while (s.step()) {
@@ -299,37 +258,54 @@ class SqliteLedger : public Ledger {
 
   std::optional<Clock::time_point> oldest_deferred(const std::string& topic,
                                                    const std::string& subscription) override {
-    std::lock_guard lock(db_mutex_);
-    auto s = statement(
+    MutexLock lock(db_mutex_);
+    auto s = db_->statement(
         "SELECT min(created) FROM deferred_messages WHERE topic = ?1 AND subscription = ?2"
+        " AND generation = 0"
         " AND state IN ('deferring', 'deferred', 'running', 'retrying', 'failed', 'orphaned')");
     s.bind(1, topic).bind(2, subscription);
-    if (!s.step() || s.integer(0) == 0) return std::nullopt;
+    if (!s.step() || s.is_null(0) || s.integer(0) == 0) return std::nullopt;
     return from_ms(s.integer(0));
   }
 
   std::size_t prune(Clock::time_point before) override {
-    return write([this, before] {
-      auto runs = statement(
-          "DELETE FROM handler_runs WHERE (topic, subscription, sequence_number) IN"
-          " (SELECT topic, subscription, sequence_number FROM deferred_messages"
-          "  WHERE state IN ('completed', 'dead-lettered') AND updated < ?1)");
-      runs.bind(1, to_ms(before));
-      runs.step();
-      auto s = statement(
-          "DELETE FROM deferred_messages WHERE state IN ('completed', 'dead-lettered')"
-          " AND updated < ?1");
+    return write([this, before]() REQUIRES(db_mutex_) {
+      constexpr const char* kPrunable =
+          "(state IN ('completed', 'dead-lettered') OR generation > 0) AND updated < ?1";
+      {
+        auto runs = db_->statement(
+            std::string("DELETE FROM handler_runs WHERE (topic, subscription, sequence_number,"
+                        " generation) IN (SELECT topic, subscription, sequence_number, generation"
+                        " FROM deferred_messages WHERE ") +
+            kPrunable + ")");
+        runs.bind(1, to_ms(before));
+        runs.run();
+      }
+      auto s = db_->statement(std::string("DELETE FROM deferred_messages WHERE ") + kPrunable);
       s.bind(1, to_ms(before));
-      s.step();
-      return static_cast<std::size_t>(sqlite3_changes(db_));
+      s.run();
+      return static_cast<std::size_t>(db_->changes());
     });
   }
 
-  bool writable() override {
-    std::lock_guard lock(db_mutex_);
-    if (sqlite3_exec(db_, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) != SQLITE_OK) return false;
-    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-    return true;
+  std::optional<std::string> write_problem() override {
+    try {
+      write([this]() REQUIRES(db_mutex_) {
+        auto s = db_->statement("INSERT OR REPLACE INTO ledger_probe (id, at) VALUES (1, ?1)");
+        s.bind(1, to_ms(Clock::now()));
+        s.run();
+        return std::size_t{0};
+      });
+      return std::nullopt;
+    } catch (const sqlite::SqliteError& e) {
+      std::string why = e.what();
+      // A connection opened on a read-only file stays read-only: open it again, so that the
+      // next probe sees whether the file can be written now.
+      if ((e.code() & 0xFF) == 8 /* SQLITE_READONLY */) reopen();
+      return why;
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
   }
 
  private:
@@ -341,34 +317,141 @@ class SqliteLedger : public Ledger {
     std::exception_ptr error;
   };
 
-  // The single-row writes the public ones are made of. Call inside `write`.
-  std::size_t update_state(const MessageKey& key, State state, const std::string& error) {
-    auto s = statement(
-        "UPDATE deferred_messages SET state = ?4, updated = ?5,"
-        " last_error = CASE WHEN ?6 = '' THEN last_error ELSE ?6 END"
-        " WHERE topic = ?1 AND subscription = ?2 AND sequence_number = ?3");
-    bind_key(s, key);
-    s.bind(4, std::string(to_string(state))).bind(5, to_ms(Clock::now())).bind(6, error);
-    s.step();
-    return static_cast<std::size_t>(sqlite3_changes(db_));
+  void open() REQUIRES(db_mutex_) {
+    db_ = std::make_unique<sqlite::Database>(path_);
+    db_->exec("PRAGMA journal_mode=WAL");
+    db_->exec("PRAGMA synchronous=NORMAL");
+    sqlite::migrate(*db_, sqlite_migrations());
   }
 
-  void insert_run(const MessageKey& key, const HandlerRun& run) {
-    auto s = statement(
-        "INSERT OR REPLACE INTO handler_runs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
+  void reopen() {
+    MutexLock lock(db_mutex_);
+    if (identity_of(path_) != identity_) return;  // Replaced or gone: not this file any more.
+    try {
+      open();
+    } catch (const std::exception&) {
+      // Still not writable; the next probe tries again.
+    }
+  }
+
+  /// Throws when the file at the ledger's path is not the one this connection writes: writes to
+  /// a deleted or replaced file would be lost.
+  void check_file() {
+    if (identity_ && identity_of(path_) != identity_) {
+      throw sqlite::SqliteError("the ledger file " + path_ +
+                                    " was deleted or replaced while metro ran; its writes would "
+                                    "be lost (restart metro to use the file there now)",
+                                14 /* SQLITE_CANTOPEN */);
+    }
+  }
+
+  // The single-row writes the public ones are made of. Call inside `write`.
+
+  void record_one(const DeferredMessage& m) REQUIRES(db_mutex_) {
+    auto now = to_ms(Clock::now());
+    std::optional<std::string> known_id;
+    std::int64_t known_enqueued = 0;
+    std::string known_state;
+    {
+      auto s = db_->statement(std::string("SELECT message_id, enqueued, state FROM "
+                                          "deferred_messages") +
+                              kKeyWhere);
+      bind_key(s, m.key);
+      if (s.step()) {
+        known_id = s.text(0);
+        known_enqueued = s.integer(1);
+        known_state = s.text(2);
+      }
+    }
+    if (known_id) {
+      auto enqueued = to_ms(m.enqueued_time);
+      bool other = is_final(known_state) ||
+                   (!known_id->empty() && !m.message_id.empty() && *known_id != m.message_id) ||
+                   (known_enqueued != 0 && enqueued != 0 && known_enqueued != enqueued);
+      if (other) supersede(m.key, now);
+    }
+    auto s = db_->statement(
+        std::string("INSERT INTO deferred_messages (") + kColumns +
+        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+        " ON CONFLICT (topic, subscription, sequence_number, generation) DO UPDATE SET"
+        " state = excluded.state, updated = excluded.updated,"
+        " enqueued = CASE WHEN enqueued = 0 THEN excluded.enqueued ELSE enqueued END,"
+        " message_id = CASE WHEN message_id = '' THEN excluded.message_id ELSE message_id END");
+    MessageKey key = m.key;
+    key.generation = 0;
     bind_key(s, key);
-    s.bind(4, run.handler).bind(5, std::int64_t{run.attempt});
-    s.bind(6, std::string(to_string(run.outcome))).bind(7, to_ms(run.started));
-    if (run.finished) s.bind(8, to_ms(*run.finished));
-    s.bind(9, run.error);
-    s.step();
+    s.bind(5, m.subject).bind(6, m.message_id).bind(7, m.correlation_id).bind(8, m.body);
+    s.bind(9, std::int64_t{m.body_truncated ? 1 : 0}).bind(10, to_string(m.state));
+    s.bind(11, m.created.time_since_epoch().count() != 0 ? to_ms(m.created) : now);
+    s.bind(12, now).bind(13, m.last_error).bind(14, to_ms(m.enqueued_time));
+    s.run();
+  }
+
+  /// Moves the current record of a sequence number (and its runs) to the next generation.
+  void supersede(MessageKey key, std::int64_t now) REQUIRES(db_mutex_) {
+    key.generation = 0;
+    std::int64_t next = 1;
+    {
+      auto s = db_->statement(
+          "SELECT coalesce(max(generation), 0) + 1 FROM deferred_messages"
+          " WHERE topic = ?1 AND subscription = ?2 AND sequence_number = ?3");
+      s.bind(1, key.topic).bind(2, key.subscription).bind(3, key.sequence_number);
+      if (s.step()) next = s.integer(0);
+    }
+    {
+      auto s = db_->statement(std::string("UPDATE handler_runs SET generation = ?5") + kKeyWhere);
+      bind_key(s, key);
+      s.bind(5, next);
+      s.run();
+    }
+    auto s = db_->statement(
+        std::string("UPDATE deferred_messages SET generation = ?5, updated = ?6,"
+                    " last_error = CASE WHEN state IN ('completed', 'dead-lettered') THEN"
+                    " last_error ELSE ?7 END") +
+        kKeyWhere);
+    bind_key(s, key);
+    s.bind(5, next).bind(6, now);
+    s.bind(7,
+           "superseded: a new message arrived with this sequence number (the subscription's "
+           "sequence numbers started again), so this one is no longer in Service Bus");
+    s.run();
+  }
+
+  std::size_t update_state(const MessageKey& key, State state, const std::string& error)
+      REQUIRES(db_mutex_) {
+    // Final states are never left: a late writer cannot revive a settled message.
+    auto s =
+        db_->statement(std::string("UPDATE deferred_messages SET state = ?5, updated = ?6,"
+                                   " last_error = CASE WHEN ?7 = '' THEN last_error ELSE ?7 END") +
+                       kKeyWhere + " AND state NOT IN ('completed', 'dead-lettered')");
+    bind_key(s, key);
+    s.bind(5, to_string(state)).bind(6, to_ms(Clock::now())).bind(7, error);
+    s.run();
+    return static_cast<std::size_t>(db_->changes());
+  }
+
+  void insert_run(const MessageKey& key, const HandlerRun& run) REQUIRES(db_mutex_) {
+    auto s = db_->statement(
+        "INSERT OR REPLACE INTO handler_runs (topic, subscription, sequence_number, generation,"
+        " handler, attempt, outcome, started, finished, error)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
+    bind_key(s, key);
+    s.bind(5, run.handler).bind(6, std::int64_t{run.attempt});
+    s.bind(7, to_string(run.outcome)).bind(8, to_ms(run.started));
+    if (run.finished) {
+      s.bind(9, to_ms(*run.finished));
+    } else {
+      s.bind_null(9);
+    }
+    s.bind(10, run.error);
+    s.run();
   }
 
   /// Queues `apply`, waits until the transaction holding it has committed, returns its answer.
-  std::size_t write(std::function<std::size_t()> apply) {
+  std::size_t write(std::function<std::size_t()> apply) EXCLUDES(queue_mutex_, db_mutex_) {
     auto pending = std::make_shared<Pending>();
     pending->apply = std::move(apply);
-    std::unique_lock lock(queue_mutex_);
+    MutexLock lock(queue_mutex_);
     queue_.push_back(pending);
     while (!pending->done) {
       if (committing_) {
@@ -381,6 +464,7 @@ class SqliteLedger : public Ledger {
       lock.unlock();
       commit(group);
       lock.lock();
+      for (auto& p : group) p->done = true;
       committing_ = false;
       committed_.notify_all();
     }
@@ -388,57 +472,40 @@ class SqliteLedger : public Ledger {
     return pending->result;
   }
 
-  void commit(std::vector<std::shared_ptr<Pending>>& group) {
-    std::lock_guard db(db_mutex_);
+  void commit(std::vector<std::shared_ptr<Pending>>& group) EXCLUDES(db_mutex_) {
+    MutexLock lock(db_mutex_);
     std::exception_ptr failed;
     try {
-      exec("BEGIN IMMEDIATE");
+      check_file();
+      sqlite::Transaction tx(*db_);
       for (auto& p : group) {
+        sqlite::Savepoint savepoint(*db_, "pending_write");
         try {
           p->result = p->apply();
+          savepoint.release();
         } catch (...) {
-          p->error = std::current_exception();  // That statement alone had no effect.
+          p->error = std::current_exception();  // Rolled back to the savepoint: this one alone.
+          // Some errors (a full disk, I/O) end the whole transaction: then nothing commits.
+          if (!db_->in_transaction()) throw;
         }
       }
-      exec("COMMIT");
+      tx.commit();
     } catch (...) {
       failed = std::current_exception();
-      sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
     }
-    std::lock_guard lock(queue_mutex_);
-    for (auto& p : group) {
-      if (failed) p->error = failed;
-      p->done = true;
+    if (failed) {
+      for (auto& p : group) p->error = failed;
     }
   }
 
-  /// The cached statement for `sql`, prepared on first use. Call with `db_mutex_` held.
-  Statement statement(const std::string& sql) {
-    auto& stmt = statements_[sql];
-    if (stmt == nullptr && sqlite3_prepare_v2(db_, sql.c_str(), -1, &stmt, nullptr) != SQLITE_OK) {
-      std::string why = sqlite3_errmsg(db_);
-      statements_.erase(sql);
-      throw Error("ledger: " + why + " in: " + sql);
-    }
-    return Statement(db_, stmt);
-  }
-
-  void exec(const char* sql) {
-    char* error = nullptr;
-    if (sqlite3_exec(db_, sql, nullptr, nullptr, &error) != SQLITE_OK) {
-      std::string why = error != nullptr ? error : "unknown error";
-      sqlite3_free(error);
-      throw Error(std::string("ledger: ") + why);
-    }
-  }
-
-  sqlite3* db_ = nullptr;
-  std::mutex db_mutex_;  // The connection and the statement cache.
-  std::map<std::string, sqlite3_stmt*> statements_;
-  std::mutex queue_mutex_;
-  std::condition_variable committed_;
-  std::vector<std::shared_ptr<Pending>> queue_;
-  bool committing_ = false;
+  const std::string path_;
+  std::optional<std::pair<dev_t, ino_t>> identity_;  // The file opened; set once.
+  Mutex db_mutex_;                                   // The connection and its statements.
+  std::unique_ptr<sqlite::Database> db_ GUARDED_BY(db_mutex_);
+  Mutex queue_mutex_;
+  CondVar committed_;
+  std::vector<std::shared_ptr<Pending>> queue_ GUARDED_BY(queue_mutex_);
+  bool committing_ GUARDED_BY(queue_mutex_) = false;
 };
 
 }  // namespace

@@ -4,6 +4,8 @@
 #include <metro/error.hpp>
 #include <metro/routing/router.hpp>
 
+#include "../common/json_bounds.hpp"
+
 namespace metro::routing {
 
 struct SubjectMatcher::Compiled {
@@ -124,6 +126,10 @@ SubjectLookup find_subject(SubjectSource source, std::string_view body,
                            const std::optional<std::string>& property) {
   if (source == SubjectSource::kProperty) {
     return from_property(property, "the message has no subject property");
+  }
+  // Bounded before it is parsed (a body from outside may be nested without end).
+  if (auto problem = json_bounds::check(body)) {
+    return {SubjectLookup::Status::kMalformedBody, {}, "the body is not acceptable JSON: " + *problem};
   }
   nlohmann::json json;
   try {

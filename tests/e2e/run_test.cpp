@@ -120,20 +120,25 @@ class RunTest : public ::testing::Test {
                   "UseDevelopmentEmulator=true";
   }
 
-  void start_metro() {
-    auto config = dir_ / "metro.toml";
-    std::ofstream(config) << "[metro]\nworkers = 4\nledger = \"sqlite://"
-                          << (dir_ / "ledger.db").string()
-                          << "\"\nshutdown_grace = \"10s\"\n"
-                             "[[subscriptions]]\ntopic_name = \"orders\"\n"
-                             "subscription_name = \"billing\"\nconnection_string = \""
-                          << connection_
-                          << "\"\n[[subscriptions.handlers]]\nsubject = \"s\"\nexec = [\""
-                          << handler_.string()
-                          << "\"]\nbackoff = \"100ms\"\n[admin]\nenabled = false\n";
+  void start_metro(const std::string& exec = {}, const std::string& grace = "10s",
+                   const fs::path& config = {}, const fs::path& cwd = {}) {
+    auto path = config.empty() ? dir_ / "metro.toml" : config;
+    std::ofstream(path) << "[metro]\nworkers = 4\nledger = \"sqlite://"
+                        << (dir_ / "ledger.db").string() << "\"\nshutdown_grace = \"" << grace
+                        << "\"\n"
+                           "[[subscriptions]]\ntopic_name = \"orders\"\n"
+                           "subscription_name = \"billing\"\nconnection_string = \""
+                        << connection_ << "\"\n[[subscriptions.handlers]]\nsubject = \"s\"\nexec = "
+                        << (exec.empty() ? "[\"" + handler_.string() + "\"]" : exec)
+                        << "\nbackoff = \"100ms\"\n[admin]\nenabled = false\n";
+    std::vector<std::string> argv{METRO_BIN, "run", "--config", path.string()};
+    if (!cwd.empty()) {
+      // Started from another folder: relative commands are still found beside the config.
+      argv = {"/bin/sh", "-c", "cd '" + cwd.string() + "' && exec " + METRO_BIN +
+                                   " run --config '" + path.string() + "'"};
+    }
     auto log = dir_ / ("metro-" + std::to_string(++metro_starts_) + ".log");
-    metro_ = std::make_unique<Process>(
-        std::vector<std::string>{METRO_BIN, "run", "--config", config.string()}, log);
+    metro_ = std::make_unique<Process>(argv, log);
     ASSERT_TRUE(metro_->wait_for("metro running")) << metro_->output();
   }
 
@@ -224,6 +229,44 @@ TEST_F(RunTest, TheEmulatorKilledMidStreamAndRestartedLosesNothing) {
   metro_->signal(SIGINT);
   EXPECT_EQ(metro_->wait(), 0) << metro_->output();
   expect_ledger_all_completed(kMessages);
+}
+
+TEST_F(RunTest, SigtermWithAHandlerPastTheGraceInterruptsItAndExitsCleanly) {
+  // A handler that outlives shutdown_grace is interrupted (its process group killed), every
+  // thread is joined and metro exits 0; its message stays deferred and runs at the next start.
+  start_emulator(0);
+  auto stuck = dir_ / "stuck.sh";
+  std::ofstream(stuck) << "#!/bin/sh\ntouch " << (dir_ / "started").string()
+                       << "\nif [ -e " << (dir_ / "unstuck").string()
+                       << " ]; then cat > /dev/null; exit 0; fi\nsleep 600\n";
+  fs::permissions(stuck, fs::perms::owner_all);
+  start_metro("[\"" + stuck.string() + "\"]", "1s");
+  publish(1);
+  ASSERT_TRUE(wait_until([&] { return fs::exists(dir_ / "started"); }));
+  auto before = std::chrono::steady_clock::now();
+  metro_->signal(SIGTERM);
+  EXPECT_EQ(metro_->wait(), 0) << metro_->output();
+  EXPECT_LT(std::chrono::steady_clock::now() - before, 60s);
+  EXPECT_NE(metro_->output().find("stopped"), std::string::npos) << metro_->output();
+  std::ofstream(dir_ / "unstuck") << "";
+  start_metro("[\"" + stuck.string() + "\"]", "1s");
+  ASSERT_TRUE(wait_until([&] { return left() == 0; }, 60s)) << metro_->output();
+  metro_->signal(SIGTERM);
+  EXPECT_EQ(metro_->wait(), 0) << metro_->output();
+  expect_ledger_all_completed(1);
+}
+
+TEST_F(RunTest, ARelativeExecPathIsFoundBesideTheConfigFile) {
+  start_emulator(0);
+  fs::create_directories(dir_ / "conf" / "handlers");
+  fs::create_directories(dir_ / "elsewhere");
+  fs::copy_file(handler_, dir_ / "conf" / "handlers" / "handler.sh");
+  start_metro("[\"handlers/handler.sh\"]", "10s", dir_ / "conf" / "metro.toml",
+              dir_ / "elsewhere");
+  publish(3);
+  ASSERT_TRUE(wait_until([&] { return all_done(3); }, 60s)) << metro_->output();
+  metro_->signal(SIGTERM);
+  EXPECT_EQ(metro_->wait(), 0) << metro_->output();
 }
 
 #ifdef METRO_EXAMPLE_APP

@@ -11,6 +11,7 @@
 
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 
 #include <metro/config/config.hpp>
@@ -528,6 +529,335 @@ TEST_F(ServiceTest, UnknownFunctionHandlersAreAClearError) {
   } catch (const metro::InvalidArgument& e) {
     EXPECT_NE(std::string(e.what()).find("'my_func'"), std::string::npos) << e.what();
   }
+}
+
+/// A body nested `depth` levels deep, with a subject.
+std::string deep_body(std::size_t depth) {
+  std::string body = R"({"subject":"s","x":)";
+  body.append(depth, '[');
+  body += "1";
+  body.append(depth, ']');
+  return body + "}";
+}
+
+TEST_F(ServiceTest, ADeeplyNestedBodyIsDeadLetteredAsMalformedNeverParsed) {
+  std::atomic<int> runs{0};
+  ServiceOptions options;
+  options.functions = {{"f", [&](const Task&) { ++runs; }}};
+  start(config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"f\"\n"),
+        std::move(options));
+  publish(deep_body(100000));
+  publish(deep_body(129));
+  publish(deep_body(100));  // Within the bound: handled.
+  ASSERT_TRUE(wait_until([&] { return counts().dead_lettered == 2 && runs == 1; }));
+  metro::sb::Client client(bus_->connection_string());
+  auto dlq = client.create_receiver(std::string(kEntity) + "/$DeadLetterQueue");
+  for (auto& m : dlq.receive(2, 5s)) {
+    EXPECT_EQ(m.dead_letter_reason, "MalformedBody");
+    EXPECT_NE(m.dead_letter_description->find("nested more than 128 levels"), std::string::npos)
+        << *m.dead_letter_description;
+  }
+  EXPECT_EQ(service_->counters().dead_lettered_by_reason.at("MalformedBody"), 2u);
+}
+
+TEST_F(ServiceTest, APoisonRowLeftByAnEarlierRunCannotStopTheNextStart) {
+  // An earlier metro deferred a body nested 100,000 deep and died running it (the row says
+  // `running`). Resuming it must be as safe as receiving it: dead-lettered, not run.
+  publish(deep_body(100000));
+  publish(R"({"subject": "s"})");
+  {
+    metro::sb::Client client(bus_->connection_string());
+    auto receiver = client.create_receiver(kEntity);
+    std::vector<metro::sb::ReceivedMessage> got;
+    while (got.size() < 2) {
+      auto more = receiver.receive(2 - got.size(), 5s);
+      ASSERT_FALSE(more.empty());
+      got.insert(got.end(), more.begin(), more.end());
+    }
+    for (auto& m : got) receiver.defer(m);
+  }
+  auto c = config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"f\"\n");
+  {
+    auto ledger = metro::ledger::open_ledger(c.metro.ledger);
+    for (std::int64_t seq : {1, 2}) {
+      metro::ledger::DeferredMessage row;
+      row.key = {"orders", "billing", seq};
+      row.subject = "s";
+      row.body = seq == 1 ? deep_body(100000) : R"({"subject": "s"})";
+      row.state = State::kRunning;
+      ledger->record(row);
+    }
+  }
+  std::atomic<int> runs{0};
+  ServiceOptions options;
+  options.functions = {{"f", [&](const Task&) { ++runs; }}};
+  start(c, std::move(options));
+  ASSERT_TRUE(wait_until([&] {
+    return state_of(1) == State::kDeadLettered && state_of(2) == State::kCompleted;
+  }));
+  EXPECT_EQ(runs, 1);
+  EXPECT_EQ(counts().dead_lettered, 1u);
+}
+
+TEST_F(ServiceTest, NamesAreComparedAsServiceBusComparesThem) {
+  ServiceOptions options;
+  std::atomic<int> runs{0};
+  options.functions = {{"f", [&](const Task&) {
+                          if (++runs <= 2) throw std::runtime_error("down");
+                        }}};
+  start(config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"f\"\nmax_attempts = 1\n"),
+        std::move(options));
+  publish(R"({"subject": "s"})", 2);
+  ASSERT_TRUE(wait_until([&] { return state_of(1) == State::kFailed && state_of(2) == State::kFailed; }));
+  service_->retry({"ORDERS", "Billing", 1});
+  ASSERT_TRUE(wait_until([&] { return state_of(1) == State::kCompleted; }));
+  EXPECT_EQ(service_->complete({"Orders", "BILLING", 2}, 30s), metro::dispatch::Settlement::kDone);
+  EXPECT_EQ(state_of(2), State::kCompleted);
+  EXPECT_EQ(service_->ledger().counts("orders", "billing")[State::kCompleted], 2u);
+  EXPECT_THROW(metro::complete_deferred_message(2, "ORDERS", "billing-x"),
+               metro::UnknownMessageError);
+  metro::complete_deferred_message(2, "ORDERS", "BILLING");  // Harmless twice, any case.
+}
+
+TEST_F(ServiceTest, EveryDeadLetterIsCountedByItsReason) {
+  ServiceOptions options;
+  options.functions = {{"bad", [](const Task&) { throw std::runtime_error("no"); }},
+                       {"park", [](const Task&) { throw std::runtime_error("later"); }}};
+  start(config(R"(
+[[subscriptions.handlers]]
+subject = "bad"
+handler = "bad"
+max_attempts = 1
+on_failure = "dead-letter"
+[[subscriptions.handlers]]
+subject = "park"
+handler = "park"
+max_attempts = 1
+)",
+               "on_no_match = \"dead-letter\""),
+        std::move(options));
+  publish(R"({"subject": "bad"})");    // #1 HandlerFailed
+  publish(R"({"subject": "park"})");   // #2 parked, then dead-lettered by an operator
+  publish(R"({"subject": "nobody"})"); // #3 NoHandler
+  publish("not json");                 // #4 MalformedBody
+  ASSERT_TRUE(wait_until([&] { return state_of(2) == State::kFailed; }));
+  EXPECT_EQ(service_->dead_letter({"orders", "billing", 2}, "Fraud", "by hand", 30s),
+            metro::dispatch::Settlement::kDone);
+  ASSERT_TRUE(wait_until([&] { return counts().dead_lettered == 4; }));
+  ASSERT_TRUE(wait_until([&] { return service_->counters().dead_lettered == 4; }));
+  auto by = service_->counters().dead_lettered_by_reason;
+  EXPECT_EQ(by["HandlerFailed"], 1u);
+  EXPECT_EQ(by["NoHandler"], 1u);
+  EXPECT_EQ(by["MalformedBody"], 1u);
+  EXPECT_EQ(by["operator"], 1u);
+}
+
+TEST_F(ServiceTest, ACompletionWithADeadlineAnswersUnderWayInsteadOfHanging) {
+  bus_.reset();
+  start_emulator(0, true);
+  auto port = bus_->port();
+  ServiceOptions options;
+  options.functions = {{"f", [](const Task&) {}}};
+  options.client.reconnect_max_backoff = 200ms;
+  options.client.operation_timeout = 2s;
+  start(config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"f\"\n"
+               "completion = \"explicit\"\n"),
+        std::move(options));
+  publish(R"({"subject": "s"})");
+  ASSERT_TRUE(wait_until([&] { return state_of(1) == State::kDeferred; }));
+  bus_->stop();
+  bus_.reset();
+  // Service Bus cannot be reached: the settlement goes on being tried, the caller does not wait.
+  EXPECT_EQ(service_->complete({"orders", "billing", 1}, 500ms),
+            metro::dispatch::Settlement::kUnderWay);
+  start_emulator(port, true);
+  ASSERT_TRUE(wait_until([&] { return state_of(1) == State::kCompleted; }, 60s));
+  EXPECT_EQ(counts().total(), 0u);
+}
+
+TEST_F(ServiceTest, AMessageCompletedByRequestIsNotRetriedOrRevived) {
+  // The handler completes the message, then fails: a retry would run it again and the ledger
+  // would move it out of `completed`; the reaper would then take it up once more.
+  reaper_interval_ = 50ms;
+  std::atomic<int> runs{0};
+  ServiceOptions options;
+  options.functions = {{"f", [&](const Task& t) {
+                          ++runs;
+                          metro::complete_deferred_message(t.sequence_number, t.topic_name,
+                                                           t.subscription_name);
+                          throw std::runtime_error("failed after completing");
+                        }}};
+  start(config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"f\"\n"
+               "completion = \"explicit\"\nbackoff = \"10ms\"\n",
+               "deferred_deadline = \"1s\""),
+        std::move(options));
+  publish(R"({"subject": "s"})");
+  ASSERT_TRUE(wait_until([&] { return state_of(1) == State::kCompleted; }));
+  std::this_thread::sleep_for(1500ms);  // Past the deadline: the reaper has looked.
+  EXPECT_EQ(state_of(1), State::kCompleted);
+  EXPECT_EQ(runs, 1);
+}
+
+TEST_F(ServiceTest, SequenceNumbersThatStartAgainKeepEachMessageApart) {
+  auto port = bus_->port();
+  std::mutex mutex;
+  std::vector<std::string> subjects;
+  ServiceOptions options;
+  options.functions = {{"f", [&](const Task& t) {
+                          std::lock_guard lock(mutex);
+                          subjects.push_back(t.subject);
+                        }}};
+  options.client.reconnect_max_backoff = 200ms;
+  options.client.operation_timeout = 5s;
+  start(config("[[subscriptions.handlers]]\nsubject = \"s/**\"\nglob = true\nhandler = \"f\"\n"),
+        std::move(options));
+  publish(R"({"subject": "s/first"})");
+  ASSERT_TRUE(wait_until([&] { return all_completed(1); }));
+  // An emulator without durable state restarts: its sequence numbers start at 1 again.
+  bus_->stop();
+  bus_.reset();
+  start_emulator(port, false);
+  publish(R"({"subject": "s/second"})");
+  ASSERT_TRUE(wait_until([&] {
+    auto row = service_->ledger().find({"orders", "billing", 1});
+    return row && row->state == State::kCompleted && row->subject == "s/second";
+  }, 60s));
+  auto earlier = service_->ledger().find({"orders", "billing", 1, 1});
+  ASSERT_TRUE(earlier);
+  EXPECT_EQ(earlier->subject, "s/first");
+  EXPECT_EQ(earlier->state, State::kCompleted);
+  EXPECT_EQ(service_->ledger().runs(earlier->key).size(), 1u);
+  EXPECT_EQ(service_->ledger().runs({"orders", "billing", 1}).size(), 1u);
+  std::lock_guard lock(mutex);
+  EXPECT_EQ(subjects, (std::vector<std::string>{"s/first", "s/second"}));
+}
+
+TEST_F(ServiceTest, ReadinessFollowsTheConnectionAndReconnectsAreCounted) {
+  bus_.reset();
+  start_emulator(0, true);
+  auto port = bus_->port();
+  ServiceOptions options;
+  options.client.reconnect_max_backoff = 200ms;
+  start(config("[[subscriptions.handlers]]\nsubject = \"s\"\nexec = [\"true\"]\n"),
+        std::move(options));
+  ASSERT_TRUE(wait_until([&] { return service_->readiness().ready; }));
+  EXPECT_EQ(service_->subscriptions().at(0).reconnects, 0u);
+  bus_->stop();
+  bus_.reset();
+  ASSERT_TRUE(wait_until([&] { return !service_->readiness().ready; }));
+  auto r = service_->readiness();
+  ASSERT_EQ(r.problems.size(), 1u);
+  EXPECT_NE(r.problems[0].find("orders/billing is not connected"), std::string::npos)
+      << r.problems[0];
+  start_emulator(port, true);
+  ASSERT_TRUE(wait_until([&] { return service_->readiness().ready; }, 30s));
+  EXPECT_EQ(service_->subscriptions().at(0).reconnects, 1u);
+}
+
+TEST_F(ServiceTest, StartUpResumesOnlyAsManyMessagesAsThereIsRoomFor) {
+  // 40 deferred messages an earlier run left `deferred`; one worker: at most 4 in hand at once.
+  constexpr int kLeft = 40;
+  publish(R"({"subject": "s"})", kLeft);
+  {
+    metro::sb::Client client(bus_->connection_string());
+    auto receiver = client.create_receiver(kEntity);
+    int deferred = 0;
+    while (deferred < kLeft) {
+      auto more = receiver.receive(static_cast<std::size_t>(kLeft - deferred), 5s);
+      ASSERT_FALSE(more.empty());
+      for (auto& m : more) receiver.defer(m);
+      deferred += static_cast<int>(more.size());
+    }
+  }
+  auto c = config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"f\"\n");
+  c.metro.workers = 1;
+  {
+    auto ledger = metro::ledger::open_ledger(c.metro.ledger);
+    for (std::int64_t seq = 1; seq <= kLeft; ++seq) {
+      metro::ledger::DeferredMessage row;
+      row.key = {"orders", "billing", seq};
+      row.subject = "s";
+      row.body = R"({"subject": "s"})";
+      row.state = State::kDeferred;
+      ledger->record(row);
+    }
+  }
+  std::atomic<std::size_t> most{0};
+  std::atomic<int> runs{0};
+  ServiceOptions options;
+  options.functions = {{"f", [&](const Task&) {
+                          auto now = service_ ? service_->in_flight() : 0;
+                          if (now > most) most = now;
+                          ++runs;
+                          std::this_thread::sleep_for(5ms);
+                        }}};
+  start(c, std::move(options));
+  ASSERT_TRUE(wait_until([&] { return all_completed(kLeft); }, 60s));
+  EXPECT_EQ(runs, kLeft);
+  EXPECT_LE(most.load(), 4u);
+}
+
+TEST_F(ServiceTest, DestroyingAServiceWhileAHandlerRunsWaitsForIt) {
+  // The service is destroyed (no stop) while a function runs; the run ends after the
+  // destructor began and must find everything it touches still there (ASan reports otherwise).
+  std::atomic<bool> running{false};
+  std::atomic<bool> returned{false};
+  ServiceOptions options;
+  options.functions = {{"slow", [&](const Task&) {
+                          running = true;
+                          std::this_thread::sleep_for(300ms);
+                          returned = true;
+                        }}};
+  start(config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"slow\"\n"),
+        std::move(options));
+  publish(R"({"subject": "s"})");
+  ASSERT_TRUE(wait_until([&] { return running.load(); }));
+  service_.reset();
+  EXPECT_TRUE(returned);  // Joined, not abandoned.
+}
+
+TEST_F(ServiceTest, StopInterruptsExecHandlersPastTheGrace) {
+  auto c = config("[[subscriptions.handlers]]\nsubject = \"s\"\nexec = [\"/bin/sh\", \"-c\", "
+                  "\"touch " + (dir_ / "started").string() + "; sleep 60\"]\n");
+  start(c);
+  publish(R"({"subject": "s"})");
+  ASSERT_TRUE(wait_until([&] { return std::filesystem::exists(dir_ / "started"); }));
+  auto before = std::chrono::steady_clock::now();
+  EXPECT_FALSE(service_->stop(200ms));
+  EXPECT_LT(std::chrono::steady_clock::now() - before, 30s);
+  // The run was interrupted: the message stays deferred for the next start.
+  EXPECT_EQ(counts().deferred, 1u);
+  EXPECT_EQ(state_of(1), State::kRetrying);
+}
+
+TEST_F(ServiceTest, LinesAboutAMessageCarryItsCorrelationId) {
+  auto stream = std::make_shared<std::ostringstream>();
+  auto previous = spdlog::default_logger();
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>(
+      "test", std::make_shared<spdlog::sinks::ostream_sink_mt>(*stream)));
+  std::atomic<bool> broken{true};
+  ServiceOptions options;
+  options.functions = {{"f", [&](const Task&) {
+                          if (broken) throw std::runtime_error("down");
+                        }}};
+  start(config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"f\"\nmax_attempts = 1\n"),
+        std::move(options));
+  metro::sb::Client client(bus_->connection_string());
+  metro::sb::Message m;
+  m.body = R"({"subject": "s"})";
+  m.correlation_id = "order-9";
+  client.create_sender("orders").send(m);
+  ASSERT_TRUE(wait_until([&] { return state_of(1) == State::kFailed; }));
+  broken = false;
+  service_->retry({"orders", "billing", 1});
+  ASSERT_TRUE(wait_until([&] { return all_completed(1); }));
+  service_.reset();
+  spdlog::set_default_logger(previous);
+  auto log = stream->str();
+  EXPECT_NE(log.find("orders/billing#1 [order-9]: parked as failed"), std::string::npos) << log;
+  EXPECT_NE(log.find("orders/billing#1 [order-9]: retried by request"), std::string::npos) << log;
+  EXPECT_NE(log.find("orders/billing#1 [order-9]: f attempt 1 failed: down"), std::string::npos)
+      << log;
 }
 
 }  // namespace

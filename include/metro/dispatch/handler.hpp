@@ -26,8 +26,8 @@ struct Task {
   std::string body;  ///< The message body as received (JSON text when it is JSON).
 };
 
-/// `{"message": <body as JSON, or a string when it is not JSON>, "topic_name": …,
-/// "subscription_name": …, "sequence_number": …, "subject": …, "message_id": …,
+/// `{"message": <body as JSON, or a string when it is not JSON or exceeds the JSON bounds>,
+/// "topic_name": …, "subscription_name": …, "sequence_number": …, "subject": …, "message_id": …,
 /// "correlation_id": …, "attempt": …, "handler": …}`
 std::string to_json(const Task& task);
 
@@ -48,11 +48,17 @@ class Handler {
   virtual ~Handler() = default;
   /// Runs the handler once for `task`, giving up after `timeout`.
   virtual Result run(const Task& task, std::chrono::milliseconds timeout) = 0;
+  /// Asks every run under way to end now (a stop's grace period is over): an exec handler kills
+  /// its processes' groups, an http handler cuts its requests. Such a run returns a retry.
+  /// The default does nothing (a C++ function cannot be interrupted).
+  virtual void interrupt() {}
 };
 
-/// Runs `command` (argv) with the task JSON on stdin. Exit 0: success; 75 (EX_TEMPFAIL): retry;
-/// anything else: failure with the exit status and the end of stderr. A run that outlives its
-/// timeout is killed (its whole process group) and counts as a retry.
+/// Runs `command` (argv) with the task JSON on stdin. The exit status decides: 0 success, 75
+/// (EX_TEMPFAIL) retry, anything else failure with the status and the end of stderr; pipes a
+/// background child keeps open do not delay it. The task is written as the child reads it (a
+/// child that never reads does not block the worker). A run that outlives its timeout is killed
+/// (its whole process group) and counts as a retry.
 std::unique_ptr<Handler> make_exec_handler(std::vector<std::string> command);
 
 /// POSTs the task JSON to `url` (http:// or https://) with an `X-Correlation-Id` header.

@@ -87,6 +87,8 @@ struct SubscriptionStatus {
   sb::ConnectionState state = sb::ConnectionState::kConnecting;
   std::string state_reason;
   std::chrono::system_clock::time_point last_message{};
+  /// Times the connection came back after it was lost (since start).
+  std::uint64_t reconnects = 0;
 };
 
 /// How long one handler's runs took: a histogram with fixed buckets.
@@ -108,11 +110,28 @@ struct Counters {
   std::uint64_t routed = 0;  ///< Handler tasks created (a message routed to 2 handlers: 2).
   std::uint64_t deferred = 0;
   std::uint64_t completed = 0;
-  std::uint64_t dead_lettered = 0;
+  std::uint64_t dead_lettered = 0;  ///< All dead-letters: the sum of `dead_lettered_by_reason`.
+  /// Dead-letters by why: "NoHandler", "MalformedBody", "HandlerFailed" (metro's own reasons)
+  /// and "operator" (by request, whatever reason the operator gave). Every key is present.
+  std::map<std::string, std::uint64_t> dead_lettered_by_reason;
   std::uint64_t failed = 0;  ///< Messages parked as failed.
   std::uint64_t retries = 0;
   std::uint64_t no_match = 0;
   std::uint64_t malformed = 0;
+};
+
+/// Whether the service can take messages now, and if not why (for `/readyz`).
+struct Readiness {
+  bool ready = false;
+  /// What stands in the way, one sentence each: the ledger cannot be written (and why), a
+  /// subscription is not connected (and why).
+  std::vector<std::string> problems;
+};
+
+/// How far a settlement requested with a deadline got.
+enum class Settlement {
+  kDone,      ///< Service Bus confirmed it (or it had been settled before).
+  kUnderWay,  ///< Accepted and still being tried when the wait ended (the API answers 202).
 };
 
 class Service {
@@ -128,18 +147,34 @@ class Service {
   /// the listeners, the workers and the reaper.
   void start();
   /// Stops receiving, lets running handlers finish within `grace`, leaves the rest deferred for
-  /// the next start, settles what is pending and closes. True when every handler finished.
+  /// the next start, settles what is pending and closes. Handler runs still going after `grace`
+  /// are interrupted (exec: the process group is killed; http: the request is cut) and waited
+  /// for; a C++ function cannot be interrupted and is waited for until it returns. Every thread
+  /// the service started has ended when `stop` returns. True when every handler finished within
+  /// `grace`. Idempotent; the destructor calls `stop(0)`.
   bool stop(std::chrono::milliseconds grace);
 
-  /// Completes a deferred message (batched); see `metro::complete_deferred_message`.
+  /// Completes a deferred message (batched); see `metro::complete_deferred_message`. The key's
+  /// topic and subscription may be spelt in any case. The future is ready when Service Bus
+  /// confirmed; a settlement that fails for a passing reason is tried again for about two
+  /// minutes before the future fails.
   std::future<void> complete(const ledger::MessageKey& key);
+  /// The same, waiting at most `wait`: `kDone` when confirmed, `kUnderWay` when it is still being
+  /// tried. Throws `UnknownMessageError` (not a subscription this metro consumes),
+  /// `ConflictError` (a superseded record, shutting down), or the settlement's error when it
+  /// failed within `wait`.
+  Settlement complete(const ledger::MessageKey& key, std::chrono::milliseconds wait);
   /// Runs again the handlers of a message that have not succeeded (a `failed`, stale `deferred`
   /// or `orphaned` one), with a fresh set of attempts. Throws `UnknownMessageError`,
   /// `ConflictError` (completed, dead-lettered, or being handled now).
   void retry(const ledger::MessageKey& key);
-  /// Moves a deferred message to the dead-letter queue. Throws like `retry`.
+  /// Moves a deferred message to the dead-letter queue; blocks until Service Bus confirmed (or
+  /// the settlement's retries, about two minutes, are used up). Throws like `retry`.
   void dead_letter(const ledger::MessageKey& key, const std::string& reason,
                    const std::string& description);
+  /// The same, waiting at most `wait` (see `complete(key, wait)`).
+  Settlement dead_letter(const ledger::MessageKey& key, const std::string& reason,
+                         const std::string& description, std::chrono::milliseconds wait);
 
   /// Sends a message to a topic, with the connection of a subscription on it. Throws
   /// `UnknownMessageError` when no subscription of the config is on that topic.
@@ -148,15 +183,17 @@ class Service {
   ledger::Ledger& ledger();
   const config::Config& config() const;
   std::vector<SubscriptionStatus> subscriptions() const;
+  /// Ready when the ledger can be written and every subscription is connected. Probes the
+  /// ledger with a small write when no write succeeded in the last seconds.
+  Readiness readiness() const;
   Counters counters() const;
   std::vector<HandlerStats> handler_stats() const;
   /// Messages this process is working on (deferred and not yet settled, parked or waiting for an
   /// explicit completion).
   std::size_t in_flight() const;
 
-  struct Impl;
-
  private:
+  struct Impl;
   std::shared_ptr<Impl> impl_;
 };
 

@@ -37,12 +37,18 @@ enum class State {
 std::string_view to_string(State state);
 std::optional<State> state_from_string(std::string_view text);
 
-/// A deferred message is known by its topic, subscription and sequence number.
+/// A deferred message is known by its topic, subscription and sequence number. A subscription's
+/// sequence numbers can start again (the entity was deleted and created again, an emulator
+/// without durable state restarted): the ledger then keeps the earlier message's record apart,
+/// as an earlier *generation* of that sequence number.
 struct MessageKey {
   std::string topic;
   std::string subscription;
   std::int64_t sequence_number = 0;
-  /// Ordered by topic, subscription, sequence number (as the ledger pages them).
+  /// 0: the current record of this sequence number (the message Service Bus holds, or held
+  /// last). 1, 2, …: earlier messages that had the same number, oldest first (superseded).
+  std::int64_t generation = 0;
+  /// Ordered by topic, subscription, sequence number, generation (as the ledger pages them).
   friend auto operator<=>(const MessageKey&, const MessageKey&) = default;
 };
 
@@ -53,6 +59,9 @@ struct DeferredMessage {
   std::string correlation_id;
   std::string body;  ///< Up to the configured limit.
   bool body_truncated = false;
+  /// When Service Bus enqueued it (the epoch when unknown). With `message_id` it tells a new
+  /// message with a known sequence number from the one the ledger recorded.
+  Clock::time_point enqueued_time{};
   State state = State::kDeferring;
   Clock::time_point created;
   Clock::time_point updated;
@@ -82,6 +91,8 @@ struct Query {
   std::optional<std::string> subject_glob;
   std::optional<Clock::time_point> created_before;
   std::optional<Clock::time_point> updated_before;
+  /// Only current records (generation 0), leaving out superseded ones.
+  bool current_only = false;
   std::size_t limit = 50;
   std::optional<std::string> after;
 };
@@ -94,11 +105,16 @@ struct Page {
 class Ledger {
  public:
   virtual ~Ledger() = default;
-  /// Records the intent to defer (state `deferring`), before the message is deferred.
+  /// Records the intent to defer (state `deferring`), before the message is deferred. A message
+  /// already recorded (the same message id and enqueued time, where both are known) is moved to
+  /// the given state; a *different* message with a known sequence number supersedes the record
+  /// there: the earlier record and its runs are kept as generation 1, 2, … and the new message
+  /// gets generation 0.
   void record(const DeferredMessage& message) { record_all({message}); }
   virtual void record_all(const std::vector<DeferredMessage>& messages) = 0;
   /// Moves a message to `state` (and sets its last error unless `error` is empty); false when the
-  /// ledger does not know it.
+  /// ledger does not know it, or when it is `completed` or `dead-lettered` already (final states
+  /// are never left).
   bool set_state(const MessageKey& key, State state, const std::string& error = {}) {
     return set_state_all({key}, state, error) == 1;
   }
@@ -114,18 +130,21 @@ class Ledger {
   virtual std::optional<DeferredMessage> find(const MessageKey& key) = 0;
   virtual std::vector<HandlerRun> runs(const MessageKey& key) = 0;
   virtual Page list(const Query& query) = 0;
-  /// Messages per state, for one subscription or (both empty) for all.
+  /// Current messages (generation 0) per state, for one subscription or (both empty) for all.
   virtual std::map<State, std::size_t> counts(const std::string& topic = {},
                                               const std::string& subscription = {}) = 0;
   /// When the oldest message of a subscription still deferred in Service Bus (any state but
   /// `completed` and `dead-lettered`) was recorded; nullopt when there is none.
   virtual std::optional<Clock::time_point> oldest_deferred(const std::string& topic,
                                                            const std::string& subscription) = 0;
-  /// Deletes `completed` and `dead-lettered` messages (and their runs) last updated before
-  /// `before`; returns how many.
+  /// Deletes `completed` and `dead-lettered` messages, and superseded records, (with their runs)
+  /// last updated before `before`; returns how many.
   virtual std::size_t prune(Clock::time_point before) = 0;
-  /// Whether a write can be made now (takes and releases the write lock).
-  virtual bool writable() = 0;
+  /// Whether a write can be made now: true when `write_problem()` has none.
+  bool writable() { return !write_problem(); }
+  /// Makes a small real write and says why it failed (the file is read-only, the disk is full,
+  /// the file was deleted or replaced …); nullopt when it succeeded.
+  virtual std::optional<std::string> write_problem() = 0;
 };
 
 /// Opens a ledger from its URL: `sqlite://<file>` (created if missing). Throws `metro::Error`

@@ -64,6 +64,44 @@ TEST(ExecHandler, ATimeoutKillsTheWholeGroup) {
   EXPECT_LT(r.duration, 5s);
 }
 
+TEST(ExecHandler, TheExitStatusDecidesNotThePipes) {
+  // A background child keeps stdout and stderr open long after the handler exited 0.
+  auto r = sh("cat > /dev/null; sleep 20 & exit 0", 10s);
+  EXPECT_EQ(r.outcome, Outcome::kSuccess) << r.error;
+  EXPECT_LT(r.duration, 5s);
+  auto failed = sh("cat > /dev/null; echo why >&2; (sleep 20 >&2 &); exit 4", 10s);
+  EXPECT_EQ(failed.outcome, Outcome::kFailure);
+  EXPECT_EQ(failed.error, "exited with 4: why");
+  EXPECT_LT(failed.duration, 5s);
+}
+
+TEST(ExecHandler, AChildThatNeverReadsStdinCannotHoldTheWorker) {
+  // A body far over a pipe's 64 KiB, and a handler that does not read it: bounded by the
+  // timeout (or by its exit), never a blocking write.
+  auto t = task();
+  t.body = R"({"subject": "s", "pad": ")" + std::string(4 * 1024 * 1024, 'x') + "\"}";
+  auto handler = make_exec_handler({"/bin/sh", "-c", "sleep 30"});
+  auto r = handler->run(t, 500ms);
+  EXPECT_EQ(r.outcome, Outcome::kRetry);
+  EXPECT_LT(r.duration, 5s);
+  auto quick = make_exec_handler({"/bin/sh", "-c", "exit 0"})->run(t, 10s);
+  EXPECT_EQ(quick.outcome, Outcome::kSuccess) << quick.error;  // It closed stdin: no SIGPIPE.
+  auto reads = make_exec_handler({"/bin/sh", "-c", "wc -c >&2; exit 3"})->run(t, 10s);
+  EXPECT_EQ(reads.error, "exited with 3: " + std::to_string(to_json(t).size()));
+}
+
+TEST(ExecHandler, InterruptEndsTheRunsUnderWay) {
+  auto handler = make_exec_handler({"/bin/sh", "-c", "sleep 30 & sleep 30"});
+  Result r;
+  std::thread run([&] { r = handler->run(task(), 60s); });
+  std::this_thread::sleep_for(300ms);
+  handler->interrupt();
+  run.join();
+  EXPECT_EQ(r.outcome, Outcome::kRetry);
+  EXPECT_EQ(r.error, "interrupted: metro was stopping");
+  EXPECT_LT(r.duration, 10s);
+}
+
 TEST(ExecHandler, AMissingCommandFails) {
   auto r = make_exec_handler({"/nonexistent/handler"})->run(task(), 1s);
   EXPECT_EQ(r.outcome, Outcome::kFailure);
@@ -118,6 +156,18 @@ TEST_F(HttpHandlerTest, StatusDecides) {
   EXPECT_EQ(make_http_handler(url("/slow"))->run(task(), 300ms).outcome, Outcome::kRetry);
   EXPECT_EQ(make_http_handler("http://127.0.0.1:1/x")->run(task(), 1s).outcome, Outcome::kRetry);
   EXPECT_THROW(make_http_handler("ftp://x"), std::exception);
+}
+
+TEST_F(HttpHandlerTest, InterruptCutsTheRequestsUnderWay) {
+  auto handler = make_http_handler(url("/slow"));
+  Result r;
+  std::thread run([&] { r = handler->run(task(), 60s); });
+  std::this_thread::sleep_for(300ms);
+  handler->interrupt();
+  run.join();
+  EXPECT_EQ(r.outcome, Outcome::kRetry);
+  EXPECT_LT(r.duration, 2s);
+  EXPECT_EQ(handler->run(task(), 60s).error, "interrupted: metro was stopping");
 }
 
 }  // namespace

@@ -7,9 +7,10 @@
 
 #include <gtest/gtest.h>
 
-#include <metro/dispatch/retry.hpp>
 #include <metro/dispatch/task_queue.hpp>
-#include <metro/dispatch/worker_pool.hpp>
+
+#include "../../../src/dispatch/retry.hpp"
+#include "../../../src/dispatch/worker_pool.hpp"
 
 namespace metro::dispatch {
 namespace {

@@ -4,13 +4,13 @@
 /// jobs finish within a grace period. Thread-safety: every member may be called from any thread.
 
 #include <chrono>
-#include <condition_variable>
 #include <cstddef>
 #include <deque>
 #include <functional>
-#include <mutex>
 #include <thread>
 #include <vector>
+
+#include "../common/thread_annotations.hpp"
 
 namespace metro::dispatch {
 
@@ -22,26 +22,28 @@ class WorkerPool {
   WorkerPool& operator=(const WorkerPool&) = delete;
 
   /// Queues a job; false once shutdown has begun (the job is not run).
-  bool submit(std::function<void()> job);
+  bool submit(std::function<void()> job) EXCLUDES(mutex_);
   /// Workers not busy with a job right now (what a listener may prefetch for).
-  std::size_t idle() const;
-  std::size_t queued() const;
+  std::size_t idle() const EXCLUDES(mutex_);
+  std::size_t queued() const EXCLUDES(mutex_);
 
   /// Stops taking jobs, drops the queued ones (returned, so the caller can give their messages
-  /// back), waits up to `grace` for the running ones. True when all finished in time.
+  /// back), waits up to `grace` for the running ones. True when all finished in time. May be
+  /// called again to wait longer; the destructor joins every thread.
   bool shutdown(std::chrono::milliseconds grace,
-                std::vector<std::function<void()>>* dropped = nullptr);
+                std::vector<std::function<void()>>* dropped = nullptr) EXCLUDES(mutex_);
 
  private:
-  void work();
+  void work() EXCLUDES(mutex_);
 
-  mutable std::mutex mutex_;
-  std::condition_variable wake_;
-  std::condition_variable finished_;
-  std::deque<std::function<void()>> queue_;
-  std::vector<std::jthread> threads_;
-  std::size_t busy_ = 0;
-  bool stopping_ = false;
+  mutable Mutex mutex_;
+  CondVar wake_;
+  CondVar finished_;
+  std::deque<std::function<void()>> queue_ GUARDED_BY(mutex_);
+  std::size_t busy_ GUARDED_BY(mutex_) = 0;
+  bool stopping_ GUARDED_BY(mutex_) = false;
+  const std::size_t size_;
+  std::vector<std::jthread> threads_;  // Made in the constructor, joined in the destructor.
 };
 
 }  // namespace metro::dispatch

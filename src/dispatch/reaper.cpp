@@ -1,0 +1,69 @@
+#include "reaper.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include "naming.hpp"
+
+namespace metro::dispatch {
+
+namespace {
+constexpr std::chrono::minutes kDeferringAge{1};  // Older `deferring` rows are resolved.
+}
+
+void Reaper::start() {
+  thread_ = std::jthread([this](std::stop_token stop) { loop(stop); });
+}
+
+void Reaper::stop() {
+  if (!thread_.joinable()) return;
+  thread_.request_stop();
+  { MutexLock lock(mutex_); }
+  wake_.notify_all();
+  thread_.join();
+}
+
+void Reaper::loop(const std::stop_token& stop) {
+  auto stopped = [&] { return stop.stop_requested(); };
+  // What the last run left unfinished, then the orphans (both once per start).
+  reconciler_.resume_unfinished(std::nullopt, stopped);
+  for (const auto& route : routes_) {
+    try {
+      reconciler_.adopt_orphans(*route, stopped);
+    } catch (const Error& e) {
+      spdlog::error("{}: orphan scan: {}", route->options.entity_path(), log_value(e.what()));
+    }
+  }
+  auto deadline = options_.deferred_deadline;
+  spdlog::debug("the reaper looks for stale deferrals every {} ms", interval_.count());
+  while (!stopped()) {
+    {
+      MutexLock lock(mutex_);
+      wake_.wait_for(lock, stop, interval_, [] { return false; });
+    }
+    if (stopped()) break;
+    auto now = std::chrono::system_clock::now();
+    for (const auto& route : routes_) {
+      try {
+        reconciler_.resolve_deferring(*route, now - kDeferringAge, stopped);
+      } catch (const Error& e) {
+        spdlog::error("{}: reaper: {}", route->options.entity_path(), log_value(e.what()));
+      }
+    }
+    reconciler_.resume_unfinished(now - deadline, stopped);
+    prune();
+  }
+}
+
+void Reaper::prune() {
+  auto retention = options_.ledger_retention;
+  if (retention.count() <= 0) return;
+  try {
+    if (auto n = ledger_.prune(std::chrono::system_clock::now() - retention); n > 0) {
+      spdlog::info("ledger: deleted {} settled message(s) older than ledger_retention", n);
+    }
+  } catch (const Error& e) {
+    spdlog::error("ledger: pruning: {}", log_value(e.what()));
+  }
+}
+
+}  // namespace metro::dispatch

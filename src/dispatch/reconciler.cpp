@@ -1,0 +1,276 @@
+#include "reconciler.hpp"
+
+#include <set>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+
+#include "../common/json_bounds.hpp"
+#include "intake.hpp"
+#include "naming.hpp"
+
+namespace metro::dispatch {
+
+using ledger::State;
+
+namespace {
+
+constexpr std::size_t kPage = 100;      // Rows read at once.
+constexpr std::size_t kPeekPage = 250;  // Messages per peek while scanning for orphans.
+constexpr int kTransientTries = 5;      // Tries of a ledger read or a peek that failed.
+constexpr std::chrono::seconds kTryAgain{1};
+
+/// Sleeps `d` unless `stop` holds meanwhile (checked every 50 ms); false when stopped.
+bool pause(std::chrono::milliseconds d, const Reconciler::StopFn& stop) {
+  auto until = std::chrono::steady_clock::now() + d;
+  while (std::chrono::steady_clock::now() < until) {
+    if (stop()) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return !stop();
+}
+
+}  // namespace
+
+void Reconciler::for_each_row(Route& route, State state,
+                              std::optional<ledger::Clock::time_point> before, const StopFn& stop,
+                              const std::function<void(const ledger::DeferredMessage&)>& each) {
+  ledger::Query q;
+  q.topic = route.topic();
+  q.subscription = route.subscription();
+  q.state = state;
+  q.updated_before = before;
+  q.current_only = true;
+  q.limit = kPage;
+  int failures = 0;
+  while (!stop()) {
+    ledger::Page page;
+    try {
+      page = ledger_.list(q);
+      failures = 0;
+    } catch (const Error& e) {
+      if (++failures >= kTransientTries) throw;
+      spdlog::warn("{}: reading the ledger failed ({}); trying again", route.options.entity_path(),
+                   log_value(e.what()));
+      if (!pause(kTryAgain * failures, stop)) return;
+      continue;
+    }
+    for (const auto& row : page.items) {
+      if (stop()) return;
+      each(row);
+    }
+    if (!page.next) return;
+    q.after = page.next;
+  }
+}
+
+std::size_t Reconciler::resolve_deferring(Route& route,
+                                          std::optional<ledger::Clock::time_point> before,
+                                          const StopFn& stop) {
+  std::size_t resolved = 0;
+  for_each_row(route, State::kDeferring, before, stop, [&](const ledger::DeferredMessage& r) {
+    auto row = r;
+    std::vector<sb::ReceivedMessage> peeked;
+    for (int tries = 1;; ++tries) {
+      try {
+        peeked = route.receiver->peek(row.key.sequence_number, 1);
+        break;
+      } catch (const Error& e) {
+        if (!e.is_transient() || tries >= kTransientTries || !pause(kTryAgain * tries, stop)) {
+          spdlog::warn("{}: cannot peek to resolve it yet (the reaper tries again): {}",
+                       name_of(row.key, row.correlation_id), log_value(e.what()));
+          return;
+        }
+      }
+    }
+    try {
+      if (peeked.empty() || peeked.front().sequence_number != row.key.sequence_number) {
+        ledger_.set_state(row.key, State::kCompleted,
+                          "was no longer in the subscription when its deferral was resolved");
+      } else if (peeked.front().state != sb::MessageState::kDeferred) {
+        ledger_.forget(row.key);  // Never deferred: it is delivered again and recorded then.
+      } else {
+        ledger_.set_state(row.key, State::kDeferred);
+        row.state = State::kDeferred;
+        resume(route, row, false);
+      }
+      ++resolved;
+    } catch (const Error& e) {
+      health_.failed(e.what());
+      spdlog::error("ledger: cannot resolve {}: {}", name_of(row.key, row.correlation_id),
+                    log_value(e.what()));
+    }
+  });
+  return resolved;
+}
+
+std::size_t Reconciler::resume_unfinished(std::optional<ledger::Clock::time_point> before,
+                                          const StopFn& stop) {
+  std::size_t resumed = 0;
+  for (const auto& route : routes_) {
+    std::size_t here = 0;
+    for (auto state : {State::kDeferred, State::kRunning, State::kRetrying}) {
+      try {
+        for_each_row(*route, state, before, stop, [&](const ledger::DeferredMessage& row) {
+          if (in_flight_.contains(row.key)) {
+            if (before) {
+              spdlog::warn("{}: still being handled after deferred_deadline",
+                           name_of(row.key, row.correlation_id));
+            }
+            return;
+          }
+          // Only as fast as there is room: start-up must not queue every stale row at once.
+          while (!in_flight_.wait_for_room(
+              std::chrono::steady_clock::now() + std::chrono::seconds(1), stop)) {
+            if (stop()) return;
+          }
+          try {
+            if (resume(*route, row, false)) {
+              ++here;
+              if (before) {
+                spdlog::warn(
+                    "{}: stale deferral (past deferred_deadline), handlers dispatched "
+                    "again",
+                    name_of(row.key, row.correlation_id));
+              }
+            }
+          } catch (const Error& e) {
+            spdlog::error("{}: cannot resume it: {}", name_of(row.key, row.correlation_id),
+                          log_value(e.what()));
+          }
+        });
+      } catch (const Error& e) {
+        spdlog::error("{}: resuming unfinished messages stopped: {}", route->options.entity_path(),
+                      log_value(e.what()));
+      }
+    }
+    if (here > 0 && !before) {
+      spdlog::info("{}: resumed {} unfinished message(s)", route->options.entity_path(), here);
+    }
+    resumed += here;
+  }
+  return resumed;
+}
+
+bool Reconciler::resume(Route& route, const ledger::DeferredMessage& row, bool fresh_budget) {
+  if (row.key.generation != 0) return false;  // Superseded: no longer in Service Bus.
+  if (in_flight_.contains(row.key)) return false;
+  Task base;
+  base.topic_name = route.topic();
+  base.subscription_name = route.subscription();
+  base.sequence_number = row.key.sequence_number;
+  base.subject = row.subject;
+  base.message_id = row.message_id;
+  base.correlation_id = row.correlation_id;
+  base.body = row.body;
+  auto key = key_of(base);
+  if (row.body_truncated) {
+    auto peeked = route.receiver->peek(row.key.sequence_number, 1);
+    if (peeked.empty() || peeked.front().sequence_number != row.key.sequence_number) {
+      ledger_.set_state(key, State::kCompleted,
+                        "was no longer in the subscription when metro resumed it");
+      return false;
+    }
+    base.body = peeked.front().body;
+  }
+  // As safe as receiving it: a body past the bounds is malformed, never handed to a handler.
+  if (auto problem = json_bounds::check(base.body, json_bounds::kMaxDepth, kMaxBodyBytes)) {
+    auto why = "the body is not acceptable JSON: " + *problem;
+    spdlog::warn("{}: not resumed: {}", name_of(key, base.correlation_id), why);
+    if (route.options.on_malformed_body == config::MalformedBodyPolicy::kDeadLetter) {
+      (void)settler_.enqueue(route, key, sb::Disposition::kDeadLetter, "MalformedBody", why,
+                             base.correlation_id, DeadLetterCause::kMalformedBody);
+    } else {
+      (void)settler_.enqueue(route, key, sb::Disposition::kComplete, {}, {}, base.correlation_id);
+    }
+    return true;
+  }
+  auto handlers = route.router.route(row.subject);
+  if (handlers.empty()) {
+    ledger_.set_state(key, row.state,
+                      "no handler of the current config matches the subject '" +
+                          clip(row.subject, kLogValueLimit) + "'");
+    return false;
+  }
+  std::map<std::size_t, int> attempts;
+  std::set<std::size_t> succeeded;
+  for (const auto& run : ledger_.runs(key)) {
+    auto i = route.handler_index(run.handler);
+    if (!i) continue;
+    attempts[*i] = std::max(attempts[*i], run.attempt);
+    if (run.outcome == ledger::HandlerRun::Outcome::kSucceeded) succeeded.insert(*i);
+  }
+  std::vector<std::size_t> to_run;
+  for (auto i : handlers) {
+    if (succeeded.count(i) == 0) to_run.push_back(i);
+  }
+  if (to_run.empty()) {
+    if (!route.explicit_completion(handlers)) {
+      (void)settler_.enqueue(route, key, sb::Disposition::kComplete, {}, {}, base.correlation_id);
+      return true;
+    }
+    if (!fresh_budget) {
+      spdlog::warn("{}: its handlers succeeded but did not complete it; complete or retry it",
+                   name_of(key, base.correlation_id));
+      ledger_.set_state(key, State::kDeferred,
+                        "the handlers succeeded but did not complete the message");
+      return false;
+    }
+    to_run = handlers;  // An explicit retry runs them all again.
+  }
+  return runner_.dispatch(route, base, to_run, attempts, fresh_budget);
+}
+
+void Reconciler::adopt_orphans(Route& route, const StopFn& stop) {
+  std::size_t adopted = 0;
+  std::int64_t from = 1;
+  while (!stop()) {
+    std::vector<sb::ReceivedMessage> page;
+    try {
+      page = route.receiver->peek(from, kPeekPage);
+    } catch (const Error& e) {
+      spdlog::warn("{}: the orphan scan stopped: {}", route.options.entity_path(),
+                   log_value(e.what()));
+      return;
+    }
+    if (page.empty()) break;
+    std::vector<ledger::DeferredMessage> orphans;
+    auto now = std::chrono::system_clock::now();
+    for (auto& m : page) {
+      from = std::max(from, m.sequence_number + 1);
+      if (m.state != sb::MessageState::kDeferred) continue;
+      ledger::MessageKey key{route.topic(), route.subscription(), m.sequence_number};
+      auto known = ledger_.find(key);
+      // Known, and the same message (a new one with a reused number is recorded apart).
+      if (known &&
+          (known->message_id.empty() || !m.message_id || known->message_id == *m.message_id)) {
+        continue;
+      }
+      m.locked_until.reset();  // Peeked: no lock to lapse.
+      auto c = classify(m, route.options, route.router, now);
+      auto base = c.base;
+      if (c.kind == Classification::Kind::kWork) {
+        base = c.base;
+      } else {
+        base.body = m.body;
+        auto lookup = routing::find_subject(route.options.subject_source, m.body, m.subject);
+        base.subject = lookup.subject;
+      }
+      auto row = row_of(base, m.enqueued_time, State::kOrphaned, body_limit_);
+      row.last_error = "found deferred in the subscription with no ledger record";
+      orphans.push_back(std::move(row));
+    }
+    if (!orphans.empty()) {
+      ledger_.record_all(orphans);
+      adopted += orphans.size();
+    }
+  }
+  if (adopted > 0) {
+    spdlog::warn(
+        "{}: adopted {} deferred message(s) no ledger row knew, as orphaned; list them "
+        "and retry or complete them",
+        route.options.entity_path(), adopted);
+  }
+}
+
+}  // namespace metro::dispatch

@@ -1,0 +1,62 @@
+#include "sqlite_migrations.hpp"
+
+namespace metro::ledger {
+
+const std::vector<sqlite::Migration>& sqlite_migrations() {
+  static const std::vector<sqlite::Migration> kMigrations = {
+      // 1: the schema the first ledgers were written with (before versions were recorded; IF NOT
+      // EXISTS makes it a no-op on such a file).
+      {1, "deferred messages and handler runs",
+       "CREATE TABLE IF NOT EXISTS deferred_messages ("
+       " topic TEXT NOT NULL, subscription TEXT NOT NULL, sequence_number INTEGER NOT NULL,"
+       " subject TEXT NOT NULL, message_id TEXT NOT NULL, correlation_id TEXT NOT NULL,"
+       " body BLOB NOT NULL, body_truncated INTEGER NOT NULL, state TEXT NOT NULL,"
+       " created INTEGER NOT NULL, updated INTEGER NOT NULL, last_error TEXT NOT NULL,"
+       " PRIMARY KEY (topic, subscription, sequence_number));"
+       "CREATE INDEX IF NOT EXISTS deferred_messages_state ON deferred_messages (state, updated);"
+       "CREATE INDEX IF NOT EXISTS deferred_messages_age ON deferred_messages"
+       " (topic, subscription, state, created);"
+       "CREATE TABLE IF NOT EXISTS handler_runs ("
+       " topic TEXT NOT NULL, subscription TEXT NOT NULL, sequence_number INTEGER NOT NULL,"
+       " handler TEXT NOT NULL, attempt INTEGER NOT NULL, outcome TEXT NOT NULL,"
+       " started INTEGER NOT NULL, finished INTEGER, error TEXT NOT NULL,"
+       " PRIMARY KEY (topic, subscription, sequence_number, handler, attempt));"},
+      // 2: sequence numbers that start again keep earlier messages apart (generation), told by
+      // the enqueued time; a table for write probes.
+      {2, "generations of a sequence number, enqueued time, write probe",
+       "CREATE TABLE deferred_messages_2 ("
+       " topic TEXT NOT NULL, subscription TEXT NOT NULL, sequence_number INTEGER NOT NULL,"
+       " generation INTEGER NOT NULL DEFAULT 0,"
+       " subject TEXT NOT NULL, message_id TEXT NOT NULL, correlation_id TEXT NOT NULL,"
+       " body BLOB NOT NULL, body_truncated INTEGER NOT NULL, state TEXT NOT NULL,"
+       " created INTEGER NOT NULL, updated INTEGER NOT NULL, last_error TEXT NOT NULL,"
+       " enqueued INTEGER NOT NULL DEFAULT 0,"
+       " PRIMARY KEY (topic, subscription, sequence_number, generation));"
+       "INSERT INTO deferred_messages_2 (topic, subscription, sequence_number, generation,"
+       " subject, message_id, correlation_id, body, body_truncated, state, created, updated,"
+       " last_error, enqueued)"
+       " SELECT topic, subscription, sequence_number, 0, subject, message_id, correlation_id,"
+       " body, body_truncated, state, created, updated, last_error, 0 FROM deferred_messages;"
+       "DROP TABLE deferred_messages;"
+       "ALTER TABLE deferred_messages_2 RENAME TO deferred_messages;"
+       "CREATE INDEX deferred_messages_state ON deferred_messages (state, updated);"
+       "CREATE INDEX deferred_messages_age ON deferred_messages"
+       " (topic, subscription, state, created);"
+       "CREATE TABLE handler_runs_2 ("
+       " topic TEXT NOT NULL, subscription TEXT NOT NULL, sequence_number INTEGER NOT NULL,"
+       " generation INTEGER NOT NULL DEFAULT 0,"
+       " handler TEXT NOT NULL, attempt INTEGER NOT NULL, outcome TEXT NOT NULL,"
+       " started INTEGER NOT NULL, finished INTEGER, error TEXT NOT NULL,"
+       " PRIMARY KEY (topic, subscription, sequence_number, generation, handler, attempt));"
+       "INSERT INTO handler_runs_2 (topic, subscription, sequence_number, generation, handler,"
+       " attempt, outcome, started, finished, error)"
+       " SELECT topic, subscription, sequence_number, 0, handler, attempt, outcome, started,"
+       " finished, error FROM handler_runs;"
+       "DROP TABLE handler_runs;"
+       "ALTER TABLE handler_runs_2 RENAME TO handler_runs;"
+       "CREATE TABLE ledger_probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);"},
+  };
+  return kMigrations;
+}
+
+}  // namespace metro::ledger
