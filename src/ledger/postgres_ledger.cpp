@@ -488,8 +488,8 @@ class PostgresLedger : public Ledger {
       out.clear();
       // Rows another instance is claiming right now are locked: skipped, never taken twice.
       auto r = c.query(
-          std::string("WITH c AS (SELECT topic, subscription, sequence_number, generation"
-                      " FROM deferred_messages WHERE topic = $1 AND subscription = $2"
+          std::string("WITH c AS (SELECT topic, subscription, sequence_number, generation,"
+                      " owner FROM deferred_messages WHERE topic = $1 AND subscription = $2"
                       " AND generation = 0 AND sequence_number > $3 AND state IN (") +
               states +
               ") AND (($4 = 1 AND owner = $5 AND ($6 = 0 OR updated < $6))"
@@ -504,7 +504,7 @@ class PostgresLedger : public Ledger {
               " AND t.sequence_number = c.sequence_number AND t.generation = c.generation"
               " RETURNING t.topic, t.subscription, t.sequence_number, t.generation, t.subject,"
               " t.message_id, t.correlation_id, t.body, t.body_truncated, t.state, t.created,"
-              " t.updated, t.last_error, t.enqueued, t.owner, t.lease_until",
+              " t.updated, t.last_error, t.enqueued, c.owner, t.lease_until",
           Params()
               .text(cl.topic)
               .text(cl.subscription)

@@ -391,8 +391,7 @@ class SqliteLedger : public Ledger {
         bind_key(u, m.key);
         u.bind(5, me_.id).bind(6, lease_until);
         u.run();
-        m.owner = me_.id;
-        m.lease_until = from_ms(lease_until);
+        m.lease_until = from_ms(lease_until);  // `owner` stays whom it was taken from.
       }
       return out.size();
     });

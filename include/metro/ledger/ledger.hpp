@@ -222,7 +222,8 @@ class Ledger {
   virtual void leave() = 0;
   /// Every instance with a heartbeat row.
   virtual std::vector<Instance> instances() = 0;
-  /// Takes rows for this instance (see `Claim`): they are owned by it with a fresh lease.
+  /// Takes rows for this instance (see `Claim`): they are owned by it with a fresh lease. The
+  /// rows come back as they were before, so `owner` says whom each was taken from.
   virtual std::vector<DeferredMessage> claim(const Claim& claim) = 0;
   /// Takes one current message for this instance unless another live instance holds its lease;
   /// nullopt when unknown, settled, or held by another instance.

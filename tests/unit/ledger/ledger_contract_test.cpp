@@ -477,7 +477,7 @@ TEST_P(LedgerContract, ClaimsOwnUnownedAndLapsedRowsInSequenceOrderNeverOthersLi
     auto page = ledger_->claim(c);
     if (page.empty()) break;
     for (auto& m : page) {
-      EXPECT_EQ(m.owner, "alpha");
+      EXPECT_EQ(ledger_->find(m.key)->owner, "alpha");
       got.push_back(m.key.sequence_number);
     }
     c.after = page.back().key.sequence_number;
@@ -536,8 +536,13 @@ TEST_P(LedgerContract, TheSchemaIsUpToDateAndSaysSo) {
   EXPECT_TRUE(pending_migrations(url_).empty());
 }
 
-INSTANTIATE_TEST_SUITE_P(Sqlite, LedgerContract, ::testing::Values(Backend::kSqlite));
-INSTANTIATE_TEST_SUITE_P(Postgres, LedgerContract, ::testing::Values(Backend::kPostgres));
+std::string backend_name(const ::testing::TestParamInfo<Backend>& info) {
+  return info.param == Backend::kSqlite ? "sqlite" : "postgres";
+}
+INSTANTIATE_TEST_SUITE_P(Sqlite, LedgerContract, ::testing::Values(Backend::kSqlite),
+                         backend_name);
+INSTANTIATE_TEST_SUITE_P(Postgres, LedgerContract, ::testing::Values(Backend::kPostgres),
+                         backend_name);
 
 // ---- SQLite alone ----------------------------------------------------------------------------
 
