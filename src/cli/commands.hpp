@@ -74,6 +74,17 @@ struct PublishCommand {
 /// subscription on it (or a given one).
 int run_publish(const PublishCommand& command);
 
+struct LedgerCommand {
+  std::string action;  ///< migrate, copy
+  std::string config_path;
+  bool dry_run = false;
+  std::string from;  ///< copy: ledger URLs (`${VAR}` allowed)
+  std::string to;
+};
+
+/// `metro ledger migrate|copy`: the ledger's schema migrations, and copying a whole ledger.
+int run_ledger(const LedgerCommand& command);
+
 /// `metro emulator`: runs the local Service Bus until SIGINT or SIGTERM.
 int run_emulator(const EmulatorCommand& command);
 
