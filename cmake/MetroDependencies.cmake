@@ -43,8 +43,15 @@ metro_find_package(PostgreSQL)  # libpq, for the shared ledger
 metro_find_package(CLI11)  # metro::app is the command line as a library
 metro_pkg_module(RE2 re2)
 metro_pkg_module(HTTPLIB cpp-httplib)
+metro_pkg_module(HIREDIS hiredis)  # the Celery handlers' Redis
 # sd_notify for systemd's Type=notify (libsystemd0 is on every Debian system: apt needs it).
 metro_pkg_module(SYSTEMD libsystemd)
+# Boost's Beast and Asio, header-only, for the admin HTTP server: needed to build metro, not by
+# a program that links an installed metro (the admin library names them only in its build
+# interface), so not looked for then.
+if(NOT METRO_FIND_AS_DEPENDENCY)
+  find_package(Boost 1.74 REQUIRED)
+endif()
 
 # Qpid Proton ships no CMake package config and its C++ pkg-config file needs .pc files Debian
 # does not ship; find the headers and libraries directly and wrap them in one imported target,

@@ -2,6 +2,8 @@
 
 #include <ctime>
 
+#include "../common/json_bounds.hpp"
+
 namespace metro::admin {
 
 using nlohmann::json;
@@ -36,6 +38,7 @@ json message_json(const ledger::DeferredMessage& m, bool body) {
   json out = {{"topic", m.key.topic},
               {"subscription", m.key.subscription},
               {"sequence_number", m.key.sequence_number},
+              {"generation", m.key.generation},
               {"subject", m.subject},
               {"message_id", m.message_id},
               {"correlation_id", m.correlation_id},
@@ -45,8 +48,11 @@ json message_json(const ledger::DeferredMessage& m, bool body) {
               {"age_seconds", std::chrono::duration<double>(now - m.created).count()},
               {"last_error", m.last_error}};
   if (body) {
-    auto parsed = json::parse(m.body, nullptr, false);
-    out["body"] = parsed.is_discarded() ? json(m.body) : parsed;
+    // A body is rendered as JSON only within json_bounds (a deeper one would be walked
+    // recursively when copied and dumped); otherwise, or when it is not JSON, as text.
+    json parsed = json::value_t::discarded;
+    if (!json_bounds::check(m.body)) parsed = json::parse(m.body, nullptr, false);
+    out["body"] = parsed.is_discarded() ? json(m.body) : std::move(parsed);
     out["body_truncated"] = m.body_truncated;
   }
   return out;

@@ -15,7 +15,8 @@ namespace metro::admin {
 /// `2026-11-28T11:40:52.123Z`.
 std::string iso_time(std::chrono::system_clock::time_point t);
 std::string connection_state(sb::ConnectionState state);
-/// A ledger row; with `body`, the body as JSON when it parses, else as a string.
+/// A ledger row; with `body`, the body as JSON when it parses within json_bounds, else as a
+/// string.
 nlohmann::json message_json(const ledger::DeferredMessage& m, bool body);
 nlohmann::json run_json(const ledger::HandlerRun& r);
 

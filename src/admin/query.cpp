@@ -1,6 +1,11 @@
 #include "query.hpp"
 
+#include <charconv>
+#include <cstdint>
+
 #include <metro/config/config.hpp>
+
+#include "target.hpp"
 
 namespace metro::admin {
 namespace {
@@ -84,6 +89,18 @@ std::optional<std::string> decode_cursor(const std::string& text) {
     if (hi < 0 || lo < 0) return std::nullopt;
     out += static_cast<char>(hi * 16 + lo);
   }
+  // The ledger's cursor is "topic\nsubscription\nsequence" (the last key of a page); anything
+  // else did not come from this API, and is refused here rather than handed to the ledger.
+  auto a = out.find('\n');
+  auto b = a == std::string::npos ? a : out.find('\n', a + 1);
+  if (b == std::string::npos || out.find('\n', b + 1) != std::string::npos || !is_utf8(out)) {
+    return std::nullopt;
+  }
+  std::int64_t sequence = 0;
+  const char* first = out.data() + b + 1;
+  const char* last = out.data() + out.size();
+  auto [end, error] = std::from_chars(first, last, sequence);
+  if (first == last || *first == '-' || error != std::errc() || end != last) return std::nullopt;
   return out;
 }
 

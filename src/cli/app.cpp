@@ -9,6 +9,7 @@
 #include <metro/app.hpp>
 #include <metro/version.hpp>
 
+#include "../common/json_bounds.hpp"
 #include "commands.hpp"
 #include "logging.hpp"
 
@@ -18,7 +19,11 @@ App& App::handle(std::string name, std::function<void(Task&)> function) {
   functions_[std::move(name)] = [function = std::move(function)](const dispatch::Task& task) {
     Task full;
     static_cast<dispatch::Task&>(full) = task;
-    full.message = nlohmann::json::parse(task.body, nullptr, false);
+    // Within json_bounds only: a body nested deeper would be walked recursively when the
+    // function copies or prints it. Otherwise, and when it is not JSON, it is the text.
+    full.message = json_bounds::check(task.body)
+                       ? nlohmann::json(nlohmann::json::value_t::discarded)
+                       : nlohmann::json::parse(task.body, nullptr, false);
     if (full.message.is_discarded()) full.message = task.body;
     function(full);
   };
@@ -42,6 +47,10 @@ int App::main(int argc, char** argv) {
           std::map<std::string, LogFormat>{{"text", LogFormat::kText}, {"json", LogFormat::kJson}}))
       ->envname("METRO_LOG_FORMAT");
   app.require_subcommand(1);
+  // Options may follow the subcommand that does not define them: `metro deferred list --json`,
+  // `metro deferred show T S N --url U`, `metro check --config F --log-level debug`. Subcommands
+  // inherit this from their parent when they are added.
+  app.fallthrough();
 
   std::string config_path;
   auto* check = app.add_subcommand("check", "Validate a config file and summarise it");
@@ -148,6 +157,16 @@ int App::main(int argc, char** argv) {
   copy->add_option("--to", ledger_command.to, "sqlite://FILE or postgresql://… (${VAR} allowed)")
       ->required();
 
+  std::string django_settings;
+  auto* import_django = app.add_subcommand(
+      "import-django",
+      "Convert the original's METRO settings (dumped as JSON) into a metro config on stdout");
+  import_django
+      ->add_option("settings", django_settings,
+                   "settings.json: python manage.py shell -c \"from metro.django_settings import "
+                   "dump; dump()\" > settings.json")
+      ->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {
@@ -175,6 +194,7 @@ int App::main(int argc, char** argv) {
     }
     if (emulator->parsed()) return metro::cli::run_emulator(emulator_command);
     if (publish->parsed()) return metro::cli::run_publish(publish_command);
+    if (import_django->parsed()) return metro::cli::run_import_django(django_settings);
   } catch (const std::exception& e) {
     spdlog::critical("{}", e.what());
     return metro::cli::kExitFailure;

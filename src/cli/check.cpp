@@ -7,6 +7,7 @@
 #include <metro/ledger/ledger.hpp>
 #include <metro/sb/connection_string.hpp>
 
+#include "../celery/redis_url.hpp"
 #include "commands.hpp"
 
 namespace metro::cli {
@@ -23,6 +24,10 @@ std::string describe_run(const config::HandlerOptions& h) {
     }
     case config::HandlerKind::kHttp:
       return "http " + h.http;
+    case config::HandlerKind::kPython:
+      return "python " + h.python + " (Celery queue " + h.queue + ")";
+    case config::HandlerKind::kCelery:
+      return "celery " + h.celery + " (Celery queue " + h.queue + ")";
   }
   return {};
 }
@@ -96,14 +101,24 @@ int run_check(const std::string& config_path) {
     std::cout << "  " << s.topic_name << "/" << s.subscription_name << "  (" << s.handlers.size()
               << (s.handlers.size() == 1 ? " handler)" : " handlers)") << '\n';
     std::cout << "    connection " << sb::redact_connection_string(s.connection_string) << '\n';
-    std::cout << "    no match: " << config::to_string(s.on_no_match)
-              << ", malformed body: " << config::to_string(s.on_malformed_body) << '\n';
+    // Each subscription's own settings, as they apply after its overrides of [metro].
+    std::cout << "    subject from " << routing::to_string(s.subject_source)
+              << ", no match: " << config::to_string(s.on_no_match)
+              << ", malformed body: " << config::to_string(s.on_malformed_body) << ", prefetch "
+              << (s.prefetch == 0 ? std::string("0 (as room allows, up to 100)")
+                                  : std::to_string(s.prefetch))
+              << '\n';
     for (const auto& h : s.handlers) {
       std::cout << "    - " << h.name << ": subject " << h.subject << " ("
                 << routing::to_string(h.match) << ") -> " << describe_run(h) << ", completion "
                 << config::to_string(h.completion) << ", " << h.retry.max_attempts
                 << " attempts, then " << config::to_string(h.on_failure) << '\n';
     }
+  }
+  if (cfg.celery.configured) {
+    std::cout << "  celery broker " << celery::redact_url_passwords(cfg.celery.broker)
+              << ", results " << celery::redact_url_passwords(cfg.celery.result_backend)
+              << ", queue " << cfg.celery.queue << '\n';
   }
   if (cfg.admin.enabled) {
     std::cout << "  admin API on " << cfg.admin.listen << " with " << cfg.admin.tokens.size()

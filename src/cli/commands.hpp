@@ -85,6 +85,10 @@ struct LedgerCommand {
 /// `metro ledger migrate|copy`: the ledger's schema migrations, and copying a whole ledger.
 int run_ledger(const LedgerCommand& command);
 
+/// `metro import-django settings.json`: the original's METRO settings (as JSON) as a metro config
+/// on stdout; notes on stderr.
+int run_import_django(const std::string& settings_path);
+
 /// `metro emulator`: runs the local Service Bus until SIGINT or SIGTERM.
 int run_emulator(const EmulatorCommand& command);
 

@@ -7,12 +7,34 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include "../common/json_bounds.hpp"
 #include "commands.hpp"
 
 namespace metro::cli {
 namespace {
 
 using nlohmann::json;
+
+/// The most of an answer `metro deferred` reads (a page of 1,000 rows, or a message with its
+/// body, is far less).
+constexpr std::size_t kMaxResponseBytes = 16 * 1024 * 1024;
+
+/// Text from outside (bodies, subjects, errors) as the terminal should get it: control characters
+/// other than newline and tab shown as `\xNN`, never sent to the terminal as escapes.
+std::string printable(const std::string& text) {
+  constexpr std::string_view kHex = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : text) {
+    if ((c < 0x20 && c != '\n' && c != '\t') || c == 0x7f) {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
 
 std::string escape_path(const std::string& text) {
   std::string out;
@@ -29,7 +51,7 @@ std::string escape_path(const std::string& text) {
 }
 
 std::string clip(const std::string& text, std::size_t width) {
-  auto line = text.substr(0, text.find('\n'));
+  auto line = printable(text.substr(0, text.find('\n')));
   return line.size() <= width ? line : line.substr(0, width - 1) + "…";
 }
 
@@ -70,25 +92,34 @@ void table(const std::vector<std::vector<std::string>>& rows) {
 }
 
 void print_message(const json& m) {
-  table({{"message", m["topic"].get<std::string>() + "/" + m["subscription"].get<std::string>() +
-                         " #" + std::to_string(m["sequence_number"].get<std::int64_t>())},
-         {"state", m["state"]},
-         {"subject", m["subject"]},
-         {"correlation id", m["correlation_id"]},
-         {"message id", m["message_id"]},
-         {"recorded", m["created"]},
-         {"updated", m["updated"]},
-         {"last error", m["last_error"]}});
+  auto field = [&](const char* name) { return printable(m[name].get<std::string>()); };
+  table({{"message", field("topic") + "/" + field("subscription") + " #" +
+                         std::to_string(m["sequence_number"].get<std::int64_t>())},
+         {"state", field("state")},
+         {"subject", field("subject")},
+         {"correlation id", field("correlation_id")},
+         {"message id", field("message_id")},
+         {"recorded", field("created")},
+         {"updated", field("updated")},
+         {"last error", field("last_error")}});
   if (m.contains("body")) {
-    std::cout << "\nbody" << (m.value("body_truncated", false) ? " (truncated)" : "") << ":\n"
-              << (m["body"].is_string() ? m["body"].get<std::string>() : m["body"].dump(2)) << '\n';
+    const auto& body = m["body"];
+    // metro shows a body too deep to format as text (see json_bounds).
+    bool deep = body.is_string() && json_bounds::check(body.get_ref<const std::string&>());
+    std::cout << "\nbody" << (m.value("body_truncated", false) ? " (truncated)" : "")
+              << (deep ? " (shown as text: nested too deep to format)" : "") << ":\n"
+              << printable(body.is_string()
+                               ? body.get<std::string>()
+                               : body.dump(2, ' ', false, json::error_handler_t::replace))
+              << '\n';
   }
   if (m.contains("runs") && !m["runs"].empty()) {
     std::vector<std::vector<std::string>> rows = {
         {"HANDLER", "ATTEMPT", "OUTCOME", "STARTED", "FINISHED", "ERROR"}};
     for (const auto& r : m["runs"]) {
-      rows.push_back({r["handler"], std::to_string(r["attempt"].get<int>()), r["outcome"],
-                      r["started"], r["finished"].is_null() ? "" : r["finished"].get<std::string>(),
+      rows.push_back({printable(r["handler"]), std::to_string(r["attempt"].get<int>()),
+                      printable(r["outcome"]), printable(r["started"]),
+                      r["finished"].is_null() ? "" : printable(r["finished"]),
                       clip(r["error"], 60)});
     }
     std::cout << "\nhandler runs:\n";
@@ -96,39 +127,78 @@ void print_message(const json& m) {
   }
 }
 
+/// The API's answer as a table (list) or a message's fields, body and handler runs.
+void print(const DeferredCommand& c, const json& body) {
+  if (c.action == "list") {
+    std::vector<std::vector<std::string>> rows = {
+        {"SEQ", "TOPIC/SUBSCRIPTION", "SUBJECT", "STATE", "AGE", "CORRELATION", "LAST ERROR"}};
+    for (const auto& m : body["items"]) {
+      rows.push_back(
+          {std::to_string(m["sequence_number"].get<std::int64_t>()),
+           printable(m["topic"].get<std::string>() + "/" + m["subscription"].get<std::string>()),
+           clip(m["subject"], 40), printable(m["state"]), age(m["age_seconds"].get<double>()),
+           clip(m["correlation_id"], 24), clip(m["last_error"], 50)});
+    }
+    table(rows);
+    if (!body["next"].is_null()) {
+      std::cout << "more: --after " << printable(body["next"].get<std::string>()) << '\n';
+    }
+    return;
+  }
+  if (c.action != "show") std::cout << c.action << ": ok\n";
+  print_message(body);
+}
+
 }  // namespace
 
 int run_deferred(const DeferredCommand& c) {
   httplib::Client client(c.url);
   client.set_connection_timeout(std::chrono::seconds(5));
-  client.set_read_timeout(std::chrono::seconds(120));  // A completion waits for Service Bus.
-  httplib::Headers headers;
-  if (!c.token.empty()) headers.emplace("Authorization", "Bearer " + c.token);
+  client.set_read_timeout(std::chrono::seconds(60));  // metro answers an action within 20 s.
 
-  std::string target;
-  if (c.action != "list") {
-    target = "/api/v1/deferred/" + escape_path(c.topic) + "/" + escape_path(c.subscription) + "/" +
-             std::to_string(c.sequence_number);
-  }
-  httplib::Result result{nullptr, httplib::Error::Unknown};
+  httplib::Request request;
+  request.method = c.action == "list" || c.action == "show" ? "GET" : "POST";
+  if (!c.token.empty()) request.set_header("Authorization", "Bearer " + c.token);
   if (c.action == "list") {
-    httplib::Params params;
-    if (!c.topic.empty()) params.emplace("topic", c.topic);
-    if (!c.subscription.empty()) params.emplace("subscription", c.subscription);
-    if (!c.state.empty()) params.emplace("state", c.state);
-    if (!c.subject.empty()) params.emplace("subject", c.subject);
-    if (!c.older_than.empty()) params.emplace("older_than", c.older_than);
-    if (!c.after.empty()) params.emplace("after", c.after);
-    params.emplace("limit", std::to_string(c.limit));
-    result = client.Get("/api/v1/deferred", params, headers);
-  } else if (c.action == "show") {
-    result = client.Get(target, headers);
-  } else {
-    std::string body;
-    if (c.action == "dead-letter") {
-      body = json{{"reason", c.reason}, {"description", c.description}}.dump();
+    std::vector<std::pair<std::string, std::string>> params;
+    if (!c.topic.empty()) params.emplace_back("topic", c.topic);
+    if (!c.subscription.empty()) params.emplace_back("subscription", c.subscription);
+    if (!c.state.empty()) params.emplace_back("state", c.state);
+    if (!c.subject.empty()) params.emplace_back("subject", c.subject);
+    if (!c.older_than.empty()) params.emplace_back("older_than", c.older_than);
+    if (!c.after.empty()) params.emplace_back("after", c.after);
+    params.emplace_back("limit", std::to_string(c.limit));
+    request.path = "/api/v1/deferred";
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      request.path +=
+          (i == 0 ? "?" : "&") + escape_path(params[i].first) + "=" + escape_path(params[i].second);
     }
-    result = client.Post(target + "/" + c.action, headers, body, "application/json");
+  } else {
+    request.path = "/api/v1/deferred/" + escape_path(c.topic) + "/" + escape_path(c.subscription) +
+                   "/" + std::to_string(c.sequence_number);
+    if (c.action != "show") request.path += "/" + c.action;
+  }
+  if (c.action == "dead-letter") {
+    request.body = json{{"reason", c.reason}, {"description", c.description}}.dump();
+    request.set_header("Content-Type", "application/json");
+  }
+  // The answer is read up to a bound: this may be any server, not only metro.
+  std::string text;
+  bool too_large = false;
+  request.content_receiver = [&](const char* data, std::size_t length, std::uint64_t,
+                                 std::uint64_t) {
+    if (text.size() + length > kMaxResponseBytes) {
+      too_large = true;
+      return false;
+    }
+    text.append(data, length);
+    return true;
+  };
+  auto result = client.send(request);
+  if (too_large) {
+    std::cerr << "metro deferred " << c.action << ": the answer from " << c.url
+              << " is larger than " << kMaxResponseBytes << " bytes\n";
+    return kExitFailure;
   }
   if (!result) {
     std::cerr << "metro deferred: cannot reach " << c.url << ": "
@@ -136,33 +206,36 @@ int run_deferred(const DeferredCommand& c) {
               << " (is metro running with [admin] enabled? --url or METRO_URL)\n";
     return kExitFailure;
   }
-  auto body = json::parse(result->body, nullptr, false);
+  // Parsed only within json_bounds: the answer carries message bodies, which came from outside.
+  auto body =
+      json_bounds::check(text) ? json(json::value_t::discarded) : json::parse(text, nullptr, false);
   if (result->status >= 400) {
     std::cerr << "metro deferred " << c.action << ": " << result->status << ": "
-              << (body.is_object() ? body.value("error", result->body) : result->body) << '\n';
+              << (body.is_object() && body.contains("error") && body["error"].is_string()
+                      ? body["error"].get<std::string>()
+                      : text)
+              << '\n';
     return kExitFailure;
   }
   if (c.json) {
-    std::cout << (body.is_discarded() ? result->body : body.dump(2)) << '\n';
+    std::cout << (body.is_discarded() ? text
+                                      : body.dump(2, ' ', false, json::error_handler_t::replace))
+              << '\n';
     return kExitOk;
   }
-  if (c.action == "list") {
-    std::vector<std::vector<std::string>> rows = {
-        {"SEQ", "TOPIC/SUBSCRIPTION", "SUBJECT", "STATE", "AGE", "CORRELATION", "LAST ERROR"}};
-    for (const auto& m : body["items"]) {
-      rows.push_back({std::to_string(m["sequence_number"].get<std::int64_t>()),
-                      m["topic"].get<std::string>() + "/" + m["subscription"].get<std::string>(),
-                      clip(m["subject"], 40), m["state"], age(m["age_seconds"].get<double>()),
-                      clip(m["correlation_id"], 24), clip(m["last_error"], 50)});
-    }
-    table(rows);
-    if (!body["next"].is_null()) {
-      std::cout << "more: --after " << body["next"].get<std::string>() << '\n';
-    }
-    return kExitOk;
+  if (body.is_discarded()) {
+    std::cerr << "metro deferred " << c.action << ": the answer is not the API's JSON:\n"
+              << text << '\n';
+    return kExitFailure;
   }
-  if (c.action != "show") std::cout << c.action << ": ok\n";
-  print_message(body);
+  try {
+    print(c, body);
+  } catch (const json::exception& e) {
+    std::cerr << "metro deferred " << c.action << ": the answer is not shaped as the API's ("
+              << e.what() << "):\n"
+              << text << '\n';
+    return kExitFailure;
+  }
   return kExitOk;
 }
 

@@ -13,6 +13,8 @@
 #include <metro/ledger/ledger.hpp>
 #include <metro/sb/connection_string.hpp>
 
+#include "log_escape.hpp"
+
 namespace metro::cli {
 namespace {
 
@@ -33,53 +35,20 @@ void append(spdlog::memory_buf_t& dest, std::string_view text) {
   dest.append(text.data(), text.data() + text.size());
 }
 
-/// `%*` in text logs: the message, redacted.
-class RedactedMessage : public spdlog::custom_flag_formatter {
+/// `%*`: the message, redacted, with control characters escaped and its length capped
+/// (log_escape.hpp), so that no value inside it can start a line of its own.
+template <log_escape::Style kStyle>
+class SafeMessage : public spdlog::custom_flag_formatter {
  public:
   void format(const spdlog::details::log_msg& msg, const std::tm& /*tm*/,
               spdlog::memory_buf_t& dest) override {
-    append(dest, redacted(std::string_view(msg.payload.data(), msg.payload.size())));
+    std::string text;
+    log_escape::append(text, redacted(std::string_view(msg.payload.data(), msg.payload.size())),
+                       kStyle);
+    append(dest, text);
   }
   std::unique_ptr<custom_flag_formatter> clone() const override {
-    return std::make_unique<RedactedMessage>();
-  }
-};
-
-/// `%*` in JSON logs: the message, redacted and escaped as a JSON string body.
-class JsonMessage : public spdlog::custom_flag_formatter {
- public:
-  void format(const spdlog::details::log_msg& msg, const std::tm& /*tm*/,
-              spdlog::memory_buf_t& dest) override {
-    constexpr std::string_view kHex = "0123456789abcdef";
-    for (char c : redacted(std::string_view(msg.payload.data(), msg.payload.size()))) {
-      switch (c) {
-        case '"':
-          append(dest, "\\\"");
-          break;
-        case '\\':
-          append(dest, "\\\\");
-          break;
-        case '\n':
-          append(dest, "\\n");
-          break;
-        case '\r':
-          append(dest, "\\r");
-          break;
-        case '\t':
-          append(dest, "\\t");
-          break;
-        default:
-          if (static_cast<unsigned char>(c) < 0x20) {
-            const char escape[] = {'\\', 'u', '0', '0', kHex[(c >> 4) & 0xF], kHex[c & 0xF]};
-            dest.append(escape, escape + sizeof(escape));
-          } else {
-            dest.push_back(c);
-          }
-      }
-    }
-  }
-  std::unique_ptr<custom_flag_formatter> clone() const override {
-    return std::make_unique<JsonMessage>();
+    return std::make_unique<SafeMessage>();
   }
 };
 
@@ -123,14 +92,18 @@ std::optional<std::string> setup_logging(std::string_view level, LogFormat forma
   if (format == LogFormat::kJson) {
     logger = spdlog::stderr_logger_mt("metro");
     formatter = std::make_unique<spdlog::pattern_formatter>(spdlog::pattern_time_type::utc);
-    formatter->add_flag<JsonMessage>('*').set_pattern(
+    formatter->add_flag<SafeMessage<log_escape::Style::kJson>>('*').set_pattern(
         R"({"time":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","thread":%t,"message":"%*"})");
   } else if (stderr_is_journal()) {
     logger = spdlog::stderr_logger_mt("metro");
-    formatter->add_flag<RedactedMessage>('*').add_flag<SyslogPriority>('&').set_pattern("%&%*");
+    // Escaped as in text logs: a newline would start an entry of its own in the journal.
+    formatter->add_flag<SafeMessage<log_escape::Style::kText>>('*')
+        .add_flag<SyslogPriority>('&')
+        .set_pattern("%&%*");
   } else {
     logger = spdlog::stderr_color_mt("metro");
-    formatter->add_flag<RedactedMessage>('*').set_pattern("%Y-%m-%d %H:%M:%S.%e %^%-5l%$ %*");
+    formatter->add_flag<SafeMessage<log_escape::Style::kText>>('*').set_pattern(
+        "%Y-%m-%d %H:%M:%S.%e %^%-5l%$ %*");
   }
   logger->set_formatter(std::move(formatter));
   logger->set_level(parsed);

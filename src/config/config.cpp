@@ -11,6 +11,8 @@
 
 #include <metro/config/config.hpp>
 
+#include "../celery/redis_url.hpp"
+
 namespace metro::config {
 
 std::string_view to_string(NoMatchPolicy policy) {
@@ -45,6 +47,10 @@ std::string_view to_string(HandlerKind kind) {
       return "exec";
     case HandlerKind::kHttp:
       return "http";
+    case HandlerKind::kPython:
+      return "python";
+    case HandlerKind::kCelery:
+      return "celery";
   }
   return "handler";
 }
@@ -405,6 +411,10 @@ std::string default_handler_name(const HandlerOptions& h) {
       return std::filesystem::path(h.exec.front()).filename().string();
     case HandlerKind::kHttp:
       return h.http;
+    case HandlerKind::kPython:
+      return h.python;
+    case HandlerKind::kCelery:
+      return h.celery;
   }
   return h.function;
 }
@@ -413,12 +423,85 @@ void report_ways(TableReader& r, int ways) {
   if (ways == 0) {
     r.context().error(r.line(), r.key_path("handler"),
                       "a handler needs one way to run: handler = \"function\", exec = [\"cmd\"], "
-                      "or http = \"http://…\"");
+                      "http = \"http://…\", python = \"module.function\" or celery = "
+                      "\"task.name\"");
   } else {
     r.context().error(r.line(), r.key_path("handler"),
                       "a handler runs exactly one way, but this one sets " + std::to_string(ways) +
-                          " of handler, exec and http");
+                          " of handler, exec, http, python and celery");
   }
+}
+
+/// A dotted Python path to a function: `package.module.function`.
+bool is_python_path(std::string_view path) {
+  bool start = true;
+  int parts = 1;
+  for (char c : path) {
+    if (c == '.') {
+      if (start) return false;
+      start = true;
+      ++parts;
+      continue;
+    }
+    bool letter = std::isalpha(static_cast<unsigned char>(c)) != 0 || c == '_';
+    if (!letter && (start || std::isdigit(static_cast<unsigned char>(c)) == 0)) return false;
+    start = false;
+  }
+  return !start && parts >= 2;
+}
+
+/// Queue and task names go into Redis keys and Celery headers: printable, no spaces.
+bool is_celery_name(std::string_view name) {
+  return !name.empty() && std::all_of(name.begin(), name.end(),
+                                      [](unsigned char c) { return c > 0x20 && c != 0x7f; });
+}
+
+/// `python`, `celery`, and the keys only they take (`queue`, `priority`); counts `ways`.
+bool read_celery_kinds(TableReader& r, HandlerOptions& h, int& ways) {
+  bool ok = true;
+  if (auto path = r.string("python")) {
+    ++ways;
+    h.kind = HandlerKind::kPython;
+    h.python = *path;
+    if (!is_python_path(*path)) {
+      r.invalid("python",
+                "expected the dotted path of a Python function such as "
+                "\"myapp.handlers.my_func\", got \"" +
+                    *path + "\"");
+      ok = false;
+    }
+  }
+  if (auto name = r.string("celery")) {
+    ++ways;
+    h.kind = HandlerKind::kCelery;
+    h.celery = *name;
+    if (!is_celery_name(*name)) {
+      r.invalid("celery",
+                "expected the name a Celery task is registered under such as "
+                "\"myapp.tasks.handle\" (no spaces), got \"" +
+                    *name + "\"");
+      ok = false;
+    }
+  }
+  bool sends_tasks = h.kind == HandlerKind::kPython || h.kind == HandlerKind::kCelery;
+  if (auto queue = r.string("queue")) {
+    h.queue = *queue;
+    if (!is_celery_name(*queue)) {
+      r.invalid("queue", "expected a Celery queue name (no spaces), got \"" + *queue + "\"");
+      ok = false;
+    } else if (!sends_tasks) {
+      r.invalid("queue", "only python and celery handlers send to a Celery queue");
+      ok = false;
+    }
+  }
+  if (auto priority = r.integer("priority", 0, 9)) {
+    h.priority = static_cast<int>(*priority);
+    if (!sends_tasks) {
+      r.invalid("priority", "only python and celery handlers send Celery messages with a priority");
+      ok = false;
+    }
+  }
+  return ok;
 }
 
 std::optional<HandlerOptions> read_handler(TableReader& r) {
@@ -498,6 +581,7 @@ std::optional<HandlerOptions> read_handler(TableReader& r) {
       ok = false;
     }
   }
+  if (!read_celery_kinds(r, h, ways)) ok = false;
   if (ways != 1) {
     report_ways(r, ways);
     ok = false;
@@ -669,6 +753,77 @@ void read_admin(TableReader& r, AdminOptions& a) {
   r.finish();
 }
 
+/// A Redis URL of `[celery]`; every message shows it redacted.
+bool read_redis_url(TableReader& r, std::string_view key, const std::string& value) {
+  auto shown = celery::redact_url_passwords(value);
+  auto scheme = lower(value.substr(0, 9));
+  if (key == "result_backend" && scheme.rfind("redis://", 0) != 0 &&
+      scheme.rfind("rediss://", 0) != 0) {
+    r.invalid(key, "metro reads task outcomes from a Redis result backend, and \"" + shown +
+                       "\" is not one (expected redis:// or rediss://; set the workers' "
+                       "result_backend to Redis too)");
+    return false;
+  }
+  try {
+    celery::parse_redis_url(value);
+  } catch (const InvalidArgument& e) {
+    r.invalid(key, e.what());
+    return false;
+  }
+  return true;
+}
+
+void read_celery(TableReader& r, CeleryOptions& c) {
+  c.configured = true;
+  if (auto broker = r.string("broker", true)) {
+    if (read_redis_url(r, "broker", *broker)) c.broker = *broker;
+  }
+  if (auto backend = r.string("result_backend")) {
+    if (read_redis_url(r, "result_backend", *backend)) c.result_backend = *backend;
+  } else {
+    c.result_backend = c.broker;
+  }
+  if (auto queue = r.string("queue")) {
+    if (is_celery_name(*queue)) {
+      c.queue = *queue;
+    } else {
+      r.invalid("queue", "expected a Celery queue name (no spaces), got \"" + *queue + "\"");
+    }
+  }
+  if (auto timeout = r.duration("result_timeout")) {
+    if (timeout->count() == 0) {
+      r.invalid("result_timeout", "expected a timeout above zero");
+    } else {
+      c.result_timeout = *timeout;
+    }
+  }
+  r.finish();
+}
+
+/// Fills the Celery handlers' queue and result timeout from `[celery]`, and reports Celery
+/// handlers in a file without a `[celery]` section.
+void resolve_celery_handlers(Context& ctx, Config& config) {
+  for (std::size_t i = 0; i < config.subscriptions.size(); ++i) {
+    auto& s = config.subscriptions[i];
+    for (std::size_t j = 0; j < s.handlers.size(); ++j) {
+      auto& h = s.handlers[j];
+      if (h.kind != HandlerKind::kPython && h.kind != HandlerKind::kCelery) continue;
+      if (!config.celery.configured) {
+        auto kind = std::string(to_string(h.kind));
+        ctx.error(
+            h.line,
+            "subscriptions[" + std::to_string(i) + "].handlers[" + std::to_string(j) + "]." + kind,
+            "a " + kind +
+                " handler sends Celery tasks: add a [celery] section with broker = "
+                "\"redis://host:6379/0\"");
+        continue;
+      }
+      if (h.queue.empty()) h.queue = config.celery.queue;
+      h.result_timeout = config.celery.result_timeout.value_or(h.timeout);
+    }
+  }
+}
+
 Config read_root(Context& ctx, const toml::table& root, std::string_view file_name) {
   Config config;
   config.path = std::string(file_name);
@@ -718,6 +873,11 @@ Config read_root(Context& ctx, const toml::table& root, std::string_view file_na
     TableReader ar(ctx, *admin, "admin");
     read_admin(ar, config.admin);
   }
+  if (const auto* celery = r.table("celery")) {
+    TableReader cr(ctx, *celery, "celery");
+    read_celery(cr, config.celery);
+  }
+  resolve_celery_handlers(ctx, config);
   r.finish();
   return config;
 }

@@ -24,6 +24,13 @@ Route::Route(std::size_t i, config::SubscriptionOptions o,
       case config::HandlerKind::kHttp:
         handlers.push_back(make_http_handler(h.http));
         break;
+      case config::HandlerKind::kPython:
+      case config::HandlerKind::kCelery:
+        throw InvalidArgument(
+            "subscription " + options.topic_name + "/" + options.subscription_name +
+            ": handler '" + h.name + "' is a " + std::string(config::to_string(h.kind)) +
+            " handler; metro run does not send Celery tasks yet (metro check accepts the "
+            "config; run these handlers as exec or http handlers for now)");
       case config::HandlerKind::kFunction:
         if (auto it = functions.find(h.function); it != functions.end()) {
           handlers.push_back(make_function_handler(it->second));

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The metro command's basic contract: --version, --help, exit codes, logging options, redaction.
+# The metro command's basic contract: --version, --help, exit codes, logging options, redaction,
+# options after the subcommand.
 set -uo pipefail
 metro=$1
 failures=0
@@ -32,6 +33,19 @@ out=$(CONNECTION_STRING_METRO_DEMO='Endpoint=sb://h/;SharedAccessKeyName=k;Share
   expect_code 2 "EntityPath error" "$metro" check --config examples/metro.toml)
 [[ $out != *t0psecret* ]] || fail "an error message shows the key: $out"
 [[ $out == *"EntityPath 'wrong' disagrees"* ]] || fail "EntityPath error missing: $out"
+
+# Options after the subcommand are the same as before it: no usage error (2), metro is simply
+# not there (1).
+for args in "deferred list --json --url http://127.0.0.1:1" \
+            "deferred --json list --url http://127.0.0.1:1" \
+            "deferred show orders billing 1 --url http://127.0.0.1:1 --token t --json" \
+            "deferred dead-letter orders billing 1 --reason R --url http://127.0.0.1:1"; do
+  # shellcheck disable=SC2086
+  out=$(expect_code 1 "metro $args" "$metro" $args)
+  [[ $out == *"cannot reach http://127.0.0.1:1"* ]] || fail "metro $args: $out"
+done
+expect_code 0 "--log-level after the subcommand" "$metro" check --config examples/metro.toml --log-level warn >/dev/null
+expect_code 2 "an unknown option after the subcommand" "$metro" deferred list --bogus >/dev/null
 
 if ((failures)); then echo "$failures failed"; exit 1; fi
 echo "cli: all passed"

@@ -144,6 +144,24 @@ tokens = [{ name = "ops", token = "${ADMIN}", role = "admin" },
   await page.getByTestId("filter-state").selectOption("");
   await page.getByTestId("apply").click();
   await page.screenshot({ path: path.join(ARTIFACTS, "dashboard.png"), fullPage: true });
+
+  // Bodies from outside, as metro shows them (text when nested too deep to format) or as an
+  // older or hostile server might answer: bounded before they are parsed, never walked.
+  const detailPath = "**/api/v1/deferred/metro-demo/sub-dashboard/2";
+  const detail = await api("/deferred/metro-demo/sub-dashboard/2");
+  const deepText = "[".repeat(200000) + "]".repeat(200000);
+  await page.route(detailPath, (route) => route.fulfill({
+    contentType: "application/json", body: JSON.stringify({ ...detail, body: deepText }) }));
+  await page.getByTestId("message-2").click();
+  await page.getByTestId("body-note").filter({ hasText: "shown as text" }).waitFor();
+  const shown = await page.getByTestId("body").textContent();
+  assert.ok(shown.startsWith("[[[") && shown.length < 256 * 1024 + 16, `body shown: ${shown.length} characters`);
+  await page.unroute(detailPath);
+  await page.route(detailPath, (route) => route.fulfill({
+    contentType: "application/json", body: '{"topic":"metro-demo","body":' + deepText + "}" }));
+  await page.getByTestId("message-2").click();
+  await page.getByTestId("notice").filter({ hasText: "nested too deep" }).waitFor();
+  await page.unroute(detailPath);
   assert.deepStrictEqual(errors, []);
 
   metro.kill("SIGTERM");

@@ -30,7 +30,7 @@ enum class Completion { kAuto, kExplicit };
 /// What happens when a handler has used all its attempts.
 enum class FailurePolicy { kPark, kDeadLetter };
 /// How a handler runs.
-enum class HandlerKind { kFunction, kExec, kHttp };
+enum class HandlerKind { kFunction, kExec, kHttp, kPython, kCelery };
 
 std::string_view to_string(NoMatchPolicy policy);
 std::string_view to_string(MalformedBodyPolicy policy);
@@ -56,6 +56,14 @@ struct HandlerOptions {
   std::string function;           ///< `handler = "name"`: a function registered with metro::App.
   std::vector<std::string> exec;  ///< `exec = ["cmd", "arg"]`: a process.
   std::string http;               ///< `http = "http://host/path"`: a POST endpoint.
+  /// `python = "pkg.module.function"`: a plain Python function, run on the team's Celery workers
+  /// by metro's generic task `metro.run_handler`.
+  std::string python;
+  std::string celery;  ///< `celery = "app.tasks.name"`: a task registered with the Celery app.
+  std::string queue;   ///< Celery queue (python and celery kinds); `[celery] queue` when unset.
+  int priority = 0;    ///< Celery message priority 0-9 (on Redis 0 runs first).
+  /// How long metro waits for a Celery task's outcome: `[celery] result_timeout`, else `timeout`.
+  milliseconds result_timeout{std::chrono::minutes(5)};
   Completion completion = Completion::kAuto;
   milliseconds timeout{std::chrono::minutes(5)};
   RetryOptions retry;
@@ -100,6 +108,18 @@ struct MetroOptions {
   milliseconds lease{std::chrono::seconds(30)};
 };
 
+/// `[celery]`: the Redis broker and result backend of the team's Celery workers, for `python`
+/// and `celery` handlers.
+struct CeleryOptions {
+  bool configured = false;  ///< The file has a `[celery]` section.
+  /// `redis://[[user]:password@]host[:port][/db]` or `rediss://…`. Holds a secret when it has a
+  /// password: show it only redacted.
+  std::string broker;
+  std::string result_backend;  ///< Where task outcomes are read; the broker's URL when unset.
+  std::string queue = "celery";
+  std::optional<milliseconds> result_timeout;  ///< Unset: each handler's `timeout`.
+};
+
 enum class Role { kViewer, kAdmin };
 std::string_view to_string(Role role);
 
@@ -121,6 +141,7 @@ struct Config {
   MetroOptions metro;
   std::vector<SubscriptionOptions> subscriptions;
   AdminOptions admin;
+  CeleryOptions celery;
 };
 
 /// One problem in a settings file.

@@ -198,10 +198,11 @@ connection_string = "Endpoint=sb://h/;SharedAccessKeyName=k;SharedAccessKey=v;En
       "t.toml:7: subscriptions[0].connection_string: its EntityPath 'other' disagrees with "
       "topic_name 't' (remove EntityPath or make them equal)",
       "t.toml:9: subscriptions[0].handlers[0].handler: a handler needs one way to run: handler = "
-      "\"function\", exec = [\"cmd\"], or http = \"http://…\"",
+      "\"function\", exec = [\"cmd\"], http = \"http://…\", python = \"module.function\" or "
+      "celery = \"task.name\"",
       "t.toml:10: subscriptions[0].handlers[0].subject: invalid regex 'a(': missing ): a(",
       "t.toml:13: subscriptions[0].handlers[1].handler: a handler runs exactly one way, but this "
-      "one sets 2 of handler, exec and http",
+      "one sets 2 of handler, exec, http, python and celery",
       "t.toml:14: subscriptions[0].handlers[1].subject: expected a string, got an integer",
   };
   EXPECT_EQ(errors, expected);

@@ -1,0 +1,167 @@
+// python and celery handlers: a dispatch::Task becomes a Celery task message, its outcome a
+// dispatch::Result.
+
+#include "celery_handler.hpp"
+
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include <metro/error.hpp>
+
+#include "../common/json_bounds.hpp"
+
+namespace metro::celery {
+namespace {
+
+/// One line, no control characters: task exceptions are outside input, and errors reach logs.
+std::string one_line(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (char c : text) {
+    auto u = static_cast<unsigned char>(c);
+    out += (u < 0x20 || u == 0x7f) ? ' ' : c;
+  }
+  return out;
+}
+
+std::string failure_text(const TaskOutcome& outcome) {
+  const auto& meta = outcome.meta;
+  std::string out =
+      "Celery task " + outcome.task_id + " " + std::string(to_string(meta.state)) + ": ";
+  if (meta.exception_type == "NotRegistered") {
+    out += "the workers have no task registered as " + one_line(meta.exception_message) +
+           " (NotRegistered)";
+  } else {
+    out += one_line(meta.exception_text());
+  }
+  if (outcome.retries > 0) out += " after " + std::to_string(outcome.retries) + " retries";
+  // The frames nearest the error: not the "Traceback (most recent call last):" header, and not
+  // the last line, which repeats the exception.
+  std::vector<std::string> frames;
+  std::string tail = traceback_tail(meta.traceback, 5);
+  for (std::size_t start = 0; start <= tail.size();) {
+    auto end = tail.find('\n', start);
+    if (end == std::string::npos) end = tail.size();
+    auto line = tail.substr(start, end - start);
+    if (!line.empty() && line.rfind("Traceback (", 0) != 0) frames.push_back(line);
+    start = end + 1;
+  }
+  if (!frames.empty() && !meta.exception_type.empty() &&
+      frames.back().rfind(meta.exception_type, 0) == 0) {
+    frames.pop_back();
+  }
+  if (frames.size() > 3) frames.erase(frames.begin(), frames.end() - 3);
+  if (!frames.empty()) {
+    std::string joined;
+    for (const auto& f : frames) joined += (joined.empty() ? "" : " | ") + f;
+    out += " [traceback: " + one_line(joined) + "]";
+  }
+  return out;
+}
+
+}  // namespace
+
+TaskMessage task_message_for(const dispatch::Task& task, const HandlerSpec& spec) {
+  TaskMessage m;
+  m.id = new_task_id();
+  m.queue = spec.queue;
+  m.priority = spec.priority;
+  if (spec.kind == HandlerSpec::Kind::kPython) {
+    m.task = std::string(kRunHandlerTask);
+    m.args.push_back(python_json_string(spec.target));
+  } else {
+    m.task = spec.target;
+  }
+  // The body as published when it is JSON (so the worker decodes exactly what was sent), else
+  // the body as a string, as the other handler kinds get it.
+  bool json = !json_bounds::check(task.body) && nlohmann::json::accept(task.body);
+  m.kwargs = {{"message", json ? task.body : python_json_string(task.body)},
+              {"topic_name", python_json_string(task.topic_name)},
+              {"subscription_name", python_json_string(task.subscription_name)},
+              {"sequence_number", std::to_string(task.sequence_number)}};
+  m.headers = {{"metro_correlation_id", python_json_string(task.correlation_id)},
+               {"metro_attempt", std::to_string(task.attempt)},
+               {"metro_handler", python_json_string(task.handler)}};
+  return m;
+}
+
+dispatch::Result result_of(const TaskOutcome& outcome, std::chrono::milliseconds duration) {
+  using Status = TaskOutcome::Status;
+  switch (outcome.status) {
+    case Status::kSucceeded:
+      return {dispatch::Outcome::kSuccess, {}, duration};
+    case Status::kFailed:
+      return {dispatch::Outcome::kFailure, failure_text(outcome), duration};
+    case Status::kTimedOut:
+      return {dispatch::Outcome::kFailure, one_line(outcome.error), duration};
+    case Status::kUnavailable:
+    case Status::kClosed:
+      return {dispatch::Outcome::kRetry, "Celery task not sent: " + one_line(outcome.error),
+              duration};
+    case Status::kRefused:
+      return {dispatch::Outcome::kFailure, "Celery task not sent: " + one_line(outcome.error),
+              duration};
+  }
+  return {dispatch::Outcome::kFailure, one_line(outcome.error), duration};
+}
+
+CeleryHandler::CeleryHandler(std::shared_ptr<Client> client, HandlerSpec spec)
+    : client_(std::move(client)), spec_(std::move(spec)) {
+  if (!client_) throw InvalidArgument("a Celery handler needs a Celery client");
+}
+
+dispatch::Result CeleryHandler::run(const dispatch::Task& task, std::chrono::milliseconds timeout) {
+  return run_task(task, timeout).result;
+}
+
+CeleryRun CeleryHandler::run_task(const dispatch::Task& task, std::chrono::milliseconds timeout,
+                                  ProgressCallback progress) {
+  auto start = std::chrono::steady_clock::now();
+  CeleryRun run;
+  TaskMessage message;
+  try {
+    message = task_message_for(task, spec_);
+  } catch (const Error& e) {
+    run.result = {dispatch::Outcome::kRetry, std::string("Celery task not sent: ") + e.what(), {}};
+    return run;
+  }
+  auto outcome =
+      client_->call(message, spec_.result_timeout.value_or(timeout), std::move(progress));
+  run.task_id = outcome.task_id;
+  run.retries = outcome.retries;
+  run.last_state = outcome.meta.state;
+  run.result = result_of(outcome, std::chrono::duration_cast<std::chrono::milliseconds>(
+                                      std::chrono::steady_clock::now() - start));
+  return run;
+}
+
+ClientOptions client_options(const config::CeleryOptions& celery) {
+  ClientOptions options;
+  options.broker = parse_redis_url(celery.broker);
+  options.result_backend =
+      parse_redis_url(celery.result_backend.empty() ? celery.broker : celery.result_backend);
+  return options;
+}
+
+HandlerSpec handler_spec(const config::HandlerOptions& handler) {
+  HandlerSpec spec;
+  switch (handler.kind) {
+    case config::HandlerKind::kPython:
+      spec.kind = HandlerSpec::Kind::kPython;
+      spec.target = handler.python;
+      break;
+    case config::HandlerKind::kCelery:
+      spec.kind = HandlerSpec::Kind::kCelery;
+      spec.target = handler.celery;
+      break;
+    default:
+      throw InvalidArgument("handler '" + handler.name + "' does not send Celery tasks");
+  }
+  spec.queue = handler.queue.empty() ? "celery" : handler.queue;
+  spec.priority = handler.priority;
+  spec.result_timeout = handler.result_timeout;
+  return spec;
+}
+
+}  // namespace metro::celery
