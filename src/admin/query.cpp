@@ -89,23 +89,8 @@ std::optional<std::string> decode_cursor(const std::string& text) {
     if (hi < 0 || lo < 0) return std::nullopt;
     out += static_cast<char>(hi * 16 + lo);
   }
-  // The ledger's cursor is "topic\nsubscription\nsequence\ngeneration" (the last key of a page;
-  // ledgers before generations gave out three parts); anything else did not come from this API,
-  // and is refused here rather than handed to the ledger.
-  auto a = out.find('\n');
-  auto b = a == std::string::npos ? a : out.find('\n', a + 1);
-  if (b == std::string::npos || !is_utf8(out)) return std::nullopt;
-  auto c = out.find('\n', b + 1);
-  if (c != std::string::npos && out.find('\n', c + 1) != std::string::npos) return std::nullopt;
-  auto number = [&](std::size_t from, std::size_t to) {
-    std::int64_t n = 0;
-    const char* first = out.data() + from;
-    const char* last = out.data() + to;
-    auto [end, error] = std::from_chars(first, last, n);
-    return first != last && *first != '-' && error == std::errc() && end == last;
-  };
-  if (!number(b + 1, c == std::string::npos ? out.size() : c)) return std::nullopt;
-  if (c != std::string::npos && !number(c + 1, out.size())) return std::nullopt;
+  // Only a cursor a ledger made is handed to the ledger.
+  if (!is_utf8(out) || !ledger::parse_cursor(out)) return std::nullopt;
   return out;
 }
 

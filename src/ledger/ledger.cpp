@@ -35,33 +35,6 @@ std::optional<HandlerRun::Outcome> outcome_from_string(std::string_view text) {
   return std::nullopt;
 }
 
-std::string cursor_of(const MessageKey& k) {
-  return k.topic + "\n" + k.subscription + "\n" + std::to_string(k.sequence_number) + "\n" +
-         std::to_string(k.generation);
-}
-
-std::optional<MessageKey> parse_cursor(const std::string& cursor) {
-  auto a = cursor.find('\n');
-  auto b = a == std::string::npos ? a : cursor.find('\n', a + 1);
-  if (b == std::string::npos) return std::nullopt;
-  auto c = cursor.find('\n', b + 1);
-  try {
-    std::size_t used = 0;
-    auto number = cursor.substr(b + 1, c == std::string::npos ? std::string::npos : c - b - 1);
-    auto sequence = std::stoll(number, &used);
-    if (used != number.size()) return std::nullopt;
-    std::int64_t generation = 0;
-    if (c != std::string::npos) {
-      auto g = cursor.substr(c + 1);
-      generation = std::stoll(g, &used);
-      if (used != g.size() || generation < 0) return std::nullopt;
-    }
-    return MessageKey{cursor.substr(0, a), cursor.substr(a + 1, b - a - 1), sequence, generation};
-  } catch (const std::exception&) {
-    return std::nullopt;
-  }
-}
-
 bool instance_alive(const std::string& host, std::int64_t pid, std::int64_t heartbeat_ms,
                     std::int64_t lease_ms, std::int64_t now_ms) {
   if (heartbeat_ms + lease_ms < now_ms) return false;

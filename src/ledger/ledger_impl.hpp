@@ -1,6 +1,6 @@
 #pragma once
 
-// What the SQLite and PostgreSQL ledgers share: state and outcome names, list cursors, the
+// What the SQLite and PostgreSQL ledgers share: state and outcome names, the
 // states whose rows are in flight (leased), and the time representation (milliseconds since the
 // epoch in a 64-bit integer, so both ledgers order and compare times the same way).
 
@@ -39,11 +39,6 @@ inline bool releases_lease(State s) {
 }
 
 std::optional<HandlerRun::Outcome> outcome_from_string(std::string_view text);
-
-/// "topic\nsubscription\nsequence\ngeneration": the last key of the previous page. (Cursors of
-/// three parts, from before generations, still page.)
-std::string cursor_of(const MessageKey& k);
-std::optional<MessageKey> parse_cursor(const std::string& cursor);
 
 /// Why the reason to supersede a record: a new message with this sequence number.
 inline constexpr const char* kSupersededNote =

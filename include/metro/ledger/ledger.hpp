@@ -244,6 +244,13 @@ class Ledger {
   virtual std::vector<MigrationStatus> migrations() = 0;
 };
 
+/// A page cursor: the last key of the previous page, as every ledger pages
+/// ("topic\nsubscription\nsequence\ngeneration").
+std::string cursor_of(const MessageKey& key);
+/// The key a cursor names, or nullopt when it is not one `cursor_of` made (cursors of three
+/// parts, from before generations, are still read).
+std::optional<MessageKey> parse_cursor(std::string_view cursor);
+
 struct OpenOptions {
   /// Bring the schema up to date at open. false: open as it is, only to read `migrations()`.
   bool migrate = true;
