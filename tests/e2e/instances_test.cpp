@@ -359,6 +359,26 @@ TEST_F(InstancesE2e, ADatabaseThatCannotBeUsedIsAClearErrorAtStart) {
   EXPECT_EQ(out.find("s3cret-pw"), std::string::npos) << out;
 }
 
+TEST_F(InstancesE2e, ASecondProcessOnOneSqliteFileIsRefusedWithTheReason) {
+  auto file = "sqlite://" + (dir_ / "one.db").string();
+  auto first_config = write_config("first", file);
+  Process first({METRO_BIN, "run", "--config", first_config.string()}, dir_ / "first.log");
+  ASSERT_TRUE(first.wait_for("metro running")) << first.output();
+  auto second_config = write_config("second", file);
+  Process second({METRO_BIN, "run", "--config", second_config.string()}, dir_ / "second.log");
+  EXPECT_EQ(second.wait(), 1);
+  auto out = read_file(dir_ / "second.log");
+  EXPECT_NE(out.find("is in use by metro instance 'first' (pid " + std::to_string(first.pid())),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("a SQLite ledger serves one metro process"), std::string::npos) << out;
+  // Once the first has stopped, the file is free.
+  first.signal(SIGTERM);
+  EXPECT_EQ(first.wait(), 0);
+  Process third({METRO_BIN, "run", "--config", second_config.string()}, dir_ / "third.log");
+  EXPECT_TRUE(third.wait_for("metro running")) << third.output();
+}
+
 TEST_F(InstancesE2e, LedgerMigrateAndCopyMoveASqliteLedgerToPostgres) {
   // A single instance's SQLite ledger with history: handled messages and a parked one.
   auto sqlite = dir_ / "single.db";

@@ -147,6 +147,32 @@ TEST_F(InstancesTest, AnyInstanceRetriesOrCompletesWhatAnotherParked) {
   EXPECT_EQ(bus_->counts("orders/Subscriptions/billing").total(), 1u);
 }
 
+TEST_F(InstancesTest, AHandlerCompletesAnotherInstancesMessageBySequenceNumber) {
+  // b parks #1 and stops; a's handler, running for #2, completes #1 with
+  // metro::complete_deferred_message as the original's users did.
+  ServiceOptions b_options;
+  b_options.functions = {{"f", [](const Task&) { throw std::runtime_error("b cannot"); }}};
+  auto& b = start(config("b", kHandler), std::move(b_options));
+  publish(1);
+  ASSERT_TRUE(wait_until([&] { return ledger()->counts()[State::kFailed] == 1; }, 30s));
+  b.stop(0ms);
+  std::atomic<bool> completed_other{false};
+  ServiceOptions a_options;
+  a_options.functions = {{"f", [&](const Task& t) {
+                            if (t.sequence_number == 2) {
+                              metro::complete_deferred_message(1, t.topic_name,
+                                                               t.subscription_name);
+                              completed_other = true;
+                            }
+                          }}};
+  start(config("a", kHandler), std::move(a_options));
+  publish(1);
+  ASSERT_TRUE(wait_until([&] { return completed() == 2; }, 30s));
+  EXPECT_TRUE(completed_other);
+  EXPECT_EQ(ledger()->find({"orders", "billing", 1})->owner, "b");  // Parked by b, settled by a.
+  EXPECT_EQ(bus_->counts("orders/Subscriptions/billing").total(), 0u);
+}
+
 TEST_F(InstancesTest, AMessageAnotherLiveInstanceIsHandlingIsNotRetriedHere) {
   std::atomic<bool> release{false};
   std::atomic<int> running{0};
