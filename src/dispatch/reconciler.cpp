@@ -117,10 +117,7 @@ std::size_t Reconciler::resume_unfinished(std::optional<ledger::Clock::time_poin
   // Only as fast as there is room: rows are claimed no faster than they can run, so start-up
   // does not queue every stale row at once, and what this instance cannot run yet stays for the
   // others.
-  // At start-up it waits for room; the reaper's sweep takes what fits now and leaves the rest
-  // (to the next sweep, or to an instance with room), rather than hold the sweep's lock waiting.
   auto room = [&]() -> std::size_t {
-    if (before) return in_flight_.room();
     while (!in_flight_.wait_for_room(std::chrono::steady_clock::now() + std::chrono::seconds(1),
                                      stop)) {
       if (stop()) return 0;

@@ -47,8 +47,7 @@ class Reconciler {
                                 bool take_lapsed, const StopFn& stop);
   /// Resumes the `deferred`, `running` and `retrying` rows of every route (own ones updated
   /// before `before`, when given, and with `take_lapsed` those of instances whose lease lapsed),
-  /// claiming only as many at a time as there is room in flight (without `before`, at start-up,
-  /// it waits for room; with it, it takes what fits now). Transient errors are tried
+  /// claiming only as many at a time as there is room in flight. Transient errors are tried
   /// again. Returns how many messages were dispatched.
   std::size_t resume_unfinished(std::optional<ledger::Clock::time_point> before, bool take_lapsed,
                                 const StopFn& stop);
