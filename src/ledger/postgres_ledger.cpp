@@ -394,7 +394,7 @@ class PostgresLedger : public Ledger {
   }
 
   void join(const InstanceInfo& me) override {
-    write([this, &me](postgres::Connection& c) {
+    write([&me](postgres::Connection& c) {
       auto r = c.query(std::string("SELECT host, pid, heartbeat, lease_ms, ") + kNow +
                            " FROM instances WHERE id = $1 FOR UPDATE",
                        Params().text(me.id));
