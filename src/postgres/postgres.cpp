@@ -243,7 +243,9 @@ Pool::Lease Pool::acquire(std::chrono::milliseconds wait) {
     }
     if (out_ + idle_.size() < size_) {
       auto now = std::chrono::steady_clock::now();
-      if (last_error_ && now < next_connect_) throw *last_error_;
+      if (last_error_ && now < next_connect_) {
+        throw PgError(last_error_->first, last_error_->second, true);
+      }
       ++out_;
       lock.unlock();
       try {
@@ -260,7 +262,7 @@ Pool::Lease Pool::acquire(std::chrono::milliseconds wait) {
             std::chrono::seconds(5),
             std::max<std::chrono::milliseconds>(std::chrono::milliseconds(100), backoff_ * 2));
         next_connect_ = std::chrono::steady_clock::now() + backoff_;
-        last_error_ = e;
+        last_error_.emplace(e.what(), e.sqlstate());
         freed_.notify_all();
         throw;
       }

@@ -157,7 +157,9 @@ class Pool {
   std::size_t out_ GUARDED_BY(mutex_) = 0;  // Connections handed out or being made.
   std::chrono::steady_clock::time_point next_connect_ GUARDED_BY(mutex_){};
   std::chrono::milliseconds backoff_ GUARDED_BY(mutex_){0};
-  std::optional<PgError> last_error_ GUARDED_BY(mutex_);
+  // The last failure to connect, kept as text: each borrower gets an exception of its own (an
+  // exception object shared between threads shares its message buffer).
+  std::optional<std::pair<std::string, std::string>> last_error_ GUARDED_BY(mutex_);
 };
 
 /// `host:port/db` of a URL (for messages), without user or password.
