@@ -775,7 +775,6 @@ class PostgresLedger : public Ledger {
   }
 
   void commit(std::vector<std::shared_ptr<Pending>>& group) {
-    std::exception_ptr failed;
     try {
       auto c = pool_.acquire();
       postgres::Transaction tx(*c);
@@ -797,13 +796,19 @@ class PostgresLedger : public Ledger {
       }
       tx.commit();
     } catch (const PgError& e) {
-      failed = std::make_exception_ptr(explain(e, where_));
+      fail_all(group, explain(e, where_));
+    } catch (const Error& e) {
+      fail_all(group, e);
     } catch (...) {
-      failed = std::current_exception();
-    }
-    if (failed) {
+      auto failed = std::current_exception();
       for (auto& p : group) p->error = failed;
     }
+  }
+
+  /// Every writer of the group gets an exception object of its own: they rethrow it on their own
+  /// threads, and a shared one would share its message buffer among them.
+  static void fail_all(std::vector<std::shared_ptr<Pending>>& group, const Error& e) {
+    for (auto& p : group) p->error = std::make_exception_ptr(Error(e.what(), e.is_transient()));
   }
 
   const std::string where_;
