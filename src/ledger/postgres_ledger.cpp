@@ -27,6 +27,14 @@ using postgres::Result;
 /// The database's clock, in milliseconds since the epoch.
 constexpr const char* kNow = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
+/// A row's lease has lapsed: its own deadline passed and its owner's heartbeat (which renews the
+/// leases of everything the owner holds) is older than the owner's lease, or the owner is gone.
+std::string lapsed() {
+  return std::string("(deferred_messages.lease_until < ") + kNow +
+         " AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = deferred_messages.owner"
+         " AND i.heartbeat + i.lease_ms >= " + kNow + "))";
+}
+
 constexpr const char* kColumns =
     "topic, subscription, sequence_number, generation, subject, message_id, correlation_id, "
     "body, body_truncated, state, created, updated, last_error, enqueued, owner, lease_until";
@@ -177,7 +185,9 @@ class PostgresLedger : public Ledger {
  public:
   PostgresLedger(const std::string& url, const OpenOptions& options)
       : where_(postgres::describe(url)),
-        pool_(postgres::ConnectOptions{url}, std::max<std::size_t>(2, options.connections)) {
+        pool_(postgres::ConnectOptions{url}, std::max<std::size_t>(2, options.connections)),
+        // Connections left over for reads and the exclusive right.
+        committers_(std::max<std::size_t>(1, std::max<std::size_t>(2, options.connections) - 2)) {
     try {
       auto c = pool_.acquire();
       if (options.migrate) migrate_postgres(*c, where_);
@@ -437,9 +447,6 @@ class PostgresLedger : public Ledger {
                   .int8(self.pid)
                   .int8(static_cast<std::int64_t>(in_flight))
                   .int8(self.lease.count()));
-      c.query(std::string("UPDATE deferred_messages SET lease_until = ") + kNow +
-                  " + $2 WHERE owner = $1 AND state IN " + kLeasedStates,
-              Params().text(self.id).int8(self.lease.count()));
       return std::size_t{0};
     });
   }
@@ -493,8 +500,8 @@ class PostgresLedger : public Ledger {
                       " AND generation = 0 AND sequence_number > $3 AND state IN (") +
               states +
               ") AND (($4 = 1 AND owner = $5 AND ($6 = 0 OR updated < $6))"
-              " OR ($7 = 1 AND owner <> $5 AND (owner = '' OR lease_until < " +
-              kNow +
+              " OR ($7 = 1 AND owner <> $5 AND (owner = '' OR " +
+              lapsed() +
               ")))"
               " ORDER BY sequence_number LIMIT $8 FOR UPDATE SKIP LOCKED)"
               " UPDATE deferred_messages t SET owner = $5, lease_until = CASE WHEN $5 = ''"
@@ -534,7 +541,8 @@ class PostgresLedger : public Ledger {
                                    " WHEN $5 = '' THEN 0 ELSE ") +
                            kNow + " + $6 END" + kKeyWhere +
                            " AND state NOT IN ('completed', 'dead-lettered')"
-                           " AND (owner IN ('', $5) OR lease_until < " + kNow + ") RETURNING " +
+                           " AND (owner IN ('', $5) OR state NOT IN " + kLeasedStates + " OR " +
+                           lapsed() + ") RETURNING " +
                            kColumns,
                        p);
       if (r.rows() > 0) out = read_message(r, 0);
@@ -612,6 +620,7 @@ class PostgresLedger : public Ledger {
   using Apply = std::function<std::size_t(postgres::Connection&)>;
   struct Pending {
     Apply apply;
+    bool taken = false;  // In a group being committed.
     bool done = false;
     std::size_t result = 0;
     std::exception_ptr error;
@@ -750,24 +759,27 @@ class PostgresLedger : public Ledger {
   }
 
   /// Queues `apply`, waits until the transaction holding it has committed, returns its answer.
+  /// Up to `committers_` groups commit at once, each on a connection of its own, so that the
+  /// server's flushes overlap (PostgreSQL shares WAL flushes among concurrent commits too).
   std::size_t write(Apply apply) EXCLUDES(queue_mutex_) {
     auto pending = std::make_shared<Pending>();
     pending->apply = std::move(apply);
     MutexLock lock(queue_mutex_);
     queue_.push_back(pending);
     while (!pending->done) {
-      if (committing_) {
+      if (pending->taken || committing_ >= committers_) {
         committed_.wait(lock);
         continue;
       }
-      committing_ = true;
+      ++committing_;
       auto group = std::move(queue_);
       queue_.clear();
+      for (auto& p : group) p->taken = true;
       lock.unlock();
       commit(group);
       lock.lock();
       for (auto& p : group) p->done = true;
-      committing_ = false;
+      --committing_;
       committed_.notify_all();
     }
     if (pending->error) std::rethrow_exception(pending->error);
@@ -818,7 +830,8 @@ class PostgresLedger : public Ledger {
   Mutex queue_mutex_;
   CondVar committed_;
   std::vector<std::shared_ptr<Pending>> queue_ GUARDED_BY(queue_mutex_);
-  bool committing_ GUARDED_BY(queue_mutex_) = false;
+  const std::size_t committers_;
+  std::size_t committing_ GUARDED_BY(queue_mutex_) = 0;
 };
 
 }  // namespace

@@ -57,6 +57,15 @@ DeferredMessage read_message(const Statement& s) {
 
 std::int64_t now_ms() { return to_ms(Clock::now()); }
 
+/// A row's lease has lapsed at `now` (a parameter): its own deadline passed and its owner's
+/// heartbeat (which renews the leases of everything the owner holds) is older than the owner's
+/// lease, or the owner is gone.
+std::string lapsed(const char* now) {
+  return std::string("(deferred_messages.lease_until < ") + now +
+         " AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = deferred_messages.owner"
+         " AND i.heartbeat + i.lease_ms >= " + now + "))";
+}
+
 /// Which file a path names now (device and inode); nullopt when there is none.
 std::optional<std::pair<dev_t, ino_t>> identity_of(const std::string& path) {
   struct stat st {};
@@ -315,11 +324,6 @@ class SqliteLedger : public Ledger {
         s.bind(6, static_cast<std::int64_t>(me_.lease.count()));
         s.run();
       }
-      auto s = db_->statement(std::string("UPDATE deferred_messages SET lease_until = ?2"
-                                          " WHERE owner = ?1 AND state IN ") +
-                              kLeasedStates);
-      s.bind(1, me_.id).bind(2, now + me_.lease.count());
-      s.run();
       return std::size_t{0};
     });
   }
@@ -374,7 +378,7 @@ class SqliteLedger : public Ledger {
           " FROM deferred_messages WHERE topic = ?1 AND subscription = ?2 AND generation = 0"
           " AND sequence_number > ?3 AND state IN (" + states + ") AND ("
           " (?4 AND owner = ?5 AND (?6 = 0 OR updated < ?6))"
-          " OR (?7 AND owner <> ?5 AND (owner = '' OR lease_until < ?8)))"
+          " OR (?7 AND owner <> ?5 AND (owner = '' OR " + lapsed("?8") + ")))"
           " ORDER BY sequence_number LIMIT ?9");
       s.bind(1, c.topic).bind(2, c.subscription).bind(3, c.after);
       s.bind(4, c.own ? 1 : 0).bind(5, me_.id);
@@ -407,7 +411,8 @@ class SqliteLedger : public Ledger {
       auto u = db_->statement(
           std::string("UPDATE deferred_messages SET owner = ?5, lease_until = ?6") + kKeyWhere +
           " AND state NOT IN ('completed', 'dead-lettered')"
-          " AND (owner IN ('', ?5) OR lease_until < ?7)");
+          " AND (owner IN ('', ?5) OR state NOT IN " + kLeasedStates + " OR " + lapsed("?7") +
+          ")");
       bind_key(u, key);
       u.bind(5, me_.id).bind(6, lease_until).bind(7, now);
       u.run();

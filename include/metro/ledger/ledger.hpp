@@ -214,8 +214,9 @@ class Ledger {
   /// records and claims from now on. Throws `metro::Error` when another live process is that
   /// instance already, or (SQLite) when another process uses the file.
   virtual void join(const InstanceInfo& me) = 0;
-  /// Renews the heartbeat and the leases of the messages this instance owns that are not
-  /// settled or parked; `in_flight` is shown with the instance.
+  /// Renews the heartbeat, and with it the leases of every message this instance owns (a row's
+  /// lease lapses once its own deadline passed and its owner's heartbeat is older than the
+  /// owner's lease); `in_flight` is shown with the instance.
   virtual void heartbeat(std::size_t in_flight) = 0;
   /// Leaving for good (a graceful stop): the heartbeat row goes and the leases of this
   /// instance's messages lapse at once, so the others take them over without waiting.
