@@ -23,10 +23,14 @@ const std::vector<PostgresMigration>& postgres_migrations() {
        " last_error bytea NOT NULL, enqueued bigint NOT NULL DEFAULT 0,"
        " owner text NOT NULL DEFAULT '', lease_until bigint NOT NULL DEFAULT 0,"
        " PRIMARY KEY (topic, subscription, sequence_number, generation));"
+       // No other index starts with (topic, subscription): the planner must not pick one over
+       // the primary key for the single-row writes (it did, scanning a whole subscription).
        "CREATE INDEX deferred_messages_state ON deferred_messages (state, updated);"
-       "CREATE INDEX deferred_messages_age ON deferred_messages"
-       " (topic, subscription, state, created);"
-       "CREATE INDEX deferred_messages_owner ON deferred_messages (owner, state);"
+       "CREATE INDEX deferred_messages_unsettled ON deferred_messages"
+       " (topic, subscription, created) WHERE generation = 0 AND state IN ('deferring',"
+       " 'deferred', 'running', 'retrying', 'failed', 'orphaned');"
+       "CREATE INDEX deferred_messages_owner ON deferred_messages (owner)"
+       " WHERE state IN ('deferring', 'deferred', 'running', 'retrying');"
        "CREATE TABLE handler_runs ("
        " topic text COLLATE \"C\" NOT NULL, subscription text COLLATE \"C\" NOT NULL,"
        " sequence_number bigint NOT NULL, generation bigint NOT NULL DEFAULT 0,"

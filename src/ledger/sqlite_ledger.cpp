@@ -367,7 +367,7 @@ class SqliteLedger : public Ledger {
       out.clear();
       std::string states;
       for (auto st : c.states) {
-        states += (states.empty() ? "'" : ", '") + std::string(to_string(st)) + "'";
+        states.append(states.empty() ? "'" : ", '").append(to_string(st)).append("'");
       }
       if (states.empty()) return std::size_t{0};
       auto now = now_ms();
