@@ -11,6 +11,7 @@
 
 #include <metro/ledger/ledger.hpp>
 
+#include "../common/fresh_exception.hpp"
 #include "../common/thread_annotations.hpp"
 #include "../postgres/postgres.hpp"
 #include "ledger_impl.hpp"
@@ -802,7 +803,7 @@ class PostgresLedger : public Ledger {
         } catch (const PgError& e) {
           if (e.connection_lost() || !c->ok()) throw;
           if (group.size() == 1) {
-            group.front()->error = std::make_exception_ptr(explain(e, where_));
+            group.front()->error = fresh_exception([&] { return explain(e, where_); });
             return;
           }
         } catch (const Error&) {
@@ -822,7 +823,7 @@ class PostgresLedger : public Ledger {
         } catch (const PgError& e) {
           // This write alone is undone; a lost connection ends the whole transaction.
           if (e.connection_lost() || !c->ok()) throw;
-          p->error = std::make_exception_ptr(explain(e, where_));
+          p->error = fresh_exception([&] { return explain(e, where_); });
           c->exec("ROLLBACK TO SAVEPOINT pending_write; RELEASE SAVEPOINT pending_write");
         } catch (...) {
           p->error = std::current_exception();
@@ -844,7 +845,9 @@ class PostgresLedger : public Ledger {
   /// Every writer of the group gets an exception object of its own: they rethrow it on their own
   /// threads, and a shared one would share its message buffer among them.
   static void fail_all(std::vector<std::shared_ptr<Pending>>& group, const Error& e) {
-    for (auto& p : group) p->error = std::make_exception_ptr(Error(e.what(), e.is_transient()));
+    for (auto& p : group) {
+      p->error = fresh_exception([&] { return Error(e.what(), e.is_transient()); });
+    }
   }
 
   const std::string where_;
