@@ -75,14 +75,21 @@ class PostgresServer {
     return out;
   }
 
-  /// Starts the server (again) on its port; returns when it accepts connections.
+  /// Starts the server (again) on its port; returns when it accepts connections. The first start
+  /// takes a free port, and another one if something else bound it meanwhile.
   void start() {
-    if (port_ == 0) port_ = free_port();
-    auto [code, out] = run_command(as_user_ + bin_ + "/pg_ctl -D " + dir_ + "/data -l " + dir_ +
-                                   "/log -w -t 60 -o \"-p " + std::to_string(port_) + " -k " +
-                                   dir_ + " -c listen_addresses=127.0.0.1 -c fsync=off" +
-                                   " -c max_connections=200\" start");
-    if (code != 0) throw std::runtime_error("pg_ctl start failed: " + out + log_tail());
+    const bool first = port_ == 0;
+    for (int attempt = 1;; ++attempt) {
+      if (first) port_ = free_port();
+      auto [code, out] = run_command(as_user_ + bin_ + "/pg_ctl -D " + dir_ + "/data -l " +
+                                     dir_ + "/log -w -t 60 -o \"-p " + std::to_string(port_) +
+                                     " -k " + dir_ + " -c listen_addresses=127.0.0.1" +
+                                     " -c fsync=off -c max_connections=200\" start");
+      if (code == 0) break;
+      if (!first || attempt == 3) {
+        throw std::runtime_error("pg_ctl start failed: " + out + log_tail());
+      }
+    }
     running_ = true;
     bool ready = wait_until(
         [&] {
