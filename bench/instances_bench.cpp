@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <stdexcept>
 #include <thread>
 
 #include <spdlog/spdlog.h>
@@ -71,7 +72,16 @@ double drain(const std::string& ledger, int instances, int n, int workers) {
     for (auto& s : services) sum += s->counters().completed;
     return sum;
   };
-  while (completed() < static_cast<std::uint64_t>(n)) std::this_thread::sleep_for(5ms);
+  // A drain that stalls (a lost bus or database) ends the run with the reason, not a hang.
+  const auto deadline = start + 10min;
+  while (completed() < static_cast<std::uint64_t>(n)) {
+    if (Clock::now() > deadline) {
+      throw std::runtime_error("the drain on " + ledger + " completed only " +
+                               std::to_string(completed()) + " of " + std::to_string(n) +
+                               " messages in 10 minutes");
+    }
+    std::this_thread::sleep_for(5ms);
+  }
   double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   for (auto& s : services) s->stop(10s);
   return static_cast<double>(n) / seconds;

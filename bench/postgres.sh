@@ -2,7 +2,9 @@
 # A PostgreSQL server for the benchmarks: Debian's postgresql-15, a fresh cluster in a temporary
 # directory on a free loopback port (as the postgres user when run as root), with the databases
 # bench_instances uses.
-#   bench/postgres.sh start | url | stop
+#   bench/postgres.sh start | url | async | stop
+# `async` makes the role's commits stop waiting for the WAL flush (synchronous_commit = off) and
+# empties the three databases, for a second run of bench_instances.
 set -euo pipefail
 state=${TMPDIR:-/tmp}/metro-bench-postgres
 bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
@@ -23,6 +25,15 @@ case ${1:-} in
       "$bin/psql" -h "$state" -p "$port" -U metro -d postgres -qc "CREATE DATABASE $db"
     done
     ;;
+  async)
+    port=$(cat "$state.port")
+    "$bin/psql" -h "$state" -p "$port" -U metro -d postgres -qc \
+      "ALTER ROLE metro SET synchronous_commit = off"
+    for db in bench_pg1 bench_pg2 bench_pg3; do
+      "$bin/psql" -h "$state" -p "$port" -U metro -d postgres -qc "DROP DATABASE $db"
+      "$bin/psql" -h "$state" -p "$port" -U metro -d postgres -qc "CREATE DATABASE $db"
+    done
+    ;;
   url)
     echo "postgresql://metro@127.0.0.1:$(cat "$state.port")/"
     ;;
@@ -33,7 +44,7 @@ case ${1:-} in
     rm -rf "$state" "$state.port"
     ;;
   *)
-    echo "usage: $0 start|url|stop" >&2
+    echo "usage: $0 start|url|async|stop" >&2
     exit 2
     ;;
 esac
