@@ -75,6 +75,8 @@ class Api {
   Response act(const Request& request, const Call& call);
   Response publish(const Request& request, const Call& call);
   nlohmann::json subscriptions();
+  /// The instances sharing the ledger: id, host, pid, last heartbeat, in-flight count, live.
+  nlohmann::json instances();
   void require_open(const ledger::MessageKey& key);
   /// The config's spelling of a topic (and subscription) named in any case; as given when the
   /// config has none.

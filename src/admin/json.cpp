@@ -46,7 +46,10 @@ json message_json(const ledger::DeferredMessage& m, bool body) {
               {"created", iso_time(m.created)},
               {"updated", iso_time(m.updated)},
               {"age_seconds", std::chrono::duration<double>(now - m.created).count()},
-              {"last_error", m.last_error}};
+              {"last_error", m.last_error},
+              {"owner", m.owner.empty() ? json() : json(m.owner)},
+              {"lease_until",
+               m.lease_until.time_since_epoch().count() == 0 ? json() : json(iso_time(m.lease_until))}};
   if (body) {
     // A body is rendered as JSON only within json_bounds (a deeper one would be walked
     // recursively when copied and dumped); otherwise, or when it is not JSON, as text.

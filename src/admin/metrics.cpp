@@ -106,6 +106,30 @@ std::string metrics_text(dispatch::Service& service) {
   header(out, "metro_messages_in_flight", "gauge",
          "Deferred messages this process is handling (queued or running).");
   out << "metro_messages_in_flight " << service.in_flight() << '\n';
+  // The instances sharing the ledger, as their heartbeats say (this one included).
+  std::vector<ledger::Instance> instances;
+  try {
+    instances = service.instances();
+  } catch (const Error&) {
+    // The ledger cannot be read now: the per-instance gauges are left out of this scrape.
+  }
+  header(out, "metro_instance_up", "gauge",
+         "1 while the instance's heartbeat is younger than its lease, else 0.");
+  for (const auto& i : instances) {
+    out << "metro_instance_up{instance=\"" << label(i.id) << "\"} " << (i.live ? 1 : 0) << '\n';
+  }
+  header(out, "metro_instance_messages_in_flight", "gauge",
+         "Messages the instance was handling at its last heartbeat.");
+  for (const auto& i : instances) {
+    out << "metro_instance_messages_in_flight{instance=\"" << label(i.id) << "\"} " << i.in_flight
+        << '\n';
+  }
+  header(out, "metro_instance_heartbeat_age_seconds", "gauge",
+         "Seconds since the instance's last heartbeat.");
+  for (const auto& i : instances) {
+    out << "metro_instance_heartbeat_age_seconds{instance=\"" << label(i.id) << "\"} "
+        << std::max(0.0, std::chrono::duration<double>(now - i.heartbeat).count()) << '\n';
+  }
   return out.str();
 }
 

@@ -75,6 +75,17 @@ struct PublishCommand {
 /// subscription on it (or a given one).
 int run_publish(const PublishCommand& command);
 
+struct LedgerCommand {
+  std::string action;  ///< migrate, copy
+  std::string config_path;
+  bool dry_run = false;
+  std::string from;  ///< copy: ledger URLs (`${VAR}` allowed)
+  std::string to;
+};
+
+/// `metro ledger migrate|copy`: the ledger's schema migrations, and copying a whole ledger.
+int run_ledger(const LedgerCommand& command);
+
 /// `metro import-django settings.json`: the original's METRO settings (as JSON) as a metro config
 /// on stdout; notes on stderr.
 int run_import_django(const std::string& settings_path);

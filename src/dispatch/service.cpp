@@ -6,7 +6,8 @@
 //   TaskRunner (task_runner.cpp) runs handlers on the task queue's workers;
 //   Settler (settler.cpp)     completes and dead-letters by sequence number, batched;
 //   Reconciler (reconciler.cpp) resolves and resumes what a previous run left;
-//   Reaper (reaper.cpp)       stale deferrals, orphans, retention;
+//   Reaper (reaper.cpp)       stale deferrals, orphans, lapsed leases, retention;
+//   Heartbeat (heartbeat.cpp) this instance's heartbeat and leases in the shared ledger;
 //   completion_registry.cpp   metro::complete_deferred_message for running services.
 // Members of Impl are declared in start order; `stop` stops them in reverse, and the destructor
 // runs only after `stop` joined every thread the service started.
@@ -14,12 +15,15 @@
 #include <algorithm>
 #include <atomic>
 
+#include <unistd.h>
+
 #include <spdlog/spdlog.h>
 
 #include <metro/dispatch/service.hpp>
 
 #include "completion_registry.hpp"
 #include "counters.hpp"
+#include "heartbeat.hpp"
 #include "in_flight.hpp"
 #include "intake.hpp"
 #include "ledger_health.hpp"
@@ -62,6 +66,23 @@ Routes build_routes(const config::Config& config,
   return routes;
 }
 
+std::shared_ptr<ledger::Ledger> open_ledger(const config::Config& config) {
+  ledger::OpenOptions options;
+  // Writes share one commit at a time; reads (the API, resuming, the reaper's exclusive right)
+  // take the other connections.
+  options.connections = static_cast<std::size_t>(std::clamp(config.metro.workers / 2 + 3, 3, 12));
+  return ledger::open_ledger(config.metro.ledger, options);
+}
+
+ledger::InstanceInfo instance_of(const config::MetroOptions& m) {
+  ledger::InstanceInfo me;
+  me.id = m.instance_id.empty() ? default_instance_id() : m.instance_id;
+  me.host = host_name();
+  me.pid = ::getpid();
+  me.lease = m.lease;
+  return me;
+}
+
 std::shared_ptr<TaskQueue> make_queue(const config::Config& config,
                                       const std::shared_ptr<TaskQueue>& given) {
   if (given) return given;
@@ -77,6 +98,7 @@ struct Service::Impl : Completer {
   // destroyed, so nothing runs against a part that is gone.
   const config::Config config;
   ServiceOptions options;
+  const ledger::InstanceInfo me;
   std::shared_ptr<ledger::Ledger> ledger;
   Routes routes;
   ServiceCounters counters;
@@ -92,6 +114,7 @@ struct Service::Impl : Completer {
   Intake intake;
   Listener listener;
   Reaper reaper;
+  Heartbeat heartbeat;
   Mutex lifecycle_mutex;  // start and stop.
   bool started GUARDED_BY(lifecycle_mutex) = false;
   bool stopped GUARDED_BY(lifecycle_mutex) = false;
@@ -99,9 +122,8 @@ struct Service::Impl : Completer {
   Impl(config::Config c, ServiceOptions o)
       : config(std::move(c)),
         options(std::move(o)),
-        ledger(options.ledger
-                   ? options.ledger
-                   : std::shared_ptr<ledger::Ledger>(ledger::open_ledger(config.metro.ledger))),
+        me(instance_of(config.metro)),
+        ledger(options.ledger ? options.ledger : open_ledger(config)),
         routes(build_routes(config, options.functions)),
         queue(make_queue(config, options.queue)),
         in_flight(4 * queue->workers()),
@@ -111,7 +133,8 @@ struct Service::Impl : Completer {
                    config.metro.ledger_body_limit),
         intake(*ledger, runner, in_flight, counters, health, config.metro.ledger_body_limit),
         listener(routes, intake, in_flight, health, *ledger, counters),
-        reaper(routes, reconciler, *ledger, config.metro, reaper_interval()) {
+        reaper(routes, reconciler, *ledger, health, config.metro, reaper_interval()),
+        heartbeat(*ledger, in_flight, health, config.metro.lease) {
     in_flight.on_room([this] { listener.wake(); });
     health.on_recovered([this] { listener.wake(); });
   }
@@ -120,8 +143,9 @@ struct Service::Impl : Completer {
 
   milliseconds reaper_interval() const {
     if (options.reaper_interval.count() > 0) return options.reaper_interval;
-    return std::clamp<milliseconds>(config.metro.deferred_deadline / 4, milliseconds(1000),
-                                    std::chrono::minutes(1));
+    // Often enough that a dead instance's messages are taken over within a lease or two.
+    return std::clamp<milliseconds>(std::min(config.metro.deferred_deadline / 4, config.metro.lease),
+                                    milliseconds(1000), std::chrono::minutes(1));
   }
 
   bool consumes(std::string_view topic, std::string_view subscription) const override {
@@ -150,20 +174,23 @@ struct Service::Impl : Completer {
     MutexLock lock(lifecycle_mutex);
     if (started || stopped) throw ConflictError("a service starts once");
     started = true;
+    // Before anything is claimed: this process's id and heartbeat in the ledger.
+    ledger->join(me);
+    heartbeat.start();
     connect();
     queue->start([this](const Task& task) { runner.run(task); });
     settler.start();
     auto stop_now = [this] { return stopping.load(); };
     for (auto& route : routes) {
-      auto n = reconciler.resolve_deferring(*route, std::nullopt, stop_now);
+      auto n = reconciler.resolve_deferring(*route, std::nullopt, true, stop_now);
       if (n > 0) {
         spdlog::info("{}: resolved {} interrupted deferral(s)", route->options.entity_path(), n);
       }
     }
     listener.start();
     reaper.start();  // Resumes unfinished messages as room allows, then scans for orphans.
-    spdlog::info("metro is consuming {} subscription(s) with {} workers", routes.size(),
-                 queue->workers());
+    spdlog::info("metro is consuming {} subscription(s) with {} workers as instance '{}'",
+                 routes.size(), queue->workers(), log_value(me.id));
   }
 
   void connect() {
@@ -220,6 +247,7 @@ struct Service::Impl : Completer {
       }
       return true;
     }
+    // A start that failed half-way (a subscription that cannot be reached) stops here too.
     listener.stop();  // Nothing new comes in; what was received and not recorded is given back.
     reaper.stop();
     in_flight.notify();
@@ -241,6 +269,15 @@ struct Service::Impl : Completer {
       }
     }
     settler.stop();  // Settles what is pending (retries get one last try).
+    heartbeat.stop();
+    try {
+      // What is left goes to the other instances at once, not after a lease.
+      ledger->leave();
+    } catch (const Error& e) {
+      spdlog::warn("ledger: cannot say this instance leaves ({}); its messages are taken over "
+                   "once its lease lapses",
+                   log_value(e.what()));
+    }
     for (auto& route : routes) {
       if (route->client) route->client->close();
     }
@@ -287,11 +324,20 @@ struct Service::Impl : Completer {
   void retry(const MessageKey& k) {
     auto& route = route_or_throw(k);
     auto key = canonical(route, k);
-    auto row = row_or_throw(key);
+    row_or_throw(key);
     if (in_flight.contains(key)) {
       throw ConflictError(name_of(key) + " is being handled right now");
     }
     if (stopping) throw ConflictError("metro is shutting down");
+    // Any instance's message: this one takes it (unless another live instance works on it) and
+    // runs it here.
+    auto claimed = ledger->claim_one(key);
+    if (!claimed) {
+      auto now = row_or_throw(key);
+      throw ConflictError(name_of(key) + " is being handled right now by instance '" +
+                          log_value(now.owner) + "'; retry it there, or once its lease lapses");
+    }
+    auto row = *claimed;
     if (!reconciler.resume(route, row, true)) {
       throw ConflictError("no handler of the current config matches " + name_of(key) +
                           "'s subject '" + log_value(row.subject) + "'");
@@ -404,6 +450,10 @@ std::vector<HandlerStats> Service::handler_stats() const {
 }
 
 std::size_t Service::in_flight() const { return impl_->in_flight.size(); }
+
+std::string Service::instance_id() const { return impl_->me.id; }
+
+std::vector<ledger::Instance> Service::instances() const { return impl_->ledger->instances(); }
 
 }  // namespace metro::dispatch
 

@@ -55,6 +55,15 @@ const std::vector<sqlite::Migration>& sqlite_migrations() {
        "DROP TABLE handler_runs;"
        "ALTER TABLE handler_runs_2 RENAME TO handler_runs;"
        "CREATE TABLE ledger_probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);"},
+      // 3: instances: who handles a message (owner) and until when (lease), and a heartbeat row
+      // per process (SQLite: one at a time).
+      {3, "owner and lease of a message, instance heartbeats",
+       "ALTER TABLE deferred_messages ADD COLUMN owner TEXT NOT NULL DEFAULT '';"
+       "ALTER TABLE deferred_messages ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;"
+       "CREATE INDEX deferred_messages_owner ON deferred_messages (owner, state);"
+       "CREATE TABLE instances (id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,"
+       " started INTEGER NOT NULL, heartbeat INTEGER NOT NULL, in_flight INTEGER NOT NULL,"
+       " lease_ms INTEGER NOT NULL);"},
   };
   return kMigrations;
 }

@@ -165,8 +165,9 @@ class Service {
   /// failed within `wait`.
   Settlement complete(const ledger::MessageKey& key, std::chrono::milliseconds wait);
   /// Runs again the handlers of a message that have not succeeded (a `failed`, stale `deferred`
-  /// or `orphaned` one), with a fresh set of attempts. Throws `UnknownMessageError`,
-  /// `ConflictError` (completed, dead-lettered, or being handled now).
+  /// or `orphaned` one), with a fresh set of attempts, in this process, whichever instance
+  /// sharing the ledger deferred it. Throws `UnknownMessageError`, `ConflictError` (completed,
+  /// dead-lettered, or being handled now, here or by another live instance).
   void retry(const ledger::MessageKey& key);
   /// Moves a deferred message to the dead-letter queue; blocks until Service Bus confirmed (or
   /// the settlement's retries, about two minutes, are used up). Throws like `retry`.
@@ -191,6 +192,13 @@ class Service {
   /// Messages this process is working on (deferred and not yet settled, parked or waiting for an
   /// explicit completion).
   std::size_t in_flight() const;
+  /// This process's id among the instances sharing the ledger (`[metro] instance_id`, else
+  /// `<host name>-<pid>`).
+  std::string instance_id() const;
+  /// Every instance sharing the ledger, as their heartbeat rows say (id, host, pid, last
+  /// heartbeat, in-flight count, whether its lease holds). Throws `metro::Error` when the ledger
+  /// cannot be read.
+  std::vector<ledger::Instance> instances() const;
 
  private:
   struct Impl;

@@ -1,0 +1,95 @@
+#include "postgres_migrations.hpp"
+
+namespace metro::ledger {
+
+namespace {
+// pg_advisory_xact_lock key of the migrations ("metro-migrations" folded into 63 bits).
+constexpr const char* kMigrationLock = "SELECT pg_advisory_xact_lock(7305861478522316914)";
+}  // namespace
+
+const std::vector<PostgresMigration>& postgres_migrations() {
+  // Texts from Service Bus (subjects, ids, bodies, errors) are bytea: PostgreSQL's text holds
+  // neither NUL nor invalid UTF-8, and the ledger keeps every byte. `subject_text` is the subject
+  // as valid UTF-8 (invalid bytes replaced) for glob filters. Names are text with the "C"
+  // collation, so rows page in byte order as in SQLite. Times are milliseconds since the epoch.
+  static const std::vector<PostgresMigration> kMigrations = {
+      {1, "deferred messages, handler runs, instances, write probe",
+       "CREATE TABLE deferred_messages ("
+       " topic text COLLATE \"C\" NOT NULL, subscription text COLLATE \"C\" NOT NULL,"
+       " sequence_number bigint NOT NULL, generation bigint NOT NULL DEFAULT 0,"
+       " subject bytea NOT NULL, subject_text text NOT NULL, message_id bytea NOT NULL,"
+       " correlation_id bytea NOT NULL, body bytea NOT NULL, body_truncated bigint NOT NULL,"
+       " state text NOT NULL, created bigint NOT NULL, updated bigint NOT NULL,"
+       " last_error bytea NOT NULL, enqueued bigint NOT NULL DEFAULT 0,"
+       " owner text NOT NULL DEFAULT '', lease_until bigint NOT NULL DEFAULT 0,"
+       " PRIMARY KEY (topic, subscription, sequence_number, generation));"
+       // No other index starts with (topic, subscription): the planner must not pick one over
+       // the primary key for the single-row writes (it did, scanning a whole subscription).
+       "CREATE INDEX deferred_messages_state ON deferred_messages (state, updated);"
+       "CREATE INDEX deferred_messages_unsettled ON deferred_messages"
+       " (topic, subscription, created) WHERE generation = 0 AND state IN ('deferring',"
+       " 'deferred', 'running', 'retrying', 'failed', 'orphaned');"
+       "CREATE INDEX deferred_messages_owner ON deferred_messages (owner)"
+       " WHERE state IN ('deferring', 'deferred', 'running', 'retrying');"
+       "CREATE TABLE handler_runs ("
+       " topic text COLLATE \"C\" NOT NULL, subscription text COLLATE \"C\" NOT NULL,"
+       " sequence_number bigint NOT NULL, generation bigint NOT NULL DEFAULT 0,"
+       " handler text COLLATE \"C\" NOT NULL, attempt bigint NOT NULL, outcome text NOT NULL,"
+       " started bigint NOT NULL, finished bigint, error bytea NOT NULL,"
+       " PRIMARY KEY (topic, subscription, sequence_number, generation, handler, attempt));"
+       "CREATE TABLE instances (id text PRIMARY KEY, host text NOT NULL, pid bigint NOT NULL,"
+       " started bigint NOT NULL, heartbeat bigint NOT NULL, in_flight bigint NOT NULL,"
+       " lease_ms bigint NOT NULL);"
+       "CREATE TABLE ledger_probe (id text PRIMARY KEY, at bigint NOT NULL);"},
+  };
+  return kMigrations;
+}
+
+int postgres_schema_version(postgres::Connection& c) {
+  auto exists = c.query("SELECT count(*) FROM pg_tables WHERE tablename = 'schema_migrations'"
+                        " AND schemaname = current_schema()");
+  if (exists.integer(0, 0) == 0) return 0;
+  auto r = c.query("SELECT coalesce(max(version), 0) FROM schema_migrations");
+  return static_cast<int>(r.integer(0, 0));
+}
+
+std::vector<int> migrate_postgres(postgres::Connection& c, const std::string& where) {
+  const auto& all = postgres_migrations();
+  int newest = all.empty() ? 0 : all.back().version;
+  std::vector<int> applied;
+  while (true) {
+    postgres::Transaction tx(c);
+    c.exec(kMigrationLock);  // Another instance migrating at the same moment waits here.
+    c.exec(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version bigint PRIMARY KEY,"
+        " description text NOT NULL, applied bigint NOT NULL)");
+    auto version = static_cast<int>(
+        c.query("SELECT coalesce(max(version), 0) FROM schema_migrations").integer(0, 0));
+    if (version > newest) {
+      throw Error("the ledger at " + where + " has schema version " + std::to_string(version) +
+                  ", newer than this metro knows (" + std::to_string(newest) +
+                  "); run a newer metro on it");
+    }
+    if (version == newest) {
+      tx.commit();
+      return applied;
+    }
+    const auto& m = all.at(static_cast<std::size_t>(version));  // Versions are 1, 2, …
+    try {
+      c.exec(m.sql);
+    } catch (const postgres::PgError& e) {
+      throw postgres::PgError("the ledger at " + where + ": migration " +
+                                  std::to_string(m.version) + " (" + std::string(m.description) +
+                                  ") failed: " + e.what(),
+                              e.sqlstate(), e.connection_lost());
+    }
+    c.query(
+        "INSERT INTO schema_migrations (version, description, applied)"
+        " VALUES ($1, $2, (extract(epoch from now()) * 1000)::bigint)",
+        postgres::Params().int8(m.version).text(m.description));
+    tx.commit();
+    applied.push_back(m.version);
+  }
+}
+
+}  // namespace metro::ledger
