@@ -55,6 +55,11 @@ const std::vector<sqlite::Migration>& sqlite_migrations() {
        "DROP TABLE handler_runs;"
        "ALTER TABLE handler_runs_2 RENAME TO handler_runs;"
        "CREATE TABLE ledger_probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);"},
+      // 3: the Celery task id of a run (recorded before the task is sent: a restart picks its
+      // outcome up by it) and the times the task retried itself.
+      {3, "handler runs: Celery task id and retries",
+       "ALTER TABLE handler_runs ADD COLUMN task_id TEXT NOT NULL DEFAULT '';"
+       "ALTER TABLE handler_runs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;"},
   };
   return kMigrations;
 }

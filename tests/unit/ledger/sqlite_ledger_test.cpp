@@ -7,6 +7,8 @@
 
 #include <metro/ledger/ledger.hpp>
 
+#include "../../../src/ledger/sqlite_migrations.hpp"
+
 namespace metro::ledger {
 namespace {
 
@@ -81,6 +83,29 @@ TEST_F(SqliteLedgerTest, KeepsHandlerRunsPerAttempt) {
   EXPECT_EQ(to_string(runs[1].outcome), "succeeded");
 }
 
+TEST_F(SqliteLedgerTest, KeepsTheCeleryTaskIdAndRetriesOfARun) {
+  auto m = message("a", 1, "s");
+  ledger_->record(m);
+  HandlerRun run;
+  run.handler = "celery-handler";
+  run.started = Clock::now();
+  run.task_id = "6f1c0e6a-1b2c-4d5e-8f90-123456789abc";
+  ledger_->begin_run(m.key, run);  // Recorded before the task is sent.
+  run.retries = 2;
+  ledger_->record_run(m.key, run);
+  auto runs = ledger_->runs(m.key);
+  ASSERT_EQ(runs.size(), 1u);
+  EXPECT_EQ(runs[0].task_id, run.task_id);
+  EXPECT_EQ(runs[0].retries, 2);
+  EXPECT_EQ(runs[0].outcome, HandlerRun::Outcome::kRunning);
+  run.attempt = 2;
+  run.task_id.clear();
+  run.retries = 0;
+  ledger_->record_run(m.key, run);
+  EXPECT_EQ(ledger_->runs(m.key)[1].task_id, "");
+  EXPECT_EQ(ledger_->runs(m.key)[1].retries, 0);
+}
+
 TEST_F(SqliteLedgerTest, ListsWithFiltersAndCursorPages) {
   for (int i = 1; i <= 5; ++i) ledger_->record(message("a", i, i % 2 ? "Jokes/Geek" : "Other"));
   ledger_->record(message("b", 1, "Jokes/Dad"));
@@ -138,7 +163,8 @@ TEST_F(SqliteLedgerTest, ConcurrentWritersShareCommitsAndLoseNothing) {
         auto m = message("a", t * kEach + i + 1, "s");
         ledger_->record(m);
         ledger_->set_state(m.key, State::kDeferred);
-        ledger_->record_run(m.key, {"h", 1, HandlerRun::Outcome::kSucceeded, Clock::now(), {}, {}});
+        ledger_->record_run(m.key,
+                            {"h", 1, HandlerRun::Outcome::kSucceeded, Clock::now(), {}, {}, {}, 0});
       }
     });
   }
@@ -154,7 +180,7 @@ TEST_F(SqliteLedgerTest, ManyAtOnceAndForgetting) {
                 State::kCompleted),
             2u);
   ledger_->record_run({"metro-demo", "a", 3},
-                      {"h", 1, HandlerRun::Outcome::kRunning, Clock::now(), {}, {}});
+                      {"h", 1, HandlerRun::Outcome::kRunning, Clock::now(), {}, {}, {}, 0});
   EXPECT_TRUE(ledger_->forget({"metro-demo", "a", 3}));
   EXPECT_FALSE(ledger_->forget({"metro-demo", "a", 3}));
   EXPECT_FALSE(ledger_->find({"metro-demo", "a", 3}));
@@ -168,7 +194,7 @@ TEST_F(SqliteLedgerTest, PrunesSettledMessagesPastRetention) {
   ledger_->set_state({"metro-demo", "a", 2}, State::kFailed);
   ledger_->set_state({"metro-demo", "a", 3}, State::kDeadLettered);
   ledger_->record_run({"metro-demo", "a", 1},
-                      {"h", 1, HandlerRun::Outcome::kSucceeded, Clock::now(), {}, {}});
+                      {"h", 1, HandlerRun::Outcome::kSucceeded, Clock::now(), {}, {}, {}, 0});
   EXPECT_EQ(ledger_->prune(Clock::now() - std::chrono::hours(1)), 0u);
   EXPECT_EQ(ledger_->prune(Clock::now() + std::chrono::seconds(1)), 2u);
   EXPECT_FALSE(ledger_->find({"metro-demo", "a", 1}));
@@ -211,7 +237,7 @@ TEST_F(SqliteLedgerTest, FinalStatesAreNeverLeft) {
   ledger_->record(m);
   EXPECT_TRUE(ledger_->set_state(m.key, State::kCompleted));
   EXPECT_FALSE(ledger_->set_state(m.key, State::kRetrying, "late retry"));
-  ledger_->begin_run(m.key, {"h", 2, HandlerRun::Outcome::kRunning, Clock::now(), {}, {}});
+  ledger_->begin_run(m.key, {"h", 2, HandlerRun::Outcome::kRunning, Clock::now(), {}, {}, {}, 0});
   EXPECT_EQ(ledger_->find(m.key)->state, State::kCompleted);
   auto d = message("a", 2, "s");
   ledger_->record(d);
@@ -255,7 +281,8 @@ TEST_F(SqliteLedgerTest, ANewMessageWithAKnownSequenceNumberIsKeptApart) {
   old.message_id = "old-id";
   old.enqueued_time = Clock::time_point(std::chrono::milliseconds(1'000'000));
   ledger_->record(old);
-  ledger_->record_run(old.key, {"h", 1, HandlerRun::Outcome::kFailed, Clock::now(), {}, "boom"});
+  ledger_->record_run(old.key,
+                      {"h", 1, HandlerRun::Outcome::kFailed, Clock::now(), {}, "boom", {}, 0});
   // The same message delivered again is the same record.
   ledger_->record(old);
   EXPECT_EQ(ledger_->runs(old.key).size(), 1u);
@@ -343,6 +370,7 @@ TEST(SqliteLedgerMigrations, ALedgerWrittenByTheFirstSchemaIsMigratedWithNothing
     EXPECT_EQ(failed->body, R"({"subject": "Orders/Created", "n": 3})");
     ASSERT_EQ(ledger->runs(failed->key).size(), 1u);
     EXPECT_EQ(ledger->runs(failed->key)[0].error, "billing is down");
+    EXPECT_EQ(ledger->runs(failed->key)[0].task_id, "");  // Runs before Celery have none.
     // What the new schema adds works on the old rows.
     auto fresh = *failed;
     fresh.message_id = "another";
@@ -361,8 +389,10 @@ TEST(SqliteLedgerMigrations, ALedgerWrittenByTheFirstSchemaIsMigratedWithNothing
   sqlite3_stmt* st = nullptr;
   sqlite3_prepare_v2(db, "SELECT max(version), count(*) FROM schema_migrations", -1, &st, nullptr);
   ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
-  EXPECT_EQ(sqlite3_column_int(st, 0), 2);
-  EXPECT_EQ(sqlite3_column_int(st, 1), 2);
+  // Every migration ran, once.
+  const auto& migrations = metro::ledger::sqlite_migrations();
+  EXPECT_EQ(sqlite3_column_int(st, 0), migrations.back().version);
+  EXPECT_EQ(sqlite3_column_int(st, 1), static_cast<int>(migrations.size()));
   sqlite3_finalize(st);
   sqlite3_close(db);
   for (auto suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path.string() + suffix);
