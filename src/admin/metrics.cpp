@@ -106,6 +106,7 @@ std::string metrics_text(dispatch::Service& service) {
   header(out, "metro_messages_in_flight", "gauge",
          "Deferred messages this process is handling (queued or running).");
   out << "metro_messages_in_flight " << service.in_flight() << '\n';
+  out << service.handler_metrics();  // Celery tasks by state, when the config sends any.
   return out.str();
 }
 
