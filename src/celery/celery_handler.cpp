@@ -146,6 +146,11 @@ void CeleryHandler::start(const dispatch::Task& task, std::chrono::milliseconds 
     }
     auto result = result_of(outcome, std::chrono::duration_cast<std::chrono::milliseconds>(
                                          std::chrono::steady_clock::now() - began));
+    if (outcome.status == TaskOutcome::Status::kUnavailable && outcome.sent) {
+      // A task picked up after a restart whose result backend cannot be read yet.
+      result.error = "the outcome of Celery task " + outcome.task_id +
+                     " cannot be read now: " + one_line(outcome.error);
+    }
     result.task_id = outcome.task_id;
     result.retries = outcome.retries;
     observer->finished(std::move(result));

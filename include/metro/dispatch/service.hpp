@@ -166,7 +166,9 @@ class Service {
   /// Stops receiving, lets running handlers finish within `grace`, leaves the rest deferred for
   /// the next start, settles what is pending and closes. Handler runs still going after `grace`
   /// are interrupted (exec: the process group is killed; http: the request is cut) and waited
-  /// for; a C++ function cannot be interrupted and is waited for until it returns. Every thread
+  /// for; a C++ function cannot be interrupted and is waited for until it returns. Runs that go
+  /// on outside metro (Celery tasks) are waited for within `grace` too, then left `running` with
+  /// their task ids: the next start picks their outcomes up. Every thread
   /// the service started has ended when `stop` returns. True when every handler finished within
   /// `grace`. Idempotent; the destructor calls `stop(0)`.
   bool stop(std::chrono::milliseconds grace);
