@@ -67,7 +67,9 @@ json run_json(const ledger::HandlerRun& r) {
           {"outcome", std::string(to_string(r.outcome))},
           {"started", iso_time(r.started)},
           {"finished", r.finished ? json(iso_time(*r.finished)) : json()},
-          {"error", r.error}};
+          {"error", r.error},
+          {"task_id", r.task_id.empty() ? json() : json(r.task_id)},
+          {"retries", r.retries}};
 }
 
 }  // namespace metro::admin

@@ -130,6 +130,7 @@ std::string metrics_text(dispatch::Service& service) {
     out << "metro_instance_heartbeat_age_seconds{instance=\"" << label(i.id) << "\"} "
         << std::max(0.0, std::chrono::duration<double>(now - i.heartbeat).count()) << '\n';
   }
+  out << service.handler_metrics();  // Celery tasks by state, when the config sends any.
   return out.str();
 }
 

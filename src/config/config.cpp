@@ -535,6 +535,7 @@ void read_celery(TableReader& r, CeleryOptions& c) {
       c.result_timeout = *timeout;
     }
   }
+  if (auto v = r.integer("max_in_flight", 1, 100000)) c.max_in_flight = static_cast<int>(*v);
   r.finish();
 }
 

@@ -211,11 +211,24 @@ bool Reconciler::resume(Route& route, const ledger::DeferredMessage& row, bool f
   }
   std::map<std::size_t, int> attempts;
   std::set<std::size_t> succeeded;
+  // A Celery task an earlier metro sent and did not see end (it stopped or died meanwhile): its
+  // outcome is picked up by its task id rather than the handler run again.
+  std::map<std::size_t, ledger::HandlerRun> out;
   for (const auto& run : ledger_.runs(key)) {
     auto i = route.handler_index(run.handler);
     if (!i) continue;
     attempts[*i] = std::max(attempts[*i], run.attempt);
     if (run.outcome == ledger::HandlerRun::Outcome::kSucceeded) succeeded.insert(*i);
+    if (run.outcome == ledger::HandlerRun::Outcome::kRunning && !run.task_id.empty() &&
+        route.asynchronous(*i) && (out.count(*i) == 0 || out[*i].attempt < run.attempt)) {
+      out[*i] = run;
+    }
+  }
+  std::map<std::size_t, std::string> resume;
+  for (const auto& [i, run] : out) {
+    if (succeeded.count(i) != 0 || run.attempt != attempts[i] || fresh_budget) continue;
+    resume[i] = run.task_id;
+    attempts[i] = run.attempt - 1;  // The picked-up run keeps its attempt number.
   }
   std::vector<std::size_t> to_run;
   for (auto i : handlers) {
@@ -235,7 +248,7 @@ bool Reconciler::resume(Route& route, const ledger::DeferredMessage& row, bool f
     }
     to_run = handlers;  // An explicit retry runs them all again.
   }
-  return runner_.dispatch(route, base, to_run, attempts, fresh_budget);
+  return runner_.dispatch(route, base, to_run, attempts, fresh_budget, resume);
 }
 
 void Reconciler::adopt_orphans(Route& route, const StopFn& stop) {

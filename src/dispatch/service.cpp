@@ -47,12 +47,13 @@ constexpr milliseconds kLockRenewal{std::chrono::minutes(5)};
 constexpr milliseconds kInterruptWait{std::chrono::seconds(10)};  // After interrupting runs.
 constexpr std::chrono::seconds kReadinessProbeAge{5};  // Readiness probes an idle ledger.
 
-Routes build_routes(const config::Config& config,
-                    const std::map<std::string, Function>& functions) {
+Routes build_routes(const config::Config& config, const ServiceOptions& options) {
+  const auto& functions = options.functions;
   Routes routes;
   std::vector<std::string> missing;
   for (std::size_t i = 0; i < config.subscriptions.size(); ++i) {
-    routes.push_back(std::make_unique<Route>(i, config.subscriptions[i], functions, &missing));
+    routes.push_back(std::make_unique<Route>(i, config.subscriptions[i], functions,
+                                             options.handler_factory.get(), &missing));
   }
   if (!missing.empty()) {
     std::string names;
@@ -87,6 +88,21 @@ std::shared_ptr<TaskQueue> make_queue(const config::Config& config,
                                       const std::shared_ptr<TaskQueue>& given) {
   if (given) return given;
   return make_in_process_queue(static_cast<std::size_t>(std::max(1, config.metro.workers)));
+}
+
+/// Messages in hand at once: 4 × workers (those waiting for a worker hold no lock, and more would
+/// only take messages from other instances), plus `[celery] max_in_flight` when runs go on
+/// outside metro (a Celery task out holds no worker; the workers' cluster bounds how many run).
+std::size_t capacity(const config::Config& config, const Routes& routes, const TaskQueue& queue) {
+  std::size_t capacity = 4 * queue.workers();
+  for (const auto& route : routes) {
+    for (std::size_t i = 0; i < route->handlers.size(); ++i) {
+      if (route->asynchronous(i)) {
+        return capacity + static_cast<std::size_t>(std::max(1, config.celery.max_in_flight));
+      }
+    }
+  }
+  return capacity;
 }
 
 }  // namespace
@@ -124,9 +140,9 @@ struct Service::Impl : Completer {
         options(std::move(o)),
         me(instance_of(config.metro)),
         ledger(options.ledger ? options.ledger : open_ledger(config)),
-        routes(build_routes(config, options.functions)),
+        routes(build_routes(config, options)),
         queue(make_queue(config, options.queue)),
-        in_flight(4 * queue->workers()),
+        in_flight(capacity(config, routes, *queue)),
         settler(*ledger, counters, health),
         runner(routes, *ledger, in_flight, settler, *queue, counters, health, stopping),
         reconciler(routes, *ledger, in_flight, runner, settler, health,
@@ -241,6 +257,7 @@ struct Service::Impl : Completer {
     stopping = true;
     unregister_completer(this);
     if (!started) {
+      runner.stop();
       settler.stop();
       for (auto& route : routes) {
         if (route->client) route->client->close();
@@ -251,16 +268,21 @@ struct Service::Impl : Completer {
     listener.stop();  // Nothing new comes in; what was received and not recorded is given back.
     reaper.stop();
     in_flight.notify();
+    auto grace_ends = grace == milliseconds::max() ? std::chrono::steady_clock::time_point::max()
+                                                   : std::chrono::steady_clock::now() + grace;
     std::vector<Task> dropped;
     bool finished = queue->shutdown(grace, &dropped);
     if (!dropped.empty()) {
       spdlog::info("{} handler run(s) not started; their messages stay deferred for the next start",
                    dropped.size());
     }
+    // Celery tasks out: their outcomes are recorded as they come until the grace period ends.
+    finished = runner.wait_for_async(grace_ends) && finished;
     if (!finished) {
       spdlog::warn(
           "handlers still running after the {} ms grace period are interrupted; their messages "
-          "stay deferred and run again at the next start",
+          "stay deferred and run again at the next start (Celery tasks go on on the workers: "
+          "the next start picks their outcomes up)",
           grace.count());
       runner.interrupt();
       if (!queue->shutdown(kInterruptWait, nullptr)) {
@@ -268,6 +290,7 @@ struct Service::Impl : Completer {
         queue->shutdown(milliseconds::max(), nullptr);
       }
     }
+    runner.stop();   // Outcomes that arrived are recorded; nothing is waited for any more.
     settler.stop();  // Settles what is pending (retries get one last try).
     heartbeat.stop();
     try {
@@ -454,6 +477,10 @@ std::size_t Service::in_flight() const { return impl_->in_flight.size(); }
 std::string Service::instance_id() const { return impl_->me.id; }
 
 std::vector<ledger::Instance> Service::instances() const { return impl_->ledger->instances(); }
+
+std::string Service::handler_metrics() const {
+  return impl_->options.handler_factory ? impl_->options.handler_factory->metrics() : std::string();
+}
 
 }  // namespace metro::dispatch
 

@@ -257,8 +257,8 @@ class PostgresLedger : public Ledger {
     return read([&key](postgres::Connection& c) {
       Params p;
       auto r = c.query(
-          std::string("SELECT handler, attempt, outcome, started, finished, error FROM "
-                      "handler_runs") +
+          std::string("SELECT handler, attempt, outcome, started, finished, error, task_id,"
+                      " retries FROM handler_runs") +
               kKeyWhere + " ORDER BY started, handler, attempt",
           key_params(p, key));
       std::vector<HandlerRun> out;
@@ -270,6 +270,8 @@ class PostgresLedger : public Ledger {
         run.started = from_ms(r.integer(i, 3));
         if (!r.is_null(i, 4) && r.integer(i, 4) != 0) run.finished = from_ms(r.integer(i, 4));
         run.error = r.bytes(i, 5);
+        run.task_id = r.bytes(i, 6);
+        run.retries = static_cast<int>(r.integer(i, 7));
         out.push_back(std::move(run));
       }
       return out;
@@ -750,13 +752,14 @@ class PostgresLedger : public Ledger {
     } else {
       p.null_int8();
     }
-    p.bytes(run.error);
+    p.bytes(run.error).text(run.task_id).int8(run.retries);
     c.query(
         "INSERT INTO handler_runs (topic, subscription, sequence_number, generation, handler,"
-        " attempt, outcome, started, finished, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8,"
-        " $9, $10) ON CONFLICT (topic, subscription, sequence_number, generation, handler,"
-        " attempt) DO UPDATE SET outcome = excluded.outcome, started = excluded.started,"
-        " finished = excluded.finished, error = excluded.error",
+        " attempt, outcome, started, finished, error, task_id, retries) VALUES ($1, $2, $3, $4,"
+        " $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (topic, subscription, sequence_number,"
+        " generation, handler, attempt) DO UPDATE SET outcome = excluded.outcome,"
+        " started = excluded.started, finished = excluded.finished, error = excluded.error,"
+        " task_id = excluded.task_id, retries = excluded.retries",
         p);
   }
 

@@ -41,6 +41,11 @@ const std::vector<PostgresMigration>& postgres_migrations() {
        " started bigint NOT NULL, heartbeat bigint NOT NULL, in_flight bigint NOT NULL,"
        " lease_ms bigint NOT NULL);"
        "CREATE TABLE ledger_probe (id text PRIMARY KEY, at bigint NOT NULL);"},
+      // The Celery task id of a run (recorded before the task is sent: a restart picks its
+      // outcome up by it) and the times the task retried itself.
+      {2, "handler runs: Celery task id and retries",
+       "ALTER TABLE handler_runs ADD COLUMN task_id text NOT NULL DEFAULT '';"
+       "ALTER TABLE handler_runs ADD COLUMN retries bigint NOT NULL DEFAULT 0;"},
   };
   return kMigrations;
 }

@@ -148,8 +148,8 @@ class SqliteLedger : public Ledger {
   std::vector<HandlerRun> runs(const MessageKey& key) override {
     MutexLock lock(db_mutex_);
     auto s = db_->statement(
-        std::string(
-            "SELECT handler, attempt, outcome, started, finished, error FROM handler_runs") +
+        std::string("SELECT handler, attempt, outcome, started, finished, error, task_id, retries"
+                    " FROM handler_runs") +
         kKeyWhere + " ORDER BY started, handler, attempt");
     bind_key(s, key);
     std::vector<HandlerRun> out;
@@ -161,6 +161,8 @@ class SqliteLedger : public Ledger {
       r.started = from_ms(s.integer(3));
       if (!s.is_null(4) && s.integer(4) != 0) r.finished = from_ms(s.integer(4));
       r.error = s.text(5);
+      r.task_id = s.text(6);
+      r.retries = static_cast<int>(s.integer(7));
       out.push_back(std::move(r));
     }
     return out;
@@ -600,8 +602,8 @@ class SqliteLedger : public Ledger {
   void insert_run(const MessageKey& key, const HandlerRun& run) REQUIRES(db_mutex_) {
     auto s = db_->statement(
         "INSERT OR REPLACE INTO handler_runs (topic, subscription, sequence_number, generation,"
-        " handler, attempt, outcome, started, finished, error)"
-        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
+        " handler, attempt, outcome, started, finished, error, task_id, retries)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)");
     bind_key(s, key);
     s.bind(5, run.handler).bind(6, std::int64_t{run.attempt});
     s.bind(7, to_string(run.outcome)).bind(8, to_ms(run.started));
@@ -610,7 +612,7 @@ class SqliteLedger : public Ledger {
     } else {
       s.bind_null(9);
     }
-    s.bind(10, run.error);
+    s.bind(10, run.error).bind(11, run.task_id).bind(12, std::int64_t{run.retries});
     s.run();
   }
 

@@ -64,6 +64,11 @@ const std::vector<sqlite::Migration>& sqlite_migrations() {
        "CREATE TABLE instances (id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,"
        " started INTEGER NOT NULL, heartbeat INTEGER NOT NULL, in_flight INTEGER NOT NULL,"
        " lease_ms INTEGER NOT NULL);"},
+      // 4: the Celery task id of a run (recorded before the task is sent: a restart picks its
+      // outcome up by it) and the times the task retried itself.
+      {4, "handler runs: Celery task id and retries",
+       "ALTER TABLE handler_runs ADD COLUMN task_id TEXT NOT NULL DEFAULT '';"
+       "ALTER TABLE handler_runs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;"},
   };
   return kMigrations;
 }

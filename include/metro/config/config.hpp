@@ -119,6 +119,9 @@ struct CeleryOptions {
   std::string result_backend;  ///< Where task outcomes are read; the broker's URL when unset.
   std::string queue = "celery";
   std::optional<milliseconds> result_timeout;  ///< Unset: each handler's `timeout`.
+  /// Messages in hand at once beyond `4 × workers`: a Celery task out holds no worker thread, so
+  /// the workers' cluster, not `workers`, bounds how many can run at once.
+  int max_in_flight = 256;
 };
 
 enum class Role { kViewer, kAdmin };

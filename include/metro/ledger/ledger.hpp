@@ -90,6 +90,11 @@ struct HandlerRun {
   Clock::time_point started;
   std::optional<Clock::time_point> finished;
   std::string error;
+  /// The run's id outside metro (its Celery task id); empty for runs in this process. Recorded
+  /// before the task is sent, so that a restart can pick up its outcome.
+  std::string task_id;
+  /// Times the run retried itself without ending (a Celery task's self.retry).
+  int retries = 0;
 };
 
 std::string_view to_string(HandlerRun::Outcome outcome);

@@ -13,6 +13,8 @@
 
 #include <metro/ledger/ledger.hpp>
 
+#include "../../../src/ledger/postgres_migrations.hpp"
+#include "../../../src/ledger/sqlite_migrations.hpp"
 #include "../../support/postgres_server.hpp"
 
 namespace metro::ledger {
@@ -126,6 +128,29 @@ TEST_P(LedgerContract, RecordsIntentThenFollowsStates) {
   EXPECT_FALSE(ledger_->find({"metro-demo", "a", 999}));
 }
 
+TEST_P(LedgerContract, KeepsTheCeleryTaskIdAndRetriesOfARun) {
+  auto m = message("a", 1, "s");
+  ledger_->record(m);
+  HandlerRun run;
+  run.handler = "celery-handler";
+  run.started = Clock::now();
+  run.task_id = "6f1c0e6a-1b2c-4d5e-8f90-123456789abc";
+  ledger_->begin_run(m.key, run);  // Recorded before the task is sent.
+  run.retries = 2;
+  ledger_->record_run(m.key, run);
+  auto runs = ledger_->runs(m.key);
+  ASSERT_EQ(runs.size(), 1u);
+  EXPECT_EQ(runs[0].task_id, run.task_id);
+  EXPECT_EQ(runs[0].retries, 2);
+  EXPECT_EQ(runs[0].outcome, HandlerRun::Outcome::kRunning);
+  run.attempt = 2;
+  run.task_id.clear();
+  run.retries = 0;
+  ledger_->record_run(m.key, run);
+  EXPECT_EQ(ledger_->runs(m.key)[1].task_id, "");
+  EXPECT_EQ(ledger_->runs(m.key)[1].retries, 0);
+}
+
 TEST_P(LedgerContract, KeepsHandlerRunsPerAttempt) {
   auto m = message("a", 1, "s");
   ledger_->record(m);
@@ -207,7 +232,7 @@ TEST_P(LedgerContract, ConcurrentWritersShareCommitsAndLoseNothing) {
         auto m = message("a", t * kEach + i + 1, "s");
         ledger_->record(m);
         ledger_->set_state(m.key, State::kDeferred);
-        ledger_->record_run(m.key, {"h", 1, HandlerRun::Outcome::kSucceeded, Clock::now(), {}, {}});
+        ledger_->record_run(m.key, {"h", 1, HandlerRun::Outcome::kSucceeded, Clock::now(), {}, {}, {}, 0});
       }
     });
   }
@@ -223,7 +248,7 @@ TEST_P(LedgerContract, ManyAtOnceAndForgetting) {
                 State::kCompleted),
             2u);
   ledger_->record_run({"metro-demo", "a", 3},
-                      {"h", 1, HandlerRun::Outcome::kRunning, Clock::now(), {}, {}});
+                      {"h", 1, HandlerRun::Outcome::kRunning, Clock::now(), {}, {}, {}, 0});
   EXPECT_TRUE(ledger_->forget({"metro-demo", "a", 3}));
   EXPECT_FALSE(ledger_->forget({"metro-demo", "a", 3}));
   EXPECT_FALSE(ledger_->find({"metro-demo", "a", 3}));
@@ -237,7 +262,7 @@ TEST_P(LedgerContract, PrunesSettledMessagesPastRetention) {
   ledger_->set_state({"metro-demo", "a", 2}, State::kFailed);
   ledger_->set_state({"metro-demo", "a", 3}, State::kDeadLettered);
   ledger_->record_run({"metro-demo", "a", 1},
-                      {"h", 1, HandlerRun::Outcome::kSucceeded, Clock::now(), {}, {}});
+                      {"h", 1, HandlerRun::Outcome::kSucceeded, Clock::now(), {}, {}, {}, 0});
   EXPECT_EQ(ledger_->prune(Clock::now() - std::chrono::hours(1)), 0u);
   EXPECT_EQ(ledger_->prune(Clock::now() + std::chrono::seconds(1)), 2u);
   EXPECT_FALSE(ledger_->find({"metro-demo", "a", 1}));
@@ -273,7 +298,7 @@ TEST_P(LedgerContract, FinalStatesAreNeverLeft) {
   ledger_->record(m);
   EXPECT_TRUE(ledger_->set_state(m.key, State::kCompleted));
   EXPECT_FALSE(ledger_->set_state(m.key, State::kRetrying, "late retry"));
-  ledger_->begin_run(m.key, {"h", 2, HandlerRun::Outcome::kRunning, Clock::now(), {}, {}});
+  ledger_->begin_run(m.key, {"h", 2, HandlerRun::Outcome::kRunning, Clock::now(), {}, {}, {}, 0});
   EXPECT_EQ(ledger_->find(m.key)->state, State::kCompleted);
   auto d = message("a", 2, "s");
   ledger_->record(d);
@@ -317,7 +342,7 @@ TEST_P(LedgerContract, ANewMessageWithAKnownSequenceNumberIsKeptApart) {
   old.message_id = "old-id";
   old.enqueued_time = Clock::time_point(std::chrono::milliseconds(1'000'000));
   ledger_->record(old);
-  ledger_->record_run(old.key, {"h", 1, HandlerRun::Outcome::kFailed, Clock::now(), {}, "boom"});
+  ledger_->record_run(old.key, {"h", 1, HandlerRun::Outcome::kFailed, Clock::now(), {}, "boom", {}, 0});
   // The same message delivered again is the same record.
   ledger_->record(old);
   EXPECT_EQ(ledger_->runs(old.key).size(), 1u);
@@ -499,7 +524,7 @@ TEST_P(LedgerContract, RestoreAndCopyKeepEveryFieldGenerationAndRun) {
   old.message_id = "old";
   ledger_->record(old);
   ledger_->record_run(old.key, {"h", 1, HandlerRun::Outcome::kFailed, Clock::now(), Clock::now(),
-                                std::string("err\0or", 6)});
+                                std::string("err\0or", 6), "task-7", 3});
   auto fresh = message("a", 7, "New");
   fresh.message_id = "new";
   ledger_->record(fresh);
@@ -523,6 +548,8 @@ TEST_P(LedgerContract, RestoreAndCopyKeepEveryFieldGenerationAndRun) {
       ASSERT_EQ(ledger_->runs(key).size(), target->runs(key).size());
     }
     EXPECT_EQ(target->runs({"metro-demo", "a", 7, 1}).at(0).error, std::string("err\0or", 6));
+    EXPECT_EQ(target->runs({"metro-demo", "a", 7, 1}).at(0).task_id, "task-7");
+    EXPECT_EQ(target->runs({"metro-demo", "a", 7, 1}).at(0).retries, 3);
     EXPECT_EQ(copy_ledger(*ledger_, *target), 2u);  // Again: the same rows, replaced.
     EXPECT_EQ(target->counts()[State::kFailed], 1u);
   }
@@ -607,8 +634,10 @@ TEST(SqliteLedgerMigrations, ALedgerWrittenByTheFirstSchemaIsMigratedWithNothing
   sqlite3_stmt* st = nullptr;
   sqlite3_prepare_v2(db, "SELECT max(version), count(*) FROM schema_migrations", -1, &st, nullptr);
   ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
-  EXPECT_EQ(sqlite3_column_int(st, 0), 3);
-  EXPECT_EQ(sqlite3_column_int(st, 1), 3);
+  // Every migration ran, once.
+  const auto& migrations = sqlite_migrations();
+  EXPECT_EQ(sqlite3_column_int(st, 0), migrations.back().version);
+  EXPECT_EQ(sqlite3_column_int(st, 1), static_cast<int>(migrations.size()));
   sqlite3_finalize(st);
   sqlite3_close(db);
   for (auto suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path.string() + suffix);
@@ -730,7 +759,9 @@ TEST_F(PostgresLedger, InstancesStartingAtOnceOnAnEmptyDatabaseMigrateOnce) {
   for (auto& t : threads) t.join();
   EXPECT_EQ(opened, 4);
   auto rows = server().sql(database_, "SELECT version FROM schema_migrations ORDER BY version");
-  EXPECT_EQ(rows, "1\n");
+  std::string every;
+  for (const auto& m : postgres_migrations()) every += std::to_string(m.version) + "\n";
+  EXPECT_EQ(rows, every);
 }
 
 TEST_F(PostgresLedger, OnlyOneInstanceAtATimeHoldsAnExclusiveRight) {
