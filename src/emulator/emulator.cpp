@@ -1,11 +1,11 @@
 // The public face of the emulator: options in, a running server out, and the test hooks. The
 // server itself is server.hpp.
 
-#include <mutex>
 #include <thread>
 
 #include <metro/emulator/emulator.hpp>
 
+#include "../common/thread_annotations.hpp"
 #include "latency_relay.hpp"
 #include "server.hpp"
 
@@ -28,50 +28,64 @@ struct Emulator::Impl {
   explicit Impl(EmulatorOptions o) : public_options(o), server(behind_relays(std::move(o))) {}
   const EmulatorOptions public_options;  // the host, ports and latency clients see
   Server server;
-  mutable std::mutex relays_mutex;
-  std::unique_ptr<LatencyRelay> plain_relay;  // set while running with a latency
-  std::unique_ptr<LatencyRelay> tls_relay;
+  // Held across the whole of start and stop, so that neither sees the other half done.
+  mutable Mutex lifecycle;
+  std::unique_ptr<LatencyRelay> plain_relay GUARDED_BY(lifecycle);  // while running with a latency
+  std::unique_ptr<LatencyRelay> tls_relay GUARDED_BY(lifecycle);
+  // The ports clients were given at the last start (kept after a stop).
+  std::uint16_t port GUARDED_BY(lifecycle) = 0;
+  std::optional<std::uint16_t> tls_port GUARDED_BY(lifecycle);
+
+  void stop_locked() REQUIRES(lifecycle) {
+    // The server closes its connections cleanly through the relays first; then they go.
+    server.stop();
+    plain_relay.reset();
+    tls_relay.reset();
+  }
 };
 
 Emulator::Emulator(EmulatorOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
 Emulator::~Emulator() { stop(); }
 
 void Emulator::start() {
+  MutexLock lock(impl_->lifecycle);
   impl_->server.start();
   const auto& o = impl_->public_options;
-  if (o.latency.count() <= 0) return;
+  if (o.latency.count() <= 0) {
+    impl_->port = impl_->server.port();
+    impl_->tls_port = impl_->server.tls_port();
+    return;
+  }
   try {
-    std::lock_guard lock(impl_->relays_mutex);
     impl_->plain_relay =
         std::make_unique<LatencyRelay>(o.host, o.port, impl_->server.port(), o.latency);
+    impl_->port = impl_->plain_relay->port();
     if (o.tls_port) {
       impl_->tls_relay =
           std::make_unique<LatencyRelay>(o.host, *o.tls_port, *impl_->server.tls_port(), o.latency);
+      impl_->tls_port = impl_->tls_relay->port();
     }
   } catch (...) {
-    stop();
+    impl_->stop_locked();
     throw;
   }
 }
 
 void Emulator::stop() {
-  // The server closes its connections cleanly through the relays first; then they go.
-  impl_->server.stop();
-  std::lock_guard lock(impl_->relays_mutex);
-  impl_->plain_relay.reset();
-  impl_->tls_relay.reset();
+  MutexLock lock(impl_->lifecycle);
+  impl_->stop_locked();
 }
 
 std::uint16_t Emulator::port() const {
-  std::lock_guard lock(impl_->relays_mutex);
-  return impl_->plain_relay ? impl_->plain_relay->port() : impl_->server.port();
+  MutexLock lock(impl_->lifecycle);
+  return impl_->port;
 }
 
 std::optional<std::uint16_t> Emulator::tls_port() const {
-  std::lock_guard lock(impl_->relays_mutex);
-  if (impl_->tls_relay) return impl_->tls_relay->port();
-  return impl_->server.tls_port();
+  MutexLock lock(impl_->lifecycle);
+  return impl_->tls_port;
 }
+
 std::filesystem::path Emulator::certificate_file() const {
   return impl_->server.certificate_file();
 }

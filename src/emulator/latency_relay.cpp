@@ -7,6 +7,7 @@
 #include <vector>
 
 #include <boost/asio.hpp>
+#include <spdlog/spdlog.h>
 
 #include <metro/error.hpp>
 
@@ -24,7 +25,10 @@ constexpr std::size_t kChunk = 64 * 1024;
 constexpr std::size_t kMaxHeld = 8 * 1024 * 1024;
 
 // One client connection and its connection to the emulator. Every member runs on the relay's
-// thread; the handlers in flight keep it alive.
+// thread; the handlers in flight keep it alive. Each direction ends on its own: an end of stream
+// from one side reaches the other (after what is held) as a half-close, as Proton closes a
+// connection (its Close frame, then shutdown of its sending side, then it waits for the peer's).
+// An error on either side resets both.
 class Link : public std::enable_shared_from_this<Link> {
  public:
   Link(tcp::socket client, const tcp::endpoint& target, std::chrono::milliseconds delay)
@@ -36,7 +40,10 @@ class Link : public std::enable_shared_from_this<Link> {
 
   void start() {
     upstream_.async_connect(target_, [self = shared_from_this()](const ErrorCode& error) {
-      if (error) return self->close();
+      if (error) {
+        spdlog::warn("emulator latency relay: cannot reach the emulator: {}", error.message());
+        return self->reset();
+      }
       ErrorCode ignored;
       self->upstream_.set_option(tcp::no_delay(true), ignored);
       self->client_.set_option(tcp::no_delay(true), ignored);
@@ -53,15 +60,21 @@ class Link : public std::enable_shared_from_this<Link> {
 
   // Client to emulator: at once.
   void forward_up() {
-    client_.async_read_some(
-        asio::buffer(up_), [self = shared_from_this()](const ErrorCode& error, std::size_t n) {
-          if (error) return self->close();  // the client hung up: nothing it is owed matters now
-          asio::async_write(self->upstream_, asio::buffer(self->up_.data(), n),
-                            [self](const ErrorCode& failed, std::size_t) {
-                              if (failed) return self->close();
-                              self->forward_up();
+    client_.async_read_some(asio::buffer(up_),
+                            [self = shared_from_this()](const ErrorCode& error, std::size_t n) {
+                              if (error == asio::error::eof) {
+                                ErrorCode ignored;
+                                self->upstream_.shutdown(tcp::socket::shutdown_send, ignored);
+                                self->up_done_ = true;
+                                return self->close_if_done();
+                              }
+                              if (error) return self->reset();
+                              asio::async_write(self->upstream_, asio::buffer(self->up_.data(), n),
+                                                [self](const ErrorCode& failed, std::size_t) {
+                                                  if (failed) return self->reset();
+                                                  self->forward_up();
+                                                });
                             });
-        });
   }
 
   // Emulator to client: each chunk `delay_` after the emulator wrote it.
@@ -72,10 +85,12 @@ class Link : public std::enable_shared_from_this<Link> {
     }
     upstream_.async_read_some(asio::buffer(down_), [self = shared_from_this()](
                                                        const ErrorCode& error, std::size_t n) {
-      if (error) {
-        self->upstream_done_ = true;  // what is held still goes out, then the client is closed
-        return self->finish_if_done();
+      if (error == asio::error::eof) {
+        self->upstream_ended_ = true;  // what is held still goes out, then the half-close
+        if (!self->writing_) self->write_next();
+        return;
       }
+      if (error) return self->reset();
       self->held_ += n;
       self->held_chunks_.push_back({Clock::now() + self->delay_,
                                     std::vector<char>(self->down_.data(), self->down_.data() + n)});
@@ -85,9 +100,16 @@ class Link : public std::enable_shared_from_this<Link> {
   }
 
   void write_next() {
-    if (closed_ || held_chunks_.empty()) {
+    if (closed_) return;
+    if (held_chunks_.empty()) {
       writing_ = false;
-      return finish_if_done();
+      if (upstream_ended_ && !down_done_) {
+        ErrorCode ignored;
+        client_.shutdown(tcp::socket::shutdown_send, ignored);
+        down_done_ = true;
+        close_if_done();
+      }
+      return;
     }
     writing_ = true;
     timer_.expires_at(held_chunks_.front().due);
@@ -95,7 +117,7 @@ class Link : public std::enable_shared_from_this<Link> {
       if (error || self->closed_) return;
       asio::async_write(self->client_, asio::buffer(self->held_chunks_.front().bytes),
                         [self](const ErrorCode& failed, std::size_t) {
-                          if (failed) return self->close();
+                          if (failed) return self->reset();
                           self->held_ -= self->held_chunks_.front().bytes.size();
                           self->held_chunks_.pop_front();
                           if (self->paused_ && self->held_ < kMaxHeld) {
@@ -107,18 +129,23 @@ class Link : public std::enable_shared_from_this<Link> {
     });
   }
 
-  void finish_if_done() {
-    if (upstream_done_ && held_chunks_.empty() && !writing_) close();
+  void close_if_done() {
+    if (up_done_ && down_done_) close(false);
   }
 
-  void close() {
+  // A failure on one side: the other side sees a reset too, as it would without the relay.
+  void reset() { close(true); }
+
+  void close(bool abort) {
     if (closed_) return;
     closed_ = true;
     ErrorCode ignored;
     timer_.cancel();
-    client_.shutdown(tcp::socket::shutdown_both, ignored);
-    client_.close(ignored);
-    upstream_.close(ignored);
+    for (auto* socket : {&client_, &upstream_}) {
+      if (abort && socket->is_open())
+        socket->set_option(asio::socket_base::linger(true, 0), ignored);
+      socket->close(ignored);
+    }
   }
 
   tcp::socket client_;
@@ -132,7 +159,9 @@ class Link : public std::enable_shared_from_this<Link> {
   std::size_t held_ = 0;
   bool paused_ = false;
   bool writing_ = false;
-  bool upstream_done_ = false;
+  bool upstream_ended_ = false;  // the emulator's end of stream was read
+  bool up_done_ = false;         // the client's end of stream was passed on
+  bool down_done_ = false;       // the emulator's end of stream was passed on
   bool closed_ = false;
 };
 
@@ -140,17 +169,40 @@ class Link : public std::enable_shared_from_this<Link> {
 
 struct LatencyRelay::Impl {
   asio::io_context io;
-  tcp::acceptor acceptor{io};
+  std::vector<std::unique_ptr<tcp::acceptor>> acceptors;  // one per address the host names
+  asio::steady_timer accept_pause{io};
   tcp::endpoint target;
   std::chrono::milliseconds delay{0};
+  std::uint16_t port = 0;
   std::thread thread;
 
-  void accept() {
-    acceptor.async_accept([this](const ErrorCode& error, tcp::socket client) {
+  void accept(tcp::acceptor& acceptor) {
+    acceptor.async_accept([this, &acceptor](const ErrorCode& error, tcp::socket client) {
       if (error == asio::error::operation_aborted) return;
-      if (!error) std::make_shared<Link>(std::move(client), target, delay)->start();
-      accept();
+      if (!error) {
+        std::make_shared<Link>(std::move(client), target, delay)->start();
+        return accept(acceptor);
+      }
+      // Out of descriptors or memory: the connection waits in the backlog; try again shortly
+      // rather than spin.
+      spdlog::warn("emulator latency relay: cannot accept a connection: {}", error.message());
+      auto pause = std::make_shared<asio::steady_timer>(io, std::chrono::milliseconds(100));
+      pause->async_wait([this, &acceptor, pause](const ErrorCode& e) {
+        if (!e) accept(acceptor);
+      });
     });
+  }
+
+  void run() {
+    while (true) {
+      try {
+        io.run();
+        return;
+      } catch (const std::exception& e) {
+        // A handler failed (out of memory): its connection is dropped, the relay goes on.
+        spdlog::error("emulator latency relay: {}", e.what());
+      }
+    }
   }
 };
 
@@ -159,20 +211,36 @@ LatencyRelay::LatencyRelay(const std::string& host, std::uint16_t port, std::uin
     : impl_(std::make_unique<Impl>()) {
   impl_->delay = delay;
   impl_->target = tcp::endpoint(asio::ip::make_address("127.0.0.1"), target_port);
+  // Every address the host names, as the emulator itself listens (`localhost`: 127.0.0.1 and
+  // ::1); one that cannot be bound is an error unless another one could.
+  std::string failure;
   try {
     tcp::resolver resolver(impl_->io);
-    auto found = resolver.resolve(host, std::to_string(port), tcp::resolver::passive);
-    auto endpoint = found.begin()->endpoint();
-    impl_->acceptor.open(endpoint.protocol());
-    impl_->acceptor.set_option(tcp::acceptor::reuse_address(true));
-    impl_->acceptor.bind(endpoint);
-    impl_->acceptor.listen(64);
+    for (const auto& entry : resolver.resolve(host, std::to_string(port), tcp::resolver::passive)) {
+      auto endpoint = entry.endpoint();
+      if (impl_->port != 0) endpoint.port(impl_->port);  // port 0: every address gets the same
+      try {
+        auto acceptor = std::make_unique<tcp::acceptor>(impl_->io);
+        acceptor->open(endpoint.protocol());
+        acceptor->set_option(tcp::acceptor::reuse_address(true));
+        if (endpoint.protocol() == tcp::v6()) acceptor->set_option(asio::ip::v6_only(true));
+        acceptor->bind(endpoint);
+        acceptor->listen(64);
+        impl_->port = acceptor->local_endpoint().port();
+        impl_->acceptors.push_back(std::move(acceptor));
+      } catch (const boost::system::system_error& e) {
+        if (failure.empty()) failure = e.code().message();
+      }
+    }
   } catch (const boost::system::system_error& e) {
-    throw Error("the emulator cannot listen on " + host + ":" + std::to_string(port) + ": " +
-                e.code().message());
+    failure = e.code().message();
   }
-  impl_->accept();
-  impl_->thread = std::thread([this] { impl_->io.run(); });
+  if (impl_->acceptors.empty()) {
+    throw Error("the emulator cannot listen on " + host + ":" + std::to_string(port) + ": " +
+                (failure.empty() ? std::string("the host names no address") : failure));
+  }
+  for (auto& acceptor : impl_->acceptors) impl_->accept(*acceptor);
+  impl_->thread = std::thread([this] { impl_->run(); });
 }
 
 LatencyRelay::~LatencyRelay() {
@@ -180,6 +248,6 @@ LatencyRelay::~LatencyRelay() {
   if (impl_->thread.joinable()) impl_->thread.join();
 }
 
-std::uint16_t LatencyRelay::port() const { return impl_->acceptor.local_endpoint().port(); }
+std::uint16_t LatencyRelay::port() const { return impl_->port; }
 
 }  // namespace metro::emulator

@@ -131,7 +131,7 @@ class Emulator {
   /// Test hook: every lock held on `entity` (a queue, `topic/Subscriptions/sub`) expires now.
   void expire_locks(std::string_view entity);
   /// Test hook: drops every client connection at once, as a network failure would (no close
-  /// frame), and returns when they are gone.
+  /// frame), and returns when they are gone (with a latency, clients learn of it that much later).
   void drop_connections();
   /// Test hook: the entity's message counts. Throws `metro::InvalidArgument` for an unknown one.
   EntityCounts counts(std::string_view entity) const;
