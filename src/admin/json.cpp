@@ -46,7 +46,9 @@ json message_json(const ledger::DeferredMessage& m, bool body) {
               {"created", iso_time(m.created)},
               {"updated", iso_time(m.updated)},
               {"age_seconds", std::chrono::duration<double>(now - m.created).count()},
-              {"last_error", m.last_error}};
+              {"last_error", m.last_error},
+              {"trace_parent", m.trace_parent},
+              {"failure_group", m.failure_group.empty() ? json() : json(m.failure_group)}};
   if (body) {
     // A body is rendered as JSON only within json_bounds (a deeper one would be walked
     // recursively when copied and dumped); otherwise, or when it is not JSON, as text.
@@ -65,6 +67,47 @@ json run_json(const ledger::HandlerRun& r) {
           {"started", iso_time(r.started)},
           {"finished", r.finished ? json(iso_time(*r.finished)) : json()},
           {"error", r.error}};
+}
+
+json failure_group_json(const ledger::FailureGroup& g) {
+  return {{"id", g.id},
+          {"topic", g.topic},
+          {"subscription", g.subscription},
+          {"handler", g.handler},
+          {"error", g.error},
+          {"count", g.count},
+          {"failed", g.failed},
+          {"retrying", g.retrying},
+          {"first_seen", iso_time(g.first_seen)},
+          {"last_seen", iso_time(g.last_seen)},
+          {"sample",
+           {{"topic", g.sample.topic},
+            {"subscription", g.sample.subscription},
+            {"sequence_number", g.sample.sequence_number},
+            {"subject", g.sample_subject},
+            {"error", g.sample_error}}}};
+}
+
+json job_json(const ledger::Job& j) {
+  json filter = json::parse(j.filter, nullptr, false);
+  json out = {{"id", j.id},
+              {"action", std::string(to_string(j.action))},
+              {"state", std::string(to_string(j.state))},
+              {"filter", filter.is_discarded() ? json(j.filter) : filter},
+              {"total", j.total},
+              {"done", j.done},
+              {"failed", j.failed},
+              {"pending", j.total - std::min(j.total, j.done + j.failed)},
+              {"created_by", j.created_by},
+              {"created", iso_time(j.created)},
+              {"updated", iso_time(j.updated)},
+              {"finished", j.finished ? json(iso_time(*j.finished)) : json()},
+              {"error", j.error}};
+  if (j.action == ledger::JobAction::kDeadLetter) {
+    out["reason"] = j.reason;
+    out["description"] = j.description;
+  }
+  return out;
 }
 
 }  // namespace metro::admin

@@ -22,6 +22,7 @@
 #include "counters.hpp"
 #include "in_flight.hpp"
 #include "intake.hpp"
+#include "jobs.hpp"
 #include "ledger_health.hpp"
 #include "listener.hpp"
 #include "naming.hpp"
@@ -30,6 +31,7 @@
 #include "route.hpp"
 #include "settler.hpp"
 #include "task_runner.hpp"
+#include "trace.hpp"
 
 namespace metro::dispatch {
 
@@ -92,6 +94,7 @@ struct Service::Impl : Completer {
   Intake intake;
   Listener listener;
   Reaper reaper;
+  JobRunner jobs;
   Mutex lifecycle_mutex;  // start and stop.
   bool started GUARDED_BY(lifecycle_mutex) = false;
   bool stopped GUARDED_BY(lifecycle_mutex) = false;
@@ -111,7 +114,8 @@ struct Service::Impl : Completer {
                    config.metro.ledger_body_limit),
         intake(*ledger, runner, in_flight, counters, health, config.metro.ledger_body_limit),
         listener(routes, intake, in_flight, health, *ledger, counters),
-        reaper(routes, reconciler, *ledger, config.metro, reaper_interval()) {
+        reaper(routes, reconciler, *ledger, config.metro, reaper_interval()),
+        jobs(*ledger, job_actions(), {options.bulk_rate}) {
     in_flight.on_room([this] { listener.wake(); });
     health.on_recovered([this] { listener.wake(); });
   }
@@ -122,6 +126,22 @@ struct Service::Impl : Completer {
     if (options.reaper_interval.count() > 0) return options.reaper_interval;
     return std::clamp<milliseconds>(config.metro.deferred_deadline / 4, milliseconds(1000),
                                     std::chrono::minutes(1));
+  }
+
+  JobActions job_actions() {
+    JobActions a;
+    a.retry = [this](const MessageKey& key) { retry(key); };
+    a.complete = [this](const MessageKey& key) {
+      row_or_throw(canonical(route_or_throw(key), key));  // Says why it cannot be completed.
+      return complete(key);
+    };
+    a.dead_letter = [this](const MessageKey& key, const std::string& reason,
+                           const std::string& description) {
+      return dead_letter(key, reason, description);
+    };
+    // The listener keeps at least half of the room in flight.
+    a.room_for_retry = [this] { return 2 * in_flight.room() > 4 * queue->workers(); };
+    return a;
   }
 
   bool consumes(std::string_view topic, std::string_view subscription) const override {
@@ -162,6 +182,7 @@ struct Service::Impl : Completer {
     }
     listener.start();
     reaper.start();  // Resumes unfinished messages as room allows, then scans for orphans.
+    jobs.start();    // Bulk jobs a previous run left unfinished go on.
     spdlog::info("metro is consuming {} subscription(s) with {} workers", routes.size(),
                  queue->workers());
   }
@@ -220,6 +241,7 @@ struct Service::Impl : Completer {
       }
       return true;
     }
+    jobs.stop();      // Between two messages; a job under way goes on at the next start.
     listener.stop();  // Nothing new comes in; what was received and not recorded is given back.
     reaper.stop();
     in_flight.notify();
@@ -296,7 +318,8 @@ struct Service::Impl : Completer {
       throw ConflictError("no handler of the current config matches " + name_of(key) +
                           "'s subject '" + log_value(row.subject) + "'");
     }
-    spdlog::info("{}: retried by request", name_of(key, row.correlation_id));
+    spdlog::info("{}{}: retried by request", name_of(key, row.correlation_id),
+                 trace_suffix(row.trace_parent));
   }
 
   std::future<void> dead_letter(const MessageKey& k, const std::string& reason,
@@ -378,7 +401,60 @@ void Service::publish(const std::string& topic, const sb::Message& message) {
     throw UnknownMessageError("no subscription of this metro is on the topic '" + log_value(topic) +
                               "'");
   }
-  route->sender().send(message);
+  auto sent = message;
+  auto it = sent.application_properties.find("traceparent");
+  const auto* given = it == sent.application_properties.end()
+                          ? nullptr
+                          : std::get_if<std::string>(&it->second);
+  if (given == nullptr || !parse_traceparent(*given)) {
+    sent.application_properties["traceparent"] = new_traceparent();
+  }
+  route->sender().send(sent);
+}
+
+namespace {
+
+/// The states a bulk action takes: messages waiting in Service Bus, not being handled.
+constexpr std::array<State, 4> kBulkStates = {State::kDeferred, State::kRetrying, State::kFailed,
+                                              State::kOrphaned};
+
+ledger::Query bulk_query(const JobRequest& request) {
+  auto q = request.filter;
+  if (q.state && std::find(kBulkStates.begin(), kBulkStates.end(), *q.state) == kBulkStates.end()) {
+    throw InvalidArgument("a bulk action acts on deferred, retrying, failed and orphaned messages, "
+                          "not on " + std::string(to_string(*q.state)) + " ones");
+  }
+  if (!q.state && !q.failure_group) q.any_state.assign(kBulkStates.begin(), kBulkStates.end());
+  q.current_only = true;
+  q.after.reset();
+  return q;
+}
+
+}  // namespace
+
+std::size_t Service::count_for_job(const JobRequest& request) {
+  return impl_->ledger->count(bulk_query(request));
+}
+
+ledger::Job Service::start_job(const JobRequest& request) {
+  {
+    MutexLock lock(impl_->lifecycle_mutex);
+    if (impl_->stopped) throw ConflictError("metro is shutting down");
+  }
+  ledger::Job job;
+  job.id = new_job_id();
+  job.action = request.action;
+  job.filter = request.filter_text;
+  job.reason = clip(request.reason, 256);
+  job.description = clip(request.description, kDescriptionLimit);
+  job.created_by = request.requested_by;
+  job = impl_->ledger->create_job(job, bulk_query(request));
+  impl_->jobs.wake();
+  return job;
+}
+
+bool Service::cancel_job(const std::string& id, const std::string& requested_by) {
+  return impl_->jobs.cancel(id, requested_by);
 }
 
 ledger::Ledger& Service::ledger() { return *impl_->ledger; }

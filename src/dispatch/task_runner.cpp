@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include "naming.hpp"
+#include "trace.hpp"
 
 namespace metro::dispatch {
 
@@ -52,7 +53,9 @@ void TaskRunner::run(const Task& task) {
   run.attempt = task.attempt;
   run.started = SysClock::now();
   write(key, correlation, "the start of a run", [&] { ledger_.begin_run(key, run); });
-  spdlog::debug("{}: {} attempt {} started", name_of(key, correlation), task.handler, task.attempt);
+  // Lines about a run name the message and its trace.
+  const auto who = name_of(key, correlation) + trace_suffix(task.trace_parent);
+  spdlog::debug("{}: {} attempt {} started", who, task.handler, task.attempt);
   Result result;
   try {
     result = route->handlers[*index]->run(task, handler.timeout);
@@ -67,10 +70,10 @@ void TaskRunner::run(const Task& task) {
   run.error = result.error;
   write(key, correlation, "the end of a run", [&] { ledger_.record_run(key, run); });
   if (result.outcome == Outcome::kSuccess) {
-    spdlog::debug("{}: {} succeeded in {} ms", name_of(key, correlation), task.handler,
+    spdlog::debug("{}: {} succeeded in {} ms", who, task.handler,
                   result.duration.count());
   } else {
-    spdlog::warn("{}: {} attempt {} {}: {}", name_of(key, correlation), task.handler, task.attempt,
+    spdlog::warn("{}: {} attempt {} {}: {}", who, task.handler, task.attempt,
                  result.outcome == Outcome::kRetry ? "asked to retry" : "failed",
                  log_value(result.error, 1024));
   }
@@ -113,7 +116,8 @@ void TaskRunner::act(Route& route, const Task& task, const Decision& d) {
     case Decision::Kind::kPark:
       ++counters_.failed;
       spdlog::warn("{}: parked as failed (it stays deferred; retry it by sequence number): {}",
-                   name_of(key, correlation), log_value(d.error, 1024));
+                   name_of(key, correlation) + trace_suffix(task.trace_parent),
+                   log_value(d.error, 1024));
       write(key, correlation, "parking", [&] { ledger_.set_state(key, State::kFailed, d.error); });
       return;
     case Decision::Kind::kAwaitExplicit:
