@@ -1,5 +1,6 @@
 #include "jobs.hpp"
 
+#include <algorithm>
 #include <random>
 
 #include <spdlog/spdlog.h>
@@ -109,6 +110,10 @@ void JobRunner::run(ledger::Job job, const std::stop_token& stop) {
   const auto interval = std::chrono::duration_cast<SteadyClock::duration>(
       std::chrono::duration<double>(1.0 / std::max(limits_.rate, 0.001)));
   auto next = SteadyClock::now();
+  // About a second's worth at a time, so that progress shows (a batch is recorded when its
+  // settlements are confirmed).
+  const auto batch = std::clamp<std::size_t>(static_cast<std::size_t>(limits_.rate), 1,
+                                             limits_.batch);
   while (true) {
     if (stop.stop_requested()) return;  // Stays running: resumed at the next start.
     auto now_job = ledger_.find_job(id);
@@ -117,7 +122,7 @@ void JobRunner::run(ledger::Job job, const std::stop_token& stop) {
       spdlog::info("job {}: cancelled", id);
       return;
     }
-    auto keys = ledger_.job_pending(id, limits_.batch);
+    auto keys = ledger_.job_pending(id, batch);
     if (keys.empty()) {
       ledger_.set_job_state(id, JobState::kCompleted);
       auto done = ledger_.find_job(id).value_or(job);

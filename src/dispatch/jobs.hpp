@@ -40,7 +40,9 @@ struct JobActions {
 
 struct JobLimits {
   double rate = 100;  ///< Messages a second, at most.
-  std::size_t batch = 50;  ///< Keys read from the ledger (and outcomes recorded) at once.
+  /// Most keys read from the ledger (and outcomes recorded) at once; fewer at a low rate, so that
+  /// a batch takes about a second.
+  std::size_t batch = 50;
   /// The longest wait for Service Bus to confirm one completion or dead-letter.
   std::chrono::milliseconds settle_wait{std::chrono::minutes(3)};
 };

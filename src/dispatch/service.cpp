@@ -314,7 +314,11 @@ struct Service::Impl : Completer {
       throw ConflictError(name_of(key) + " is being handled right now");
     }
     if (stopping) throw ConflictError("metro is shutting down");
+    // Recorded before the handlers are queued: a stop before they run leaves the message to be
+    // resumed at the next start rather than parked as it was.
+    ledger->set_state(key, State::kRetrying);
     if (!reconciler.resume(route, row, true)) {
+      ledger->set_state(key, row.state);
       throw ConflictError("no handler of the current config matches " + name_of(key) +
                           "'s subject '" + log_value(row.subject) + "'");
     }
