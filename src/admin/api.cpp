@@ -149,8 +149,7 @@ struct Api::Call {
     return kind == Kind::kRetry || kind == Kind::kComplete || kind == Kind::kDeadLetter;
   }
   bool bulk() const {
-    return kind == Kind::kBulkRetry || kind == Kind::kBulkComplete ||
-           kind == Kind::kBulkDeadLetter;
+    return kind == Kind::kBulkRetry || kind == Kind::kBulkComplete || kind == Kind::kBulkDeadLetter;
   }
   /// Needs an admin token.
   bool acts() const { return action() || bulk() || kind == Kind::kCancelJob; }
@@ -684,8 +683,8 @@ Response Api::bulk(const Request& request, const Call& call) {
     if (name == "dry_run") {
       if (!value.is_boolean()) throw InvalidArgument("'dry_run' must be true or false");
       dry_run = value.get<bool>();
-    } else if (name == "topic" || name == "subscription" || name == "state" ||
-               name == "subject" || name == "older_than" || name == "group") {
+    } else if (name == "topic" || name == "subscription" || name == "state" || name == "subject" ||
+               name == "older_than" || name == "group") {
       params.emplace(name, string_field(*body, name.c_str(), ""));
       filter[name] = value;
     } else if (action == ledger::JobAction::kDeadLetter &&
@@ -715,8 +714,8 @@ Response Api::jobs(const Call& call) {
   for (const auto& [name, value] : call.params) {
     if (name != "limit") continue;
     auto [end, error] = std::from_chars(value.data(), value.data() + value.size(), limit);
-    if (value.empty() || error != std::errc() || end != value.data() + value.size() ||
-        limit < 1 || limit > 1000) {
+    if (value.empty() || error != std::errc() || end != value.data() + value.size() || limit < 1 ||
+        limit > 1000) {
       throw InvalidArgument("limit must be a number from 1 to 1000 (got '" + value + "')");
     }
   }

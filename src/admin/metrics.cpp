@@ -100,18 +100,17 @@ std::string metrics_text(dispatch::Service& service) {
   auto& ledger = service.ledger();
   auto subscriptions = service.subscriptions();
   auto now = std::chrono::system_clock::now();
-  auto ledger_messages = family("metro_ledger_messages", "Ledger rows per subscription and state.",
-                                MetricType::Gauge);
+  auto ledger_messages =
+      family("metro_ledger_messages", "Ledger rows per subscription and state.", MetricType::Gauge);
   auto oldest = family(
       "metro_oldest_deferred_age_seconds",
       "Age of the oldest message still deferred (not completed or dead-lettered); 0 if none.",
       MetricType::Gauge);
   auto connected = family("metro_subscription_connected",
                           "1 when the subscription's connection is up, else 0.", MetricType::Gauge);
-  auto reconnects =
-      family("metro_subscription_reconnects_total",
-             "Times the subscription's connection came back after it was lost.",
-             MetricType::Counter);
+  auto reconnects = family("metro_subscription_reconnects_total",
+                           "Times the subscription's connection came back after it was lost.",
+                           MetricType::Counter);
   for (const auto& s : subscriptions) {
     for (const auto& [state, n] : ledger.counts(s.topic, s.subscription)) {
       auto labels = subscription(s.topic, s.subscription);
@@ -152,9 +151,9 @@ std::string metrics_text(dispatch::Service& service) {
                         MetricType::Gauge);
     count.metric.push_back(value({}, static_cast<double>(groups.size()), MetricType::Gauge));
     out.push_back(std::move(count));
-    auto members = family("metro_failure_group_messages",
-                          "Messages of a failure group (the 100 largest), by state.",
-                          MetricType::Gauge);
+    auto members =
+        family("metro_failure_group_messages",
+               "Messages of a failure group (the 100 largest), by state.", MetricType::Gauge);
     for (std::size_t i = 0; i < groups.size() && i < kGroupSeries; ++i) {
       const auto& g = groups[i];
       for (auto [state, n] : {std::pair{"failed", g.failed}, std::pair{"retrying", g.retrying}}) {
@@ -173,28 +172,28 @@ std::string metrics_text(dispatch::Service& service) {
   // not finished.
   {
     auto jobs = ledger.jobs(1000, false);
-    auto by_state = family("metro_jobs", "Bulk jobs the ledger keeps, by state.",
-                           MetricType::Gauge);
-    for (auto state : {ledger::JobState::kQueued, ledger::JobState::kRunning,
-                       ledger::JobState::kCompleted, ledger::JobState::kCancelled,
-                       ledger::JobState::kFailed}) {
+    auto by_state =
+        family("metro_jobs", "Bulk jobs the ledger keeps, by state.", MetricType::Gauge);
+    for (auto state :
+         {ledger::JobState::kQueued, ledger::JobState::kRunning, ledger::JobState::kCompleted,
+          ledger::JobState::kCancelled, ledger::JobState::kFailed}) {
       std::size_t n = 0;
       for (const auto& j : jobs) n += j.state == state ? 1 : 0;
-      by_state.metric.push_back(
-          value({{"state", std::string(to_string(state))}}, static_cast<double>(n),
-                MetricType::Gauge));
+      by_state.metric.push_back(value({{"state", std::string(to_string(state))}},
+                                      static_cast<double>(n), MetricType::Gauge));
     }
     out.push_back(std::move(by_state));
-    auto progress = family("metro_job_messages",
-                           "Messages of each queued or running bulk job, by kind: total, done, failed.",
-                           MetricType::Gauge);
+    auto progress =
+        family("metro_job_messages",
+               "Messages of each queued or running bulk job, by kind: total, done, failed.",
+               MetricType::Gauge);
     for (const auto& j : jobs) {
       if (j.state != ledger::JobState::kQueued && j.state != ledger::JobState::kRunning) continue;
-      for (auto [what, n] :
-           {std::pair{"total", j.total}, std::pair{"done", j.done}, std::pair{"failed", j.failed}}) {
-        progress.metric.push_back(value(
-            {{"job", j.id}, {"action", std::string(to_string(j.action))}, {"kind", what}},
-            static_cast<double>(n), MetricType::Gauge));
+      for (auto [what, n] : {std::pair{"total", j.total}, std::pair{"done", j.done},
+                             std::pair{"failed", j.failed}}) {
+        progress.metric.push_back(
+            value({{"job", j.id}, {"action", std::string(to_string(j.action))}, {"kind", what}},
+                  static_cast<double>(n), MetricType::Gauge));
       }
     }
     out.push_back(std::move(progress));

@@ -61,8 +61,10 @@ ledger::Query parse_list_query(const std::multimap<std::string, std::string>& pa
   if (const auto* v = param(params, "group")) {
     bool id = v->size() == 16 && v->find_first_not_of("0123456789abcdef") == std::string::npos;
     if (!id) {
-      throw InvalidArgument("group must be a failure group's id (16 hex digits; see "
-                            "/api/v1/failures), got '" + *v + "'");
+      throw InvalidArgument(
+          "group must be a failure group's id (16 hex digits; see "
+          "/api/v1/failures), got '" +
+          *v + "'");
     }
     q.failure_group = *v;
   }

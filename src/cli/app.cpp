@@ -104,8 +104,9 @@ int App::main(int argc, char** argv) {
   // (TOPIC and SUBSCRIPTION, when given, filter too).
   std::vector<std::pair<CLI::App*, CLI::Option*>> sequence_options;
   for (auto [name, help] :
-       {std::pair{"retry", "Run the handlers that have not succeeded again (one message, or in "
-                           "bulk by filter or failure group)"},
+       {std::pair{"retry",
+                  "Run the handlers that have not succeeded again (one message, or in "
+                  "bulk by filter or failure group)"},
         std::pair{"complete", "Complete the message(s) in Service Bus"},
         std::pair{"dead-letter", "Move the message(s) to the dead-letter queue"}}) {
     auto* sub = deferred->add_subcommand(name, help);

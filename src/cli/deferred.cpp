@@ -8,10 +8,9 @@
 #include <sstream>
 #include <thread>
 
-#include <unistd.h>
-
 #include <httplib.h>
 #include <nlohmann/json.hpp>
+#include <unistd.h>
 
 #include "../common/json_bounds.hpp"
 #include "commands.hpp"
@@ -226,7 +225,8 @@ bool ok(const DeferredCommand& c, const Answer& a) {
 std::string query_string(const std::vector<std::pair<std::string, std::string>>& params) {
   std::string out;
   for (std::size_t i = 0; i < params.size(); ++i) {
-    out += (i == 0 ? "?" : "&") + escape_path(params[i].first) + "=" + escape_path(params[i].second);
+    out +=
+        (i == 0 ? "?" : "&") + escape_path(params[i].first) + "=" + escape_path(params[i].second);
   }
   return out;
 }
@@ -253,10 +253,10 @@ void print_job(const json& j) {
   if (j.contains("failures") && !j["failures"].empty()) {
     std::vector<std::vector<std::string>> rows = {{"MESSAGE", "ERROR"}};
     for (const auto& f : j["failures"]) {
-      rows.push_back({printable(f["topic"].get<std::string>() + "/" +
-                                f["subscription"].get<std::string>() + "#" +
-                                std::to_string(f["sequence_number"].get<std::int64_t>())),
-                      clip(f["error"], 80)});
+      rows.push_back(
+          {printable(f["topic"].get<std::string>() + "/" + f["subscription"].get<std::string>() +
+                     "#" + std::to_string(f["sequence_number"].get<std::int64_t>())),
+           clip(f["error"], 80)});
     }
     std::cout << "\nfailed messages (first 20):\n";
     table(rows);

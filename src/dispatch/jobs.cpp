@@ -87,8 +87,14 @@ void JobRunner::loop(const std::stop_token& stop) {
       spdlog::error("jobs: cannot read the ledger: {}", log_value(e.what()));
     }
     if (!unfinished.empty()) {
-      run(unfinished.front(), stop);
-      continue;
+      try {
+        run(unfinished.front(), stop);
+        continue;
+      } catch (const std::exception& e) {
+        // The ledger cannot be read or written now: the job goes on once it can.
+        spdlog::error("job {}: {}; trying again in {} s", unfinished.front().id,
+                      log_value(e.what()), kIdle.count());
+      }
     }
     MutexLock lock(mutex_);
     wake_.wait_for(lock, stop, kIdle, [this]() REQUIRES(mutex_) { return woken_; });
@@ -112,8 +118,8 @@ void JobRunner::run(ledger::Job job, const std::stop_token& stop) {
   auto next = SteadyClock::now();
   // About a second's worth at a time, so that progress shows (a batch is recorded when its
   // settlements are confirmed).
-  const auto batch = std::clamp<std::size_t>(static_cast<std::size_t>(limits_.rate), 1,
-                                             limits_.batch);
+  const auto batch =
+      std::clamp<std::size_t>(static_cast<std::size_t>(limits_.rate), 1, limits_.batch);
   while (true) {
     if (stop.stop_requested()) return;  // Stays running: resumed at the next start.
     auto now_job = ledger_.find_job(id);

@@ -407,9 +407,8 @@ void Service::publish(const std::string& topic, const sb::Message& message) {
   }
   auto sent = message;
   auto it = sent.application_properties.find("traceparent");
-  const auto* given = it == sent.application_properties.end()
-                          ? nullptr
-                          : std::get_if<std::string>(&it->second);
+  const auto* given =
+      it == sent.application_properties.end() ? nullptr : std::get_if<std::string>(&it->second);
   if (given == nullptr || !parse_traceparent(*given)) {
     sent.application_properties["traceparent"] = new_traceparent();
   }
@@ -425,8 +424,10 @@ constexpr std::array<State, 4> kBulkStates = {State::kDeferred, State::kRetrying
 ledger::Query bulk_query(const JobRequest& request) {
   auto q = request.filter;
   if (q.state && std::find(kBulkStates.begin(), kBulkStates.end(), *q.state) == kBulkStates.end()) {
-    throw InvalidArgument("a bulk action acts on deferred, retrying, failed and orphaned messages, "
-                          "not on " + std::string(to_string(*q.state)) + " ones");
+    throw InvalidArgument(
+        "a bulk action acts on deferred, retrying, failed and orphaned messages, "
+        "not on " +
+        std::string(to_string(*q.state)) + " ones");
   }
   if (!q.state && !q.failure_group) q.any_state.assign(kBulkStates.begin(), kBulkStates.end());
   q.current_only = true;

@@ -70,8 +70,7 @@ void TaskRunner::run(const Task& task) {
   run.error = result.error;
   write(key, correlation, "the end of a run", [&] { ledger_.record_run(key, run); });
   if (result.outcome == Outcome::kSuccess) {
-    spdlog::debug("{}: {} succeeded in {} ms", who, task.handler,
-                  result.duration.count());
+    spdlog::debug("{}: {} succeeded in {} ms", who, task.handler, result.duration.count());
   } else {
     spdlog::warn("{}: {} attempt {} {}: {}", who, task.handler, task.attempt,
                  result.outcome == Outcome::kRetry ? "asked to retry" : "failed",

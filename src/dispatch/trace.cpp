@@ -44,8 +44,7 @@ std::optional<std::string> parse_traceparent(std::string_view value) {
   if (value.size() < kLength) return std::nullopt;
   auto version = value.substr(0, 2);
   if (!lower_hex(version) || version == "ff") return std::nullopt;
-  if (version == "00" ? value.size() != kLength
-                      : value.size() > kLength && value[kLength] != '-') {
+  if (version == "00" ? value.size() != kLength : value.size() > kLength && value[kLength] != '-') {
     return std::nullopt;
   }
   value = value.substr(0, kLength);

@@ -89,8 +89,8 @@ bool is_path(std::string_view w) {
 void word(std::string_view w, std::string& out) {
   // Sentence punctuation after a word is not part of it: "/tmp/x.sh:" is a path and a colon.
   std::size_t end = w.size();
-  while (end > 0 && (w[end - 1] == '.' || w[end - 1] == ',' || w[end - 1] == ':' ||
-                     w[end - 1] == '=')) {
+  while (end > 0 &&
+         (w[end - 1] == '.' || w[end - 1] == ',' || w[end - 1] == ':' || w[end - 1] == '=')) {
     --end;
   }
   auto tail = w.substr(end);
@@ -150,7 +150,8 @@ std::string normalise_error(std::string_view error) {
       std::size_t j = i + 1;
       bool closed = false;
       for (; j < s.size() && j - i <= 512 && s[j] != '\n'; ++j) {
-        if (s[j] == s[i] && (j + 1 == s.size() || !is_alnum(static_cast<unsigned char>(s[j + 1])))) {
+        if (s[j] == s[i] &&
+            (j + 1 == s.size() || !is_alnum(static_cast<unsigned char>(s[j + 1])))) {
           closed = true;
           break;
         }

@@ -446,11 +446,11 @@ class SqliteLedger : public Ledger {
 
   std::vector<Job> jobs(std::size_t limit, bool unfinished_only) override {
     MutexLock lock(db_mutex_);
-    auto s = db_->statement(
-        std::string("SELECT ") + kJobColumns + " FROM jobs" +
-        (unfinished_only ? " WHERE state IN ('queued', 'running') ORDER BY created, id"
-                         : " ORDER BY created DESC, id DESC") +
-        " LIMIT ?1");
+    auto s = db_->statement(std::string("SELECT ") + kJobColumns + " FROM jobs" +
+                            (unfinished_only
+                                 ? " WHERE state IN ('queued', 'running') ORDER BY created, id"
+                                 : " ORDER BY created DESC, id DESC") +
+                            " LIMIT ?1");
     s.bind(1, static_cast<std::int64_t>(std::clamp<std::size_t>(limit, 1, 1000)));
     std::vector<Job> out;
     while (s.step()) out.push_back(read_job(s));
@@ -664,8 +664,8 @@ class SqliteLedger : public Ledger {
     }
     s.bind(10, run.error);
     s.run();
-    bool failed = run.outcome == HandlerRun::Outcome::kFailed ||
-                  run.outcome == HandlerRun::Outcome::kRetry;
+    bool failed =
+        run.outcome == HandlerRun::Outcome::kFailed || run.outcome == HandlerRun::Outcome::kRetry;
     if (failed && run.finished) file_failure(key, run.handler, run.error, to_ms(*run.finished));
   }
 
@@ -698,8 +698,8 @@ class SqliteLedger : public Ledger {
           " FROM deferred_messages WHERE generation = 0 AND state IN ('failed', 'retrying')"
           " AND failure_group = ''");
       while (s.step()) {
-        rows.push_back({{s.text(0), s.text(1), s.integer(2), s.integer(3)}, s.text(4),
-                        s.integer(5)});
+        rows.push_back(
+            {{s.text(0), s.text(1), s.integer(2), s.integer(3)}, s.text(4), s.integer(5)});
       }
     }
     if (rows.empty()) return;

@@ -260,11 +260,12 @@ TEST_F(BulkTest, FiveHundredParkedFallIntoTwoGroupsAndOneIsRetriedWhileTrafficFl
   EXPECT_EQ(after["items"][0]["id"], group_b);
 
   auto seconds = [](auto d) { return std::chrono::duration<double>(d).count(); };
-  double live_before = handled_between(before_start, before_end) / seconds(before_end - before_start);
+  double live_before =
+      handled_between(before_start, before_end) / seconds(before_end - before_start);
   double live_during = handled_between(job_start, job_end) / seconds(job_end - job_start);
   double job_rate = 250 / seconds(job_end - job_start);
-  std::cout << "bulk retry of 250 messages: " << seconds(job_end - job_start) << " s ("
-            << job_rate << " messages/s); live traffic (300/s offered): " << live_before
+  std::cout << "bulk retry of 250 messages: " << seconds(job_end - job_start) << " s (" << job_rate
+            << " messages/s); live traffic (300/s offered): " << live_before
             << " messages/s before, " << live_during << " messages/s during the job\n";
   EXPECT_GT(live_during, 0);  // Fresh traffic kept flowing (the figures go to the report).
 
@@ -301,8 +302,8 @@ TEST_F(BulkTest, CancelStopsAJobAndLeavesTheRestAsTheyWere) {
   start(kOrders, 10);
   publish("B", 100);
   ASSERT_TRUE(wait_until([&] { return in_state(State::kFailed) == 100; }, 60s));
-  auto [status, created] = call("POST", "/api/v1/deferred/dead-letter",
-                                {{"state", "failed"}, {"reason", "Obsolete"}});
+  auto [status, created] =
+      call("POST", "/api/v1/deferred/dead-letter", {{"state", "failed"}, {"reason", "Obsolete"}});
   ASSERT_EQ(status, 202) << created.dump();
   auto id = created["job"]["id"].get<std::string>();
   ASSERT_TRUE(wait_until([&] { return job(id).value("done", 0) >= 3; }, 30s));
@@ -378,8 +379,9 @@ TEST_F(BulkTest, TraceContextReachesEveryHandlerKindAndTheLogLines) {
         << (dir_ / "exec-traces").string() << "\n";
   }
   std::filesystem::permissions(script, std::filesystem::perms::owner_all);
-  start(std::string(kOrders) + "[[subscriptions.handlers]]\nsubject = \"Orders/**\"\nglob = "
-                               "true\nexec = [\"" +
+  start(std::string(kOrders) +
+        "[[subscriptions.handlers]]\nsubject = \"Orders/**\"\nglob = "
+        "true\nexec = [\"" +
         script.string() +
         "\"]\n[[subscriptions.handlers]]\nsubject = \"Orders/**\"\nglob = true\nhttp = "
         "\"http://127.0.0.1:" +

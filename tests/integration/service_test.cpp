@@ -858,8 +858,10 @@ TEST_F(ServiceTest, LinesAboutAMessageCarryItsCorrelationId) {
   // The message, its correlation id and its trace id.
   for (const char* what : {"parked as failed", "retried by request", "f attempt 1 failed: down"}) {
     EXPECT_TRUE(std::regex_search(
-        log, std::regex(std::string(R"(orders/billing#1 \[order-9\] trace=[0-9a-f]{32}: )") + what)))
-        << what << '\n' << log;
+        log,
+        std::regex(std::string(R"(orders/billing#1 \[order-9\] trace=[0-9a-f]{32}: )") + what)))
+        << what << '\n'
+        << log;
   }
 }
 

@@ -122,12 +122,12 @@ struct FailureGroup {
   std::string handler;
   std::string error;  ///< The normalised error (`order <n> not found`).
   std::size_t count = 0;
-  std::size_t failed = 0;    ///< Of `count`, parked.
-  std::size_t retrying = 0;  ///< Of `count`, waiting for a retry.
+  std::size_t failed = 0;        ///< Of `count`, parked.
+  std::size_t retrying = 0;      ///< Of `count`, waiting for a retry.
   Clock::time_point first_seen;  ///< The earliest last failure of a member.
   Clock::time_point last_seen;   ///< The latest.
-  MessageKey sample;              ///< The member that failed last.
-  std::string sample_error;       ///< Its error as it was (`handler: why`).
+  MessageKey sample;             ///< The member that failed last.
+  std::string sample_error;      ///< Its error as it was (`handler: why`).
   std::string sample_subject;
 };
 

@@ -1,5 +1,7 @@
 // The error normaliser, failure groups in the SQLite ledger (filed by record_run, listed with
 // exact counts, fast at 100,000 parked rows, filed at open for rows parked before) and bulk jobs.
+#include "../../../src/ledger/failure_groups.hpp"
+
 #include <chrono>
 #include <filesystem>
 #include <iostream>
@@ -9,8 +11,6 @@
 #include <sqlite3.h>
 
 #include <metro/ledger/ledger.hpp>
-
-#include "../../../src/ledger/failure_groups.hpp"
 
 namespace metro::ledger {
 namespace {
@@ -46,12 +46,13 @@ TEST(NormaliseError, IsBoundedOnAnyInput) {
   auto out = normalise_error(utf8);
   EXPECT_LE(out.size(), kNormalisedLimit);
   // Not cut inside a character: the last lead byte has all its continuation bytes.
-  auto lead = out.find_last_not_of(std::string("\x80\x81\x82\x83\x84\x85\x86\x87\x88\x89\x8a"
-                                                "\x8b\x8c\x8d\x8e\x8f\x90\x91\x92\x93\x94\x95"
-                                                "\x96\x97\x98\x99\x9a\x9b\x9c\x9d\x9e\x9f\xa0"
-                                                "\xa1\xa2\xa3\xa4\xa5\xa6\xa7\xa8\xa9\xaa\xab"
-                                                "\xac\xad\xae\xaf\xb0\xb1\xb2\xb3\xb4\xb5\xb6"
-                                                "\xb7\xb8\xb9\xba\xbb\xbc\xbd\xbe\xbf"));
+  auto lead =
+      out.find_last_not_of(std::string("\x80\x81\x82\x83\x84\x85\x86\x87\x88\x89\x8a"
+                                       "\x8b\x8c\x8d\x8e\x8f\x90\x91\x92\x93\x94\x95"
+                                       "\x96\x97\x98\x99\x9a\x9b\x9c\x9d\x9e\x9f\xa0"
+                                       "\xa1\xa2\xa3\xa4\xa5\xa6\xa7\xa8\xa9\xaa\xab"
+                                       "\xac\xad\xae\xaf\xb0\xb1\xb2\xb3\xb4\xb5\xb6"
+                                       "\xb7\xb8\xb9\xba\xbb\xbc\xbd\xbe\xbf"));
   auto c = static_cast<unsigned char>(out[lead]);
   std::size_t length = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
   EXPECT_EQ(out.size() - lead, length);
@@ -116,7 +117,7 @@ TEST_F(FailureGroupsTest, GroupsFailedAndRetryingMessagesWithExactCounts) {
   for (int i = 31; i <= 40; ++i) {
     fail(i, "bill.sh", "db at 10.0.0." + std::to_string(i) + " refused", State::kRetrying);
   }
-  fail(41, "ship.sh", "order 1 unknown");       // Another handler: another group.
+  fail(41, "ship.sh", "order 1 unknown");                     // Another handler: another group.
   fail(42, "bill.sh", "order 2 unknown", State::kCompleted);  // Settled: in no group.
   auto groups = ledger_->failure_groups({});
   ASSERT_EQ(groups.size(), 3u);
@@ -193,9 +194,9 @@ TEST_F(FailureGroupsTest, ListsFastWithAHundredThousandParkedRows) {
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start);
   EXPECT_EQ(counted, groups.front().count);
   // A figure for the README, not an assertion: the machine is shared.
-  std::cout << "failure_groups over " << kRows << " rows (" << total << " parked, "
-            << groups.size() << " groups): " << took.count() << " ms; count of one group: "
-            << count_took.count() << " ms\n";
+  std::cout << "failure_groups over " << kRows << " rows (" << total << " parked, " << groups.size()
+            << " groups): " << took.count() << " ms; count of one group: " << count_took.count()
+            << " ms\n";
 }
 
 TEST_F(FailureGroupsTest, FilesRowsParkedBeforeGroupsExistedAtOpen) {
