@@ -115,7 +115,8 @@ struct Service::Impl : Completer {
         intake(*ledger, runner, in_flight, counters, health, config.metro.ledger_body_limit),
         listener(routes, intake, in_flight, health, *ledger, counters),
         reaper(routes, reconciler, *ledger, config.metro, reaper_interval()),
-        jobs(*ledger, job_actions(), {options.bulk_rate}) {
+        jobs(*ledger, job_actions(),
+             {options.bulk_rate > 0 ? options.bulk_rate : config.admin.bulk_rate}) {
     in_flight.on_room([this] { listener.wake(); });
     health.on_recovered([this] { listener.wake(); });
   }

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -356,6 +357,38 @@ TEST_F(BulkTest, ViewerTokensGet403OnEveryBulkAction) {
   EXPECT_NE(text.find("audit: token=wall action=cancel-job message=job:" + id +
                       " outcome=\"denied: viewer\""),
             std::string::npos);
+}
+
+TEST_F(BulkTest, MetricsShowGroupsAndJobsAndWholeAges) {
+  {
+    // A message parked 20 days ago: its age is over a million seconds.
+    auto ledger = metro::ledger::open_ledger("sqlite://" + (dir_ / "ledger.db").string());
+    metro::ledger::DeferredMessage m;
+    m.key = {"orders", "billing", 9001};
+    m.subject = "Orders/Old";
+    m.body = "{}";
+    m.state = State::kFailed;
+    m.created = std::chrono::system_clock::now() - std::chrono::hours(24 * 20);
+    ledger->record(m);
+  }
+  start(kOrders);
+  publish("B", 3);
+  ASSERT_TRUE(wait_until([&] { return in_state(State::kFailed) == 4; }, 30s));
+  auto [status, created] = call("POST", "/api/v1/deferred/retry",
+                                {{"state", "failed"}, {"subject", "Orders/Created"}});
+  ASSERT_EQ(status, 202);
+  auto id = created["job"]["id"].get<std::string>();
+  EXPECT_EQ(created["job"]["total"], 3);
+  ASSERT_TRUE(wait_until([&] { return finished(id); }, 30s));
+  auto metrics = http_->Get("/metrics", auth(kViewer))->body;
+  // Written whole: six significant digits would print 1.728e+06.
+  EXPECT_TRUE(std::regex_search(
+      metrics, std::regex(R"(metro_oldest_deferred_age_seconds\{topic="orders",subscription="billing"\} 17[0-9]{5}(\.[0-9]+)?\n)")))
+      << metrics;
+  for (const char* line : {"# TYPE metro_failure_groups gauge", "metro_jobs{state=\"completed\"} 1",
+                           "metro_jobs{state=\"running\"} 0", "metro_failure_group_messages{"}) {
+    EXPECT_NE(metrics.find(line), std::string::npos) << line << "\n" << metrics;
+  }
 }
 
 TEST_F(BulkTest, TraceContextReachesEveryHandlerKindAndTheLogLines) {

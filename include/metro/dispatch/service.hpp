@@ -78,8 +78,8 @@ struct ServiceOptions {
   /// How often the reaper looks for stale deferrals (default: a quarter of deferred_deadline,
   /// at most a minute).
   std::chrono::milliseconds reaper_interval{0};
-  /// Bulk jobs act on at most this many messages a second.
-  double bulk_rate = 100;
+  /// Bulk jobs act on at most this many messages a second; 0: `[admin] bulk_rate`.
+  double bulk_rate = 0;
 };
 
 /// A bulk action: what to do to every message a filter matches now (see `Service::start_job`).
