@@ -353,12 +353,14 @@ class SqliteLedger : public Ledger {
   // ---- failure groups and bulk jobs --------------------------------------------------------
 
   std::vector<FailureGroup> failure_groups(const FailureQuery& q) override {
-    // Counted from the partial index alone; then one indexed look-up per group for its names
-    // and the member that failed last.
+    // Counted from the partial index alone (named: without statistics the planner takes the
+    // state index and reads every row, five times slower at 100,000); then one indexed look-up
+    // per group for its names and the member that failed last.
     constexpr const char* kMembers = " generation = 0 AND state IN ('failed', 'retrying')";
     std::string sql = std::string(
                           "SELECT failure_group, count(*), sum(state = 'failed'),"
-                          " min(failure_at), max(failure_at) FROM deferred_messages WHERE") +
+                          " min(failure_at), max(failure_at) FROM deferred_messages"
+                          " INDEXED BY deferred_messages_failures WHERE") +
                       kMembers + " AND failure_group <> ''";
     if (q.topic) sql += " AND topic = ?1";
     if (q.subscription) sql += " AND subscription = ?2";

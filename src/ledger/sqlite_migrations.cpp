@@ -63,9 +63,11 @@ const std::vector<sqlite::Migration>& sqlite_migrations() {
        "ALTER TABLE deferred_messages ADD COLUMN failure_handler TEXT NOT NULL DEFAULT '';"
        "ALTER TABLE deferred_messages ADD COLUMN failure_error TEXT NOT NULL DEFAULT '';"
        "ALTER TABLE deferred_messages ADD COLUMN failure_at INTEGER NOT NULL DEFAULT 0;"
+       // Covers the groups' listing (generation too: SQLite does not count a partial index's
+       // predicate as covering its columns).
        "CREATE INDEX deferred_messages_failures ON deferred_messages"
-       " (failure_group, state, failure_at) WHERE generation = 0"
-       " AND state IN ('failed', 'retrying');"},
+       " (failure_group, state, failure_at, generation, topic, subscription)"
+       " WHERE generation = 0 AND state IN ('failed', 'retrying');"},
       // Bulk jobs: the job, and the keys it acts on with each one's outcome (NULL: pending).
       {4, "bulk jobs",
        "CREATE TABLE jobs ("
