@@ -366,6 +366,13 @@ void print_jobs(const json& body) {
 }  // namespace
 
 int run_deferred(const DeferredCommand& c) {
+  if (c.bulk && c.state.empty() && c.subject.empty() && c.older_than.empty() && c.group.empty()) {
+    // A forgotten sequence number must not become "every waiting message".
+    std::cerr << "metro deferred " << c.action
+              << ": give a sequence number, or a filter (--state, --subject, --older-than, --group) "
+                 "to act in bulk\n";
+    return kExitUsage;
+  }
   if (c.bulk) {
     try {
       return run_bulk(c);
