@@ -19,6 +19,24 @@ namespace {
 constexpr std::chrono::milliseconds kRoomPoll{20};  // How often a retry looks for room.
 constexpr std::chrono::seconds kIdle{5};            // Looks at the ledger at least this often.
 
+constexpr std::chrono::milliseconds kSettleSlice{100};  // How often a settle wait looks for a stop.
+
+/// Waits for a settlement's confirmation until `deadline`, in slices so that a stop is seen
+/// within one; after a stop, only looks whether it is confirmed. `timeout` when it is not.
+std::future_status await_settled(const std::future<void>& settled, SteadyClock::time_point deadline,
+                                 const std::stop_token& stop) {
+  while (true) {
+    const auto now = SteadyClock::now();
+    const auto until = stop.stop_requested() ? now : std::min(now + kSettleSlice, deadline);
+    // `deferred` (a lazily run future) is as good as ready: its get() runs it.
+    auto status = settled.wait_until(until);
+    if (status != std::future_status::timeout || stop.stop_requested() ||
+        SteadyClock::now() >= deadline) {
+      return status;
+    }
+  }
+}
+
 std::string outcome_text(const ledger::Job& j) {
   return std::string(to_string(j.state)) + ": " + std::to_string(j.done) + " done, " +
          std::to_string(j.failed) + " failed of " + std::to_string(j.total);
@@ -169,22 +187,34 @@ void JobRunner::run(ledger::Job job, const std::stop_token& stop) {
       }
       items.push_back(std::move(item));
     }
-    // Settlements are batched by the settler; wait for this batch's confirmations.
-    auto deadline = SteadyClock::now() + limits_.settle_wait;
-    for (std::size_t i = 0; i < settling.size() && i < items.size(); ++i) {
-      if (!settling[i].valid()) continue;
-      if (settling[i].wait_until(deadline) != std::future_status::ready) {
-        items[i].ok = false;
-        items[i].error = "Service Bus did not confirm it in time; it may still be settled";
-        continue;
+    // Settlements are batched by the settler; wait for this batch's confirmations. A stop ends
+    // the wait: what is unconfirmed then is not recorded, so it is acted on again after the
+    // restart (a message completed or dead-lettered already counts as done then).
+    const auto deadline = SteadyClock::now() + limits_.settle_wait;
+    std::vector<ledger::JobItem> outcomes;
+    outcomes.reserve(items.size());
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      auto& item = items[i];
+      // A retry has no future; a complete or dead-letter that threw has an invalid one (its error
+      // is in the item already).
+      if (i < settling.size() && settling[i].valid()) {
+        auto status = await_settled(settling[i], deadline, stop);
+        if (status == std::future_status::timeout && stop.stop_requested()) continue;
+        if (status == std::future_status::timeout) {
+          item.ok = false;
+          item.error = "Service Bus did not confirm it in time; it may still be settled";
+        } else {
+          try {
+            settling[i].get();
+          } catch (const std::exception& e) {
+            item.ok = false;
+            item.error = e.what();
+          }
+        }
       }
-      try {
-        settling[i].get();
-      } catch (const std::exception& e) {
-        items[i].ok = false;
-        items[i].error = e.what();
-      }
+      outcomes.push_back(std::move(item));
     }
+    items = std::move(outcomes);
     if (items.empty()) continue;  // Stopped or cancelled before the first: looked at above.
     try {
       ledger_.record_job_items(id, items);

@@ -132,17 +132,34 @@ struct Service::Impl : Completer {
   JobActions job_actions() {
     JobActions a;
     a.retry = [this](const MessageKey& key) { retry(key); };
+    // A message already in the state the job asks for counts as done: a job stopped before a
+    // settlement was confirmed acts on it again after the restart.
     a.complete = [this](const MessageKey& key) {
+      if (already(key, State::kCompleted)) return settled_future();
       row_or_throw(canonical(route_or_throw(key), key));  // Says why it cannot be completed.
       return complete(key);
     };
     a.dead_letter = [this](const MessageKey& key, const std::string& reason,
                            const std::string& description) {
+      if (already(key, State::kDeadLettered)) return settled_future();
       return dead_letter(key, reason, description);
     };
     // The listener keeps at least half of the room in flight.
     a.room_for_retry = [this] { return 2 * in_flight.room() > 4 * queue->workers(); };
     return a;
+  }
+
+  /// Whether the current record of `key` (generation 0) is in `state`.
+  bool already(const MessageKey& key, State state) {
+    if (key.generation != 0) return false;
+    auto row = ledger->find(canonical(route_or_throw(key), key));
+    return row && row->state == state;
+  }
+
+  static std::future<void> settled_future() {
+    std::promise<void> done;
+    done.set_value();
+    return done.get_future();
   }
 
   bool consumes(std::string_view topic, std::string_view subscription) const override {
@@ -292,11 +309,7 @@ struct Service::Impl : Completer {
     if (key.generation != 0) row_or_throw(key);  // Throws the reason.
     in_flight.mark_completed(key);
     auto row = ledger->find(key);
-    if (row && row->state == State::kCompleted) {
-      std::promise<void> done;
-      done.set_value();
-      return done.get_future();
-    }
+    if (row && row->state == State::kCompleted) return settled_future();
     return settler.enqueue(route, key, sb::Disposition::kComplete, {}, {},
                            row ? row->correlation_id : std::string());
   }

@@ -299,6 +299,47 @@ TEST_F(BulkTest, AJobGoesOnAfterAStopAndANewStartThenFinishes) {
   ASSERT_TRUE(wait_until([&] { return in_state(State::kCompleted) == 60; }, 60s));
 }
 
+// A job stopped before Service Bus confirmed a completion or dead-letter acts on that message
+// again at the next start; finding it settled already as asked is no failure.
+TEST_F(BulkTest, AMessageAlreadySettledAsTheJobAsksCountsAsDone) {
+  const std::pair<metro::ledger::JobAction, State> kCases[] = {
+      {metro::ledger::JobAction::kComplete, State::kCompleted},
+      {metro::ledger::JobAction::kDeadLetter, State::kDeadLettered}};
+  int first = 0;
+  for (auto [action, settled] : kCases) {
+    SCOPED_TRACE(std::string(to_string(action)));
+    start(kOrders);
+    publish("B", 4, first);
+    first += 4;
+    ASSERT_TRUE(wait_until([&] { return in_state(State::kFailed) == 4; }, 60s));
+    stop();
+    std::string id;
+    {
+      auto ledger = metro::ledger::open_ledger("sqlite://" + (dir_ / "ledger.db").string());
+      metro::ledger::Query failed;
+      failed.state = State::kFailed;
+      auto parked = ledger->list(failed).items;
+      ASSERT_EQ(parked.size(), 4u);
+      metro::ledger::Job job;
+      job.id = "000000000000000" + std::to_string(first);  // 16 hex digits.
+      job.action = action;
+      job.reason = "Obsolete";
+      job.created_by = "ops";
+      id = ledger->create_job(job, failed).id;
+      // Settled before the stop, its outcome not recorded.
+      ledger->set_state(parked[0].key, settled);
+    }
+    start(kOrders);
+    ASSERT_TRUE(wait_until([&] { return finished(id); }, 60s)) << job(id).dump();
+    auto done = job(id);
+    EXPECT_EQ(done["state"], "completed");
+    EXPECT_EQ(done["done"], 4) << done.dump();
+    EXPECT_EQ(done["failed"], 0) << done.dump();
+    ASSERT_TRUE(wait_until([&] { return in_state(settled) == 4; }, 60s));
+    stop();
+  }
+}
+
 TEST_F(BulkTest, CancelStopsAJobAndLeavesTheRestAsTheyWere) {
   start(kOrders, 10);
   publish("B", 100);
@@ -374,8 +415,8 @@ TEST_F(BulkTest, MetricsShowGroupsAndJobsAndWholeAges) {
   start(kOrders);
   publish("B", 3);
   ASSERT_TRUE(wait_until([&] { return in_state(State::kFailed) == 4; }, 30s));
-  auto [status, created] = call("POST", "/api/v1/deferred/retry",
-                                {{"state", "failed"}, {"subject", "Orders/Created"}});
+  auto [status, created] =
+      call("POST", "/api/v1/deferred/retry", {{"state", "failed"}, {"subject", "Orders/Created"}});
   ASSERT_EQ(status, 202);
   auto id = created["job"]["id"].get<std::string>();
   EXPECT_EQ(created["job"]["total"], 3);
@@ -383,7 +424,9 @@ TEST_F(BulkTest, MetricsShowGroupsAndJobsAndWholeAges) {
   auto metrics = http_->Get("/metrics", auth(kViewer))->body;
   // Written whole: six significant digits would print 1.728e+06.
   EXPECT_TRUE(std::regex_search(
-      metrics, std::regex(R"(metro_oldest_deferred_age_seconds\{topic="orders",subscription="billing"\} 17[0-9]{5}(\.[0-9]+)?\n)")))
+      metrics,
+      std::regex(
+          R"(metro_oldest_deferred_age_seconds\{topic="orders",subscription="billing"\} 17[0-9]{5}(\.[0-9]+)?\n)")))
       << metrics;
   for (const char* line : {"# TYPE metro_failure_groups gauge", "metro_jobs{state=\"completed\"} 1",
                            "metro_jobs{state=\"running\"} 0", "metro_failure_group_messages{"}) {
