@@ -1,5 +1,7 @@
 // $management requests from arbitrary bytes: the first byte picks the operation, the rest is
-// decoded as the request body. Every request gets a reply; nothing throws or crashes.
+// decoded as the request body — or, with bit 0x40 set, as a whole request message (operation
+// and body read from it, as the emulator does). Every request gets a reply; nothing throws or
+// crashes, however deep the body nests.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -43,7 +45,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::string_view rest(reinterpret_cast<const char*>(data + 1), size - 1);
   metro::amqp::Value body;
   try {
-    body = metro::amqp::decode(rest);
+    if ((data[0] & 0x40) != 0) {
+      auto request = metro::amqp::parse_message(rest);
+      if (const auto* op = request.application_properties.find("operation");
+          op != nullptr && op->is_text()) {
+        operation = op->as_bytes();
+      }
+      body = request.value_body.value_or(metro::amqp::Value::null());
+    } else {
+      body = metro::amqp::decode(rest);
+    }
   } catch (const metro::Error&) {
     return 0;
   }

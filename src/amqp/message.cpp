@@ -88,13 +88,16 @@ Message parse_message(std::string_view bytes) {
         break;
       case kData:
         if (v.type() != Type::kBinary) throw DecodeError("a data section does not hold binary");
+        if (!m.body_section) m.body_section = kData;
         m.data_sections.push_back(v.as_bytes());
         m.body_raw.append(raw);
         break;
       case kAmqpSequence:
+        if (!m.body_section) m.body_section = kAmqpSequence;
         m.body_raw.append(raw);
         break;
       case kAmqpValue:
+        if (!m.body_section) m.body_section = kAmqpValue;
         m.value_body = v;
         m.body_raw.append(raw);
         break;

@@ -50,6 +50,8 @@ struct Message {
   std::string body_raw;                 ///< All body sections, as received.
   std::vector<std::string> data_sections;  ///< Payloads of the data sections, in order.
   std::optional<Value> value_body;      ///< The amqp-value body, when that is the body.
+  /// kData, kAmqpSequence or kAmqpValue: the kind of the (first) body section; none without one.
+  std::optional<Section> body_section;
 
   /// A property field, or null when absent.
   const Value& property(PropertyField field) const;

@@ -42,6 +42,13 @@ enum class Type {
   kDescribed,
 };
 
+/// Deepest nesting of lists, maps, arrays and described values accepted from the network: a
+/// deeper value is a DecodeError before anything recurses over it.
+inline constexpr std::size_t kMaxDepth = 128;
+
+/// "string", "list", … for messages.
+std::string_view type_name(Type type);
+
 /// A UUID in RFC-4122 (network) byte order.
 using Uuid = std::array<std::uint8_t, 16>;
 

@@ -91,6 +91,24 @@ int wait_for_signal(const sigset_t& signals, microseconds timeout) {
   return received > 0 ? received : 0;
 }
 
+/// The topics and subscriptions a metro config consumes, with default settings: what
+/// `metro run --emulator` hosts.
+emulator::BusConfig bus_config_for(const config::Config& config) {
+  emulator::BusConfig bus;
+  for (const auto& s : config.subscriptions) {
+    auto it = std::find_if(bus.topics.begin(), bus.topics.end(),
+                           [&](const emulator::TopicOptions& t) { return t.name == s.topic_name; });
+    if (it == bus.topics.end()) {
+      bus.topics.push_back({s.topic_name, {}, {}});
+      it = std::prev(bus.topics.end());
+    }
+    emulator::SubscriptionOptions sub;
+    sub.name = s.subscription_name;
+    it->subscriptions.push_back(std::move(sub));
+  }
+  return bus;
+}
+
 }  // namespace
 
 int run_service(const RunCommand& command,
@@ -115,7 +133,7 @@ int run_service(const RunCommand& command,
     emulator::EmulatorOptions options;
     options.port = command.emulator_port;
     options.data_dir = command.emulator_data_dir;
-    options.bus = emulator::bus_config_for(config);
+    options.bus = bus_config_for(config);
     bus.emplace(options);
     bus->start();
     for (auto& sub : config.subscriptions) {

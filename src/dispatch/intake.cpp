@@ -30,6 +30,24 @@ std::string correlation_of(const sb::ReceivedMessage& m, const nlohmann::json* b
   return {};
 }
 
+/// Why a body that is not a data section cannot be handled, or nullopt. An AMQP value holding
+/// text (or binary) is read like data; a value of another type, a sequence or no body is not.
+std::optional<std::string> body_section_problem(const sb::ReceivedMessage& m) {
+  switch (m.body_section) {
+    case sb::BodySection::kData:
+      return std::nullopt;
+    case sb::BodySection::kAmqpValue:
+      if (!m.body.empty()) return std::nullopt;
+      return "the body is an AMQP value section that is not text (a map, list or number, as an "
+             "SDK sends with bodyType \"value\"), not JSON data";
+    case sb::BodySection::kAmqpSequence:
+      return "the body is an AMQP sequence section (bodyType \"sequence\"), not JSON data";
+    case sb::BodySection::kNone:
+      return "the message has no body";
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 Classification classify(const sb::ReceivedMessage& m, const config::SubscriptionOptions& options,
@@ -43,6 +61,13 @@ Classification classify(const sb::ReceivedMessage& m, const config::Subscription
   c.enqueued_time = m.enqueued_time;
   if (m.locked_until && *m.locked_until <= now) {
     c.kind = Classification::Kind::kLockExpired;
+    return c;
+  }
+  // Handlers get JSON data: say what else arrived rather than where a JSON parse broke.
+  if (auto problem = body_section_problem(m)) {
+    c.base.correlation_id = m.correlation_id.value_or("");
+    c.kind = Classification::Kind::kMalformed;
+    c.reason = *problem;
     return c;
   }
   // Bounded before it is parsed: a body nested 100,000 deep must never become a value.

@@ -5,6 +5,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "../common/fresh_exception.hpp"
 #include "naming.hpp"
 
 namespace metro::dispatch {
@@ -39,9 +40,10 @@ std::future<void> Settler::enqueue(Route& route, const ledger::MessageKey& key,
   {
     MutexLock lock(mutex_);
     if (gone_ || stopping_) {
-      done->set_exception(std::make_exception_ptr(
-          ConflictError("metro is shutting down; " + name_of(key, correlation) +
-                        " stays deferred and is settled after the next start")));
+      done->set_exception(fresh_exception([&] {
+        return ConflictError("metro is shutting down; " + name_of(key, correlation) +
+                             " stays deferred and is settled after the next start");
+      }));
       return future;
     }
     items_.push_back({&route,
@@ -152,9 +154,10 @@ void Settler::settle_chunk(Route& route, const std::vector<Item*>& items) {
     // Fetched by sequence number by someone else, e.g. a metro that died before settling it:
     // its lock has to expire first.
     locked_elsewhere = true;
-    failure = std::make_exception_ptr(
-        ConflictError(name_of(first.key, first.correlation) +
-                      " is locked by another receiver right now; try again later"));
+    failure = fresh_exception([&] {
+      return ConflictError(name_of(first.key, first.correlation) +
+                           " is locked by another receiver right now; try again later");
+    });
   }
   if (failure) {
     bool again = locked_elsewhere;

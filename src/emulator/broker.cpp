@@ -1,3 +1,8 @@
+// Service Bus semantics over the emulator's entities. Over 600 lines on purpose: it is one class
+// whose operations (send, lock, settle, expire, schedule, dead-letter, restore) each keep the
+// same invariants over an entity's indexes (available, locks, expiries, schedule, dirty rows);
+// split across files, those invariants would be harder to see together.
+
 #include "broker.hpp"
 
 #include <algorithm>
@@ -578,9 +583,24 @@ void Broker::restore(Journal& journal, TimeMs now) {
   tick(now);
 }
 
+void Broker::reload(Journal& journal, TimeMs now) {
+  for (auto& [key, entity] : entities_) {
+    entity->messages_.clear();
+    entity->available_.clear();
+    entity->lock_expiries_.clear();
+    entity->schedule_.clear();
+    entity->expiries_.clear();
+    entity->locks_.clear();
+    // Ids of sends that were refused must not make their retries look like duplicates.
+    entity->recent_message_ids_.clear();
+  }
+  dirty_sequences_.clear();
+  restore(journal, now);
+}
+
 void Broker::flush(Journal& journal) {
   if (dirty_.empty() && dirty_sequences_.empty()) return;
-  journal.begin();
+  Journal::Transaction transaction(journal);
   for (auto* entity : dirty_sequences_) {
     journal.set_next_sequence(entity->path_, entity->next_sequence_);
   }
@@ -602,7 +622,7 @@ void Broker::flush(Journal& journal) {
     row.state = static_cast<int>(m.state);
     journal.put(row);
   }
-  journal.commit();
+  transaction.commit();
   dirty_.clear();
   dirty_sequences_.clear();
 }

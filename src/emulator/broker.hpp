@@ -149,8 +149,14 @@ class Broker {
 
   /// Loads what a journal holds (messages lose their locks, as after a broker restart).
   void restore(Journal& journal, TimeMs now);
-  /// Writes every change since the last flush, in one transaction.
+  /// Whether anything changed since the last flush.
+  bool changed() const { return !dirty_.empty() || !dirty_sequences_.empty(); }
+  /// Writes every change since the last flush, in one transaction. Throws `metro::Error` when
+  /// the journal refuses; the journal is then as it was, and so is this broker after `reload`.
   void flush(Journal& journal);
+  /// Forgets every message and lock and loads the journal again: after a failed flush, the state
+  /// that was acknowledged and nothing else. Rules and sequence counters are kept.
+  void reload(Journal& journal, TimeMs now);
 
  private:
   void dirty(Entity& entity, std::int64_t sequence) { dirty_.insert({&entity, sequence}); }

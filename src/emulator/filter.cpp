@@ -1,3 +1,8 @@
+// Subscription filters: correlation filters, and the SQL filter language (tokenizer, a
+// bounded recursive-descent parser, the three-valued evaluator it builds) with the rule
+// descriptions of $management. Over 600 lines on purpose: the grammar, its evaluation and its
+// limits read best in one place.
+
 #include "filter.hpp"
 
 #include <algorithm>
@@ -264,6 +269,12 @@ bool like(std::string_view text, std::string_view pattern, std::optional<char> e
   return p == pattern.size();
 }
 
+// Service Bus limits a SQL filter to 1024 characters; within that, parentheses, NOT and unary
+// minus nest at most this deep. Together they bound the parser's recursion and the depth of the
+// evaluator it builds (a chain of 512 operators at most).
+constexpr std::size_t kMaxExpressionLength = 1024;
+constexpr int kMaxNesting = 32;
+
 class Parser {
  public:
   explicit Parser(const std::string& text) : tokens_(tokenize(text)) {}
@@ -332,8 +343,23 @@ class Parser {
     return left;
   }
 
+  /// Counts one level of nesting for its scope.
+  struct Nested {
+    explicit Nested(Parser& p) : parser(p) {
+      if (++parser.nesting_ > kMaxNesting) {
+        parser.fail("the expression is nested more than " + std::to_string(kMaxNesting) +
+                    " levels deep");
+      }
+    }
+    ~Nested() { --parser.nesting_; }
+    Nested(const Nested&) = delete;
+    Nested& operator=(const Nested&) = delete;
+    Parser& parser;
+  };
+
   Eval parse_not() {
     if (keyword("not")) {
+      Nested nested(*this);
       auto inner = parse_not();
       return [inner](const amqp::Message& m) -> Scalar {
         auto a = truth(inner(m));
@@ -499,6 +525,7 @@ class Parser {
     const auto& t = peek();
     if (t.kind == Token::kOp && t.text == "-") {
       ++pos_;
+      Nested nested(*this);
       auto inner = parse_factor();
       return [inner](const amqp::Message& m) -> Scalar {
         auto v = inner(m);
@@ -509,6 +536,7 @@ class Parser {
     }
     if (t.kind == Token::kLParen) {
       ++pos_;
+      Nested nested(*this);
       auto inner = parse_or();
       expect(Token::kRParen, "')'");
       return inner;
@@ -580,6 +608,7 @@ class Parser {
 
   std::vector<Token> tokens_;
   std::size_t pos_ = 0;
+  int nesting_ = 0;
 };
 
 class SqlFilter : public Filter {
@@ -615,6 +644,11 @@ std::shared_ptr<const Filter> correlation_filter(CorrelationFilter filter) {
 }
 
 std::shared_ptr<const Filter> sql_filter(const std::string& expression) {
+  if (expression.size() > kMaxExpressionLength) {
+    throw InvalidArgument("SQL filter: the expression is " + std::to_string(expression.size()) +
+                          " characters long; Service Bus allows at most " +
+                          std::to_string(kMaxExpressionLength));
+  }
   auto trimmed = expression;
   trimmed.erase(std::remove_if(trimmed.begin(), trimmed.end(),
                                [](unsigned char c) { return std::isspace(c); }),

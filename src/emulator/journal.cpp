@@ -29,13 +29,14 @@ struct Journal::Statements {
 };
 
 Journal::Journal(const std::filesystem::path& directory)
-    : statements_(std::make_unique<Statements>()) {
+    : path_(directory / "emulator.db"), statements_(std::make_unique<Statements>()) {
   std::filesystem::create_directories(directory);
-  auto path = directory / "emulator.db";
-  if (sqlite3_open(path.c_str(), &db_) != SQLITE_OK) {
-    std::string message = db_ ? sqlite3_errmsg(db_) : "out of memory";
-    sqlite3_close(db_);
-    throw Error("cannot open the emulator journal " + path.string() + ": " + message);
+  sqlite3* db = nullptr;
+  int rc = sqlite3_open(path_.c_str(), &db);
+  db_.reset(db);  // sqlite3_open gives a handle to close even when it fails
+  if (rc != SQLITE_OK) {
+    std::string message = db != nullptr ? sqlite3_errmsg(db) : "out of memory";
+    throw Error("cannot open the emulator journal " + path_.string() + ": " + message);
   }
   exec("PRAGMA journal_mode=WAL");
   exec("PRAGMA synchronous=NORMAL");
@@ -46,7 +47,7 @@ Journal::Journal(const std::filesystem::path& directory)
       "PRIMARY KEY (entity, sequence_number))");
   exec("CREATE TABLE IF NOT EXISTS sequences (entity TEXT PRIMARY KEY, next INTEGER NOT NULL)");
   auto prepare = [&](Statement& s, const char* sql) {
-    check(db_, sqlite3_prepare_v2(db_, sql, -1, &s.stmt, nullptr), sql);
+    check(db_.get(), sqlite3_prepare_v2(db_.get(), sql, -1, &s.stmt, nullptr), sql);
   };
   prepare(statements_->put,
           "INSERT OR REPLACE INTO messages VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
@@ -58,22 +59,39 @@ Journal::Journal(const std::filesystem::path& directory)
   prepare(statements_->load_sequences, "SELECT entity, next FROM sequences");
 }
 
-Journal::~Journal() {
-  statements_.reset();
-  sqlite3_close(db_);
-}
+Journal::~Journal() = default;
+
+void Journal::Close::operator()(sqlite3* db) const { sqlite3_close(db); }
 
 void Journal::exec(const char* sql) {
   char* error = nullptr;
-  if (sqlite3_exec(db_, sql, nullptr, nullptr, &error) != SQLITE_OK) {
+  if (sqlite3_exec(db_.get(), sql, nullptr, nullptr, &error) != SQLITE_OK) {
     std::string message = error ? error : "unknown error";
     sqlite3_free(error);
     throw Error(std::string("emulator journal: ") + sql + ": " + message);
   }
 }
 
-void Journal::begin() { exec("BEGIN"); }
-void Journal::commit() { exec("COMMIT"); }
+Journal::Transaction::Transaction(Journal& journal) : journal_(journal) { journal_.exec("BEGIN"); }
+
+Journal::Transaction::~Transaction() {
+  // After a failed statement SQLite may already have rolled back; ROLLBACK then only reports that
+  // no transaction is active, which leaves nothing to do.
+  if (open_) sqlite3_exec(journal_.db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
+}
+
+void Journal::Transaction::commit() {
+  journal_.exec("COMMIT");
+  open_ = false;
+}
+
+void Journal::refuse_writes(bool refuse) {
+  exec(refuse ? "PRAGMA query_only=1" : "PRAGMA query_only=0");
+}
+
+void Journal::limit_pages(std::int64_t pages) {
+  exec(("PRAGMA max_page_count=" + std::to_string(pages)).c_str());
+}
 
 void Journal::put(const JournalRow& row) {
   auto* s = statements_->put.stmt;
@@ -86,7 +104,7 @@ void Journal::put(const JournalRow& row) {
   sqlite3_bind_int64(s, 6, row.scheduled_for);
   sqlite3_bind_int64(s, 7, row.delivery_count);
   sqlite3_bind_int(s, 8, row.state);
-  check(db_, sqlite3_step(s), "storing a message");
+  check(db_.get(), sqlite3_step(s), "storing a message");
 }
 
 void Journal::erase(const std::string& entity, std::int64_t sequence_number) {
@@ -94,7 +112,7 @@ void Journal::erase(const std::string& entity, std::int64_t sequence_number) {
   sqlite3_reset(s);
   text(s, 1, entity);
   sqlite3_bind_int64(s, 2, sequence_number);
-  check(db_, sqlite3_step(s), "removing a message");
+  check(db_.get(), sqlite3_step(s), "removing a message");
 }
 
 void Journal::set_next_sequence(const std::string& entity, std::int64_t next) {
@@ -102,7 +120,7 @@ void Journal::set_next_sequence(const std::string& entity, std::int64_t next) {
   sqlite3_reset(s);
   text(s, 1, entity);
   sqlite3_bind_int64(s, 2, next);
-  check(db_, sqlite3_step(s), "storing a sequence number");
+  check(db_.get(), sqlite3_step(s), "storing a sequence number");
 }
 
 void Journal::load(const std::function<void(const JournalRow&)>& row,

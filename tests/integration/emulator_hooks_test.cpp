@@ -3,9 +3,13 @@
 #include <thread>
 
 #include <gtest/gtest.h>
+#include <proton/disposition.h>
 
 #include <metro/emulator/emulator.hpp>
+#include <metro/sb/sas.hpp>
 
+#include "../support/amqp_bytes.hpp"
+#include "../support/raw_amqp.hpp"
 #include "peer.hpp"
 
 namespace metro::emulator {
@@ -115,6 +119,115 @@ TEST(EmulatorHooks, DataDirKeepsMessagesAcrossARestart) {
   EXPECT_EQ(counts.active, 1u);
   EXPECT_EQ(counts.deferred, 1u);
   std::filesystem::remove_all(dir);
+}
+
+namespace bytes = metro::test::amqp_bytes;
+
+/// A raw client allowed to send to and receive from `entity`.
+std::unique_ptr<test::RawAmqpClient> raw_client(Emulator& bus, const std::string& entity) {
+  auto client = std::make_unique<test::RawAmqpClient>("127.0.0.1", bus.port());
+  auto audience = "sb://localhost/" + entity;
+  auto token = sb::make_sas_token(audience, "RootManageSharedAccessKey", "SAS_KEY_VALUE",
+                                  std::chrono::system_clock::now() + std::chrono::hours(1));
+  EXPECT_EQ(client->put_token(audience, token), 202);
+  return client;
+}
+
+// A message whose values nest 30,000 or 100,000 deep (900 KB in all) must be refused with
+// amqp:decode-error in every place a value can be, and the emulator must keep serving.
+TEST(EmulatorBadInput, DeeplyNestedValuesAreRefusedWithADecodeError) {
+  Emulator bus(options());
+  bus.start();
+  auto client = raw_client(bus, "hooks");
+  auto deep_value = bytes::nested_lists(30'000);
+  for (std::size_t depth : {std::size_t{30'000}, std::size_t{100'000}}) {
+    for (const auto& deep :
+         {bytes::nested_lists(depth), bytes::nested_maps(depth), bytes::nested_arrays(depth)}) {
+      for (const auto& message : {
+               bytes::section(bytes::kApplicationProperties, bytes::map_of("deep", deep)),
+               bytes::section(bytes::kMessageAnnotations, bytes::map_of("x-deep", deep)),
+               bytes::section(bytes::kAmqpValue, deep),
+               bytes::section(bytes::kAmqpSequence, deep),
+           }) {
+        auto outcome = client->send("hooks", message);
+        EXPECT_EQ(outcome.state, PN_REJECTED);
+        EXPECT_EQ(outcome.condition, "amqp:decode-error") << outcome.description;
+        EXPECT_NE(outcome.description.find("nested more than"), std::string::npos)
+            << outcome.description;
+      }
+    }
+  }
+  // A $management request with a deep body, and a put-token with one, are refused the same way.
+  test::Outcome request_outcome;
+  std::vector<amqp::Value> properties(amqp::kPropertyFieldCount);
+  properties[amqp::kMessageId] = amqp::Value::string("deep-request");
+  properties[amqp::kReplyTo] = amqp::Value::string("r");
+  auto request = amqp::encode_section(amqp::kProperties, amqp::Value::list(properties)) +
+                 amqp::encode_section(
+                     amqp::kApplicationProperties,
+                     amqp::Value::map({{amqp::Value::string("operation"),
+                                        amqp::Value::string("com.microsoft:peek-message")}})) +
+                 bytes::section(bytes::kAmqpValue, bytes::nested_maps(30'000));
+  for (const auto* node : {"hooks/$management", "$cbs"}) {
+    auto reply = client->request(node, "r", request, &request_outcome);
+    EXPECT_EQ(request_outcome.condition, "amqp:decode-error") << node;
+    EXPECT_FALSE(reply) << node;
+  }
+
+  // Inside a data section the same bytes are an opaque payload, not a batch of messages.
+  EXPECT_EQ(
+      client->send("hooks", bytes::data_section(bytes::section(bytes::kAmqpValue, deep_value)))
+          .state,
+      PN_ACCEPTED);
+  EXPECT_EQ(bus.counts("hooks").total(), 1u);
+
+  // The emulator still takes a plain message on the same connection.
+  EXPECT_EQ(client->send("hooks", bytes::data_section("fine")).state, PN_ACCEPTED);
+  EXPECT_EQ(bus.counts("hooks").active, 2u);
+  EXPECT_TRUE(client->open());
+}
+
+// Proton decodes a disposition itself; what it hands over nests as deep as the peer likes.
+TEST(EmulatorBadInput, ADeeplyNestedDispositionIsRefusedAndTheLockKept) {
+  Emulator bus(options());
+  bus.start();
+  auto client = raw_client(bus, "hooks");
+  ASSERT_EQ(client->send("hooks", bytes::data_section("held")).state, PN_ACCEPTED);
+  auto outcome =
+      client->receive_and_modify("hooks", bytes::map_of("x-deep", bytes::nested_lists(10'000)));
+  EXPECT_EQ(outcome.state, PN_REJECTED);
+  EXPECT_EQ(outcome.condition, "amqp:decode-error") << outcome.description;
+  auto counts = bus.counts("hooks");
+  EXPECT_EQ(counts.active, 1u);
+  EXPECT_EQ(counts.locked, 1u);  // not abandoned by a disposition it could not read
+  EXPECT_TRUE(client->open());
+}
+
+TEST(EmulatorLifetime, StopFromTwoThreadsAtOnceStopsOnce) {
+  for (int i = 0; i < 20; ++i) {
+    Emulator bus(options());
+    bus.start();
+    std::thread a([&] { bus.stop(); });
+    std::thread b([&] { bus.stop(); });
+    a.join();
+    b.join();
+    EXPECT_THROW(bus.counts("hooks"), Error);  // a hook after stop is refused, not a crash
+  }
+}
+
+TEST(EmulatorLifetime, AFailedStartFreesWhatItMadeAndSaysWhy) {
+  auto o = options();
+  o.tls_port = 0;
+  o.certificate_file = "/nonexistent/cert.pem";
+  o.private_key_file = "/nonexistent/key.pem";
+  Emulator bus(o);
+  try {
+    bus.start();
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/cert.pem"), std::string::npos);
+  }
+  // Under ASan, LeakSanitizer checks that the proactor and the TLS domain were freed.
 }
 
 }  // namespace

@@ -1,12 +1,21 @@
-// The C++ Service Bus client against the in-process emulator, plain and TLS.
+// The C++ Service Bus client against the in-process emulator, plain and TLS, and against a raw
+// AMQP server that misbehaves.
 #include <condition_variable>
+#include <filesystem>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include <gtest/gtest.h>
+#include <proton/disposition.h>
 
 #include <metro/emulator/emulator.hpp>
 #include <metro/sb/client.hpp>
+#include <metro/sb/sas.hpp>
+
+#include "../support/amqp_bytes.hpp"
+#include "../support/raw_amqp.hpp"
+#include "../support/test_support.hpp"
 
 namespace metro::sb {
 namespace {
@@ -246,7 +255,9 @@ TEST_F(SbClient, ReconnectsAfterTheConnectionDropsAndLosesNothing) {
   sender.send(text("before"));
   auto held = receiver.receive(1, 5s).at(0);
   bus_.drop_connections();
-  // Settling on the dead link is a clear lock-lost error, not a silent success.
+  // Once the client knows, settling on the dead link is a clear lock-lost error, not a silent
+  // success. (A settlement under way while the connection drops fails as ConnectionLostError.)
+  ASSERT_TRUE(test::wait_until([&] { return disconnects.load() == 1; }, 10s));
   EXPECT_THROW(receiver.complete(held), LockLostError);
   sender.send(text("after"));  // re-attached without the caller doing anything
   std::vector<std::string> bodies;
@@ -420,6 +431,382 @@ TEST_F(SbClient, FutureFormsAndBatchedSettlementOfDeferredMessages) {
   auto dead = client.create_receiver("q/$DeadLetterQueue").receive(2, 5s);
   ASSERT_FALSE(dead.empty());
   EXPECT_EQ(dead[0].dead_letter_reason, "Poison");
+}
+
+}  // namespace
+}  // namespace metro::sb
+
+namespace metro::sb {
+namespace {
+
+// ---- Lifetimes: what outlives what, and calls after close ------------------------------------
+
+TEST_F(SbClient, ASenderOrReceiverOutlivingItsClientIsRefusedClearly) {
+  std::optional<Sender> sender;
+  std::optional<Receiver> receiver;
+  {
+    Client client(bus_.connection_string(), quick());
+    sender = client.create_sender("q");
+    receiver = client.create_receiver("q");
+  }
+  try {
+    sender->send(text("late"));
+    FAIL() << "sent through a destroyed client";
+  } catch (const ClientClosedError& e) {
+    EXPECT_NE(std::string(e.what()).find("the client is closed"), std::string::npos) << e.what();
+    EXPECT_FALSE(e.is_transient());
+  }
+  EXPECT_THROW(sender->send_async({text("late")}).get(), ClientClosedError);
+  EXPECT_THROW(sender->schedule({text("late")}, Clock::now()), ClientClosedError);
+  EXPECT_THROW(receiver->receive(1, 100ms), ClientClosedError);
+  EXPECT_THROW(receiver->receive_async(1, 100ms).get(), ClientClosedError);
+  EXPECT_THROW(receiver->receive_async(1, 100ms, [](std::vector<ReceivedMessage>) {}),
+               ClientClosedError);
+  EXPECT_THROW(receiver->peek(1, 1), ClientClosedError);
+  EXPECT_FALSE(receiver->cancel_receive_async());
+  EXPECT_EQ(bus_.counts("q").total(), 0u);
+}
+
+TEST_F(SbClient, CallsAfterCloseAreRefusedAndSettlementsOfHeldMessagesToo) {
+  Client client(bus_.connection_string(), quick());
+  auto sender = client.create_sender("q");
+  auto receiver = client.create_receiver("q");
+  sender.send(text("held"));
+  auto held = receiver.receive(1, 5s).at(0);
+  client.close();
+  client.close();  // idempotent
+  EXPECT_EQ(client.state(), ConnectionState::kClosed);
+  EXPECT_THROW(receiver.complete(held), ClientClosedError);
+  EXPECT_THROW(receiver.complete_async(held).get(), ClientClosedError);
+  EXPECT_THROW(client.create_sender("q"), ClientClosedError);
+}
+
+// The event thread is held inside a receive_async callback while a receiver that has started an
+// asynchronous settlement goes away: the settlement must not reach into the receiver.
+TEST_F(SbClient, AnAsyncSettlementOutlivesTheReceiverThatStartedIt) {
+  Client client(bus_.connection_string(), quick());
+  client.create_sender("q").send(text("deferred"));
+  auto first = client.create_receiver("q");
+  auto m = first.receive(1, 5s).at(0);
+  first.defer(m);
+  std::optional<Receiver> temporary = client.create_receiver("q");
+  auto deferred = temporary->receive_deferred({m.sequence_number});
+  ASSERT_EQ(deferred.size(), 1u);
+
+  auto blocker = client.create_receiver("metro-demo/Subscriptions/sub");
+  std::promise<void> inside;
+  std::promise<void> release;
+  auto released = release.get_future().share();
+  blocker.receive_async(1, 30s, [&, released](std::vector<ReceivedMessage>) {
+    inside.set_value();
+    released.wait();  // the event thread waits here
+  });
+  client.create_sender("metro-demo").send(text("wake the event thread"));
+  ASSERT_EQ(inside.get_future().wait_for(10s), std::future_status::ready);
+  // Started while the event thread is busy, and the receiver gone before it runs.
+  auto settled = temporary->complete_async(deferred.at(0));
+  temporary.reset();
+  release.set_value();
+  ASSERT_EQ(settled.wait_for(10s), std::future_status::ready);
+  EXPECT_NO_THROW(settled.get());
+  EXPECT_EQ(bus_.counts("q").total(), 0u);
+}
+
+TEST_F(SbClient, ASubscriptionStopsFromItsOwnCallback) {
+  Client client(bus_.connection_string(), quick());
+  auto receiver = client.create_receiver("q");
+  Subscription subscription;
+  std::promise<void> stopped;
+  std::atomic<int> calls{0};
+  subscription = receiver.subscribe([&](ReceivedMessage& m) {
+    receiver.complete(m);
+    if (++calls == 1) {
+      subscription.stop();  // from its own thread
+      stopped.set_value();
+    }
+  });
+  client.create_sender("q").send(std::vector<Message>{text("1"), text("2")});
+  ASSERT_EQ(stopped.get_future().wait_for(10s), std::future_status::ready);
+  std::this_thread::sleep_for(300ms);
+  EXPECT_EQ(calls.load(), 1);  // nothing after the stop
+}
+
+TEST_F(SbClient, MoveAssigningOverARunningSubscriptionStopsIt) {
+  Client client(bus_.connection_string(), quick());
+  auto receiver = client.create_receiver("q");
+  std::atomic<int> first{0};
+  std::atomic<int> second{0};
+  auto subscription = receiver.subscribe([&](ReceivedMessage& m) {
+    ++first;
+    receiver.complete(m);
+  });
+  subscription = receiver.subscribe([&](ReceivedMessage& m) {
+    ++second;
+    receiver.complete(m);
+  });
+  client.create_sender("q").send(std::vector<Message>{text("a"), text("b")});
+  ASSERT_TRUE(test::wait_until([&] { return second == 2; }, 10s));
+  EXPECT_EQ(first.load(), 0);
+}
+
+TEST_F(SbClient, ACallbackThatThrowsDoesNotEndTheSubscription) {
+  Client client(bus_.connection_string(), quick());
+  auto receiver = client.create_receiver("q");
+  std::mutex mutex;
+  std::vector<std::string> bodies;
+  auto subscription = receiver.subscribe([&](ReceivedMessage& m) {
+    receiver.complete(m);
+    if (m.body == "boom") throw std::runtime_error("the callback failed");
+    if (m.body == "odd") throw 42;
+    std::lock_guard lock(mutex);
+    bodies.push_back(m.body);
+  });
+  client.create_sender("q").send(std::vector<Message>{text("boom"), text("odd"), text("after")});
+  ASSERT_TRUE(test::wait_until(
+      [&] {
+        std::lock_guard lock(mutex);
+        return bodies.size() == 1;
+      },
+      10s));
+  EXPECT_EQ(bodies.front(), "after");
+}
+
+TEST_F(SbClient, ADroppedReceiverLetsGoOfItsLinkAndItsCredit) {
+  Client client(bus_.connection_string(), quick());
+  auto sender = client.create_sender("q");
+  for (int i = 0; i < 20; ++i) {
+    auto gone = client.create_receiver("q", {ReceiveMode::kPeekLock, 10});
+  }
+  sender.send(text("for the receiver that is there"));
+  auto receiver = client.create_receiver("q");
+  // A dropped receiver still attached would hold the message under its lock (30 s here).
+  auto got = receiver.receive(1, 5s);
+  ASSERT_EQ(got.size(), 1u);
+  receiver.complete(got[0]);
+}
+
+TEST_F(SbClient, ReceiveAsyncWaitsWithoutAThreadPerCall) {
+  Client client(bus_.connection_string(), quick());
+  auto receiver = client.create_receiver("q");
+  auto threads = [] {
+    return std::distance(std::filesystem::directory_iterator("/proc/self/task"),
+                         std::filesystem::directory_iterator{});
+  };
+  auto before = threads();
+  std::vector<std::future<std::vector<ReceivedMessage>>> waiting;
+  for (int i = 0; i < 20; ++i) waiting.push_back(receiver.receive_async(1, 20s));
+  EXPECT_LT(threads() - before, 3);
+  std::vector<Message> messages;
+  for (int i = 0; i < 20; ++i) messages.push_back(text(std::to_string(i)));
+  client.create_sender("q").send(messages);
+  std::size_t got = 0;
+  for (auto& f : waiting) {
+    ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
+    for (auto& m : f.get()) {
+      receiver.complete(m);
+      ++got;
+    }
+  }
+  EXPECT_EQ(got, 20u);
+  // One that times out answers empty, on time.
+  auto nothing = receiver.receive_async(1, 200ms);
+  ASSERT_EQ(nothing.wait_for(5s), std::future_status::ready);
+  EXPECT_TRUE(nothing.get().empty());
+}
+
+TEST(SbClientStart, AFailedStartFreesWhatItMadeAndSaysWhy) {
+  ClientOptions options;
+  options.ca_file = "/nonexistent/ca.pem";
+  try {
+    Client client("Endpoint=sb://localhost:5671;SharedAccessKeyName=k;SharedAccessKey=v", options);
+    FAIL();
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/ca.pem"), std::string::npos);
+  }
+  // Under ASan, LeakSanitizer checks that the proactor and the TLS domain were freed.
+}
+
+TEST_F(SbClient, CloseFromTwoThreadsAtOnceAndFromTheClientsOwnThread) {
+  for (int i = 0; i < 10; ++i) {
+    Client client(bus_.connection_string(), quick());
+    client.create_sender("q");
+    std::thread a([&] { client.close(); });
+    std::thread b([&] { client.close(); });
+    a.join();
+    b.join();
+    EXPECT_EQ(client.state(), ConnectionState::kClosed);
+  }
+  // From a callback on the client's own thread: it cannot wait for itself, and must not hang.
+  std::promise<void> closed;
+  auto options = quick();
+  Client* self = nullptr;
+  options.on_state_change = [&](ConnectionState s, const std::string&) {
+    if (s == ConnectionState::kDisconnected) self->close();
+    if (s == ConnectionState::kClosed) closed.set_value();
+  };
+  Client client(bus_.connection_string(), options);
+  self = &client;
+  auto sender = client.create_sender("q");
+  bus_.drop_connections();
+  ASSERT_EQ(closed.get_future().wait_for(10s), std::future_status::ready);
+  EXPECT_THROW(sender.send(text("after")), ClientClosedError);
+}
+
+// ---- A raw server that misbehaves ------------------------------------------------------------
+
+ClientOptions brief() {
+  ClientOptions o;
+  o.operation_timeout = 1s;
+  return o;
+}
+
+TEST(SbClientRawPeer, APutTokenWithNoReplyDoesNotBlockTheEntityAfterwards) {
+  test::RawAmqpServer server;
+  server.ignore_put_tokens(1);
+  Client client(server.connection_string(), brief());
+  EXPECT_THROW(client.create_sender("q"), TimeoutError);
+  // Once that put-token is past its deadline, the next attach of the entity puts a token again,
+  // and works (it used to wait behind the unanswered one until a reconnect).
+  ASSERT_TRUE(test::wait_until(
+      [&] {
+        try {
+          client.create_sender("q");
+          return true;
+        } catch (const TimeoutError&) {
+          return false;
+        }
+      },
+      10s));
+  EXPECT_GE(server.put_tokens(), 2);
+  EXPECT_EQ(client.state(), ConnectionState::kConnected);
+}
+
+TEST(SbClientRawPeer, AnUnansweredRequestFailsItsFutureAtTheDeadline) {
+  test::RawAmqpServer server;
+  // receive-by-sequence-number is answered with one deferred message; nothing else is.
+  server.on_management([](const std::string&, const amqp::Message& request)
+                           -> std::optional<std::pair<amqp::Value, amqp::Value>> {
+    const auto* op = request.application_properties.find("operation");
+    if (op == nullptr || op->as_bytes() != "com.microsoft:receive-by-sequence-number") {
+      return std::nullopt;
+    }
+    amqp::Message message;
+    message.data_sections.push_back("deferred");
+    message.message_annotations =
+        amqp::Value::map({{amqp::Value::symbol("x-opt-sequence-number"), amqp::Value::long_(7)}});
+    auto entry = amqp::Value::map(
+        {{amqp::Value::string("message"), amqp::Value::binary(amqp::encode_message(message))},
+         {amqp::Value::string("lock-token"), amqp::Value::uuid(amqp::random_uuid())}});
+    return std::pair{
+        amqp::Value::map({{amqp::Value::string("statusCode"), amqp::Value::int_(200)}}),
+        amqp::Value::map({{amqp::Value::string("messages"), amqp::Value::list({entry})}})};
+  });
+  Client client(server.connection_string(), brief());
+  auto receiver = client.create_receiver("q");
+  auto deferred = receiver.receive_deferred({7});
+  ASSERT_EQ(deferred.size(), 1u);
+  auto settled = receiver.complete_async(deferred[0]);
+  // No reply ever comes: the future fails by itself at the deadline, with nothing waiting on it.
+  ASSERT_EQ(settled.wait_for(10s), std::future_status::ready);
+  EXPECT_THROW(settled.get(), TimeoutError);
+  EXPECT_THROW(receiver.peek(1, 1), TimeoutError);
+  // The peer is alive (its heartbeats come): a slow answer is not a dead connection.
+  EXPECT_EQ(client.state(), ConnectionState::kConnected);
+}
+
+namespace bytes = metro::test::amqp_bytes;
+
+TEST(SbClientRawPeer, APoisonMessageIsRejectedWithADecodeErrorAndTheRestFlows) {
+  test::RawAmqpServer server;
+  auto deep = bytes::nested_lists(30'000);
+  server.deliver("q", bytes::section(bytes::kApplicationProperties, bytes::map_of("deep", deep)));
+  server.deliver("q", bytes::section(bytes::kAmqpValue, bytes::nested_maps(100'000)));
+  server.deliver("q", bytes::data_section("fine"));
+  Client client(server.connection_string(), quick());
+  auto receiver = client.create_receiver("q");
+  std::vector<ReceivedMessage> got;
+  ASSERT_TRUE(test::wait_until(
+      [&] {
+        for (auto& m : receiver.receive(3, 200ms)) got.push_back(std::move(m));
+        return !got.empty();
+      },
+      10s));
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].body, "fine");
+  ASSERT_TRUE(test::wait_until([&] { return server.outcomes().size() >= 2; }, 10s));
+  for (const auto& outcome : server.outcomes()) {
+    EXPECT_EQ(outcome.state, PN_REJECTED);
+    EXPECT_EQ(outcome.condition, "amqp:decode-error");
+    EXPECT_NE(outcome.description.find("nested more than"), std::string::npos)
+        << outcome.description;
+  }
+  EXPECT_EQ(client.state(), ConnectionState::kConnected);
+}
+
+TEST(SbClientRawPeer, ADeeplyNestedReplyIsAClearErrorNotATimeout) {
+  test::RawAmqpServer server;
+  server.on_management(
+      [](const std::string&,
+         const amqp::Message&) -> std::optional<std::pair<amqp::Value, amqp::Value>> {
+        // A body nested past the limit: built as a Value 200 deep, which the client must refuse.
+        auto deep = amqp::Value::list({});
+        for (int i = 0; i < 200; ++i) deep = amqp::Value::list({deep});
+        return std::pair{
+            amqp::Value::map({{amqp::Value::string("statusCode"), amqp::Value::int_(200)}}), deep};
+      });
+  auto options = quick();
+  Client client(server.connection_string(), options);
+  auto receiver = client.create_receiver("q");
+  auto start = std::chrono::steady_clock::now();
+  try {
+    receiver.peek(1, 1);
+    FAIL();
+  } catch (const ServiceBusError& e) {
+    EXPECT_EQ(e.condition(), "amqp:decode-error") << e.what();
+    EXPECT_NE(std::string(e.what()).find("nested more than"), std::string::npos) << e.what();
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, options.operation_timeout);
+}
+
+// ---- What the body was ------------------------------------------------------------------------
+
+TEST_F(SbClient, AReceivedMessageSaysWhichBodySectionItHad) {
+  test::RawAmqpClient raw("127.0.0.1", bus_.port());
+  auto audience = std::string("sb://localhost/q");
+  ASSERT_EQ(raw.put_token(audience, make_sas_token(audience, "RootManageSharedAccessKey",
+                                                   "SAS_KEY_VALUE", Clock::now() + 1h)),
+            202);
+  auto value_of = [](const amqp::Value& v) { return amqp::encode(v); };
+  struct Case {
+    std::string bytes;
+    BodySection section;
+    std::string body;
+  };
+  std::vector<Case> cases = {
+      {bytes::data_section(R"({"a":1})"), BodySection::kData, R"({"a":1})"},
+      {bytes::section(bytes::kAmqpValue, value_of(amqp::Value::string(R"({"a":1})"))),
+       BodySection::kAmqpValue, R"({"a":1})"},
+      {bytes::section(bytes::kAmqpValue, value_of(amqp::Value::map({}))), BodySection::kAmqpValue,
+       ""},
+      {bytes::section(bytes::kAmqpSequence, value_of(amqp::Value::list({amqp::Value::int_(1)}))),
+       BodySection::kAmqpSequence, ""},
+      {amqp::encode_section(amqp::kProperties, amqp::Value::list({amqp::Value::string("id")})),
+       BodySection::kNone, ""},
+  };
+  for (const auto& c : cases) ASSERT_EQ(raw.send("q", c.bytes).state, PN_ACCEPTED);
+  Client client(bus_.connection_string(), quick());
+  auto receiver = client.create_receiver("q");
+  std::vector<ReceivedMessage> got;
+  while (got.size() < cases.size()) {
+    auto more = receiver.receive(cases.size(), 5s);
+    ASSERT_FALSE(more.empty());
+    for (auto& m : more) got.push_back(std::move(m));
+  }
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    EXPECT_EQ(got[i].body_section, cases[i].section) << i;
+    EXPECT_EQ(got[i].body, cases[i].body) << i;
+    receiver.complete(got[i]);
+  }
 }
 
 }  // namespace

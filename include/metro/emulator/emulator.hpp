@@ -19,10 +19,7 @@
 #include <vector>
 
 #include <metro/error.hpp>
-
-namespace metro::config {
-struct Config;
-}
+#include <metro/settings.hpp>
 
 namespace metro::emulator {
 
@@ -84,10 +81,8 @@ struct BusConfig {
   std::vector<TopicOptions> topics;
 };
 
-/// Reads `bus.toml`. Throws `metro::config::ConfigError` with every problem found.
+/// Reads `bus.toml`. Throws `metro::ConfigError` with every problem found.
 BusConfig load_bus_config(const std::filesystem::path& path);
-/// The topics and subscriptions a metro config consumes, with default settings.
-BusConfig bus_config_for(const config::Config& config);
 
 struct EmulatorOptions {
   std::string host = "127.0.0.1";
@@ -119,7 +114,8 @@ class Emulator {
   /// Binds the listeners and starts the event thread. Throws `metro::Error` when a port cannot
   /// be bound or the certificate cannot be loaded.
   void start();
-  /// Closes every connection and stops. Idempotent.
+  /// Closes every connection (cleanly: what is owed goes out before the close frame; a client
+  /// that does not answer within 2 s is dropped) and stops. Idempotent.
   void stop();
 
   std::uint16_t port() const;

@@ -8,7 +8,9 @@
 ///
 /// Thread-safety: `Client`, `Sender` and `Receiver` may be used from any number of threads at
 /// once. Every blocking call has a timeout (`ClientOptions::operation_timeout`) and has a
-/// `std::future` form for asynchronous use. No Proton type appears in this header.
+/// `std::future` form for asynchronous use; a future completes with `TimeoutError` at the latest
+/// after that timeout too. A sender or receiver may outlive its client: its calls then throw
+/// `ClientClosedError`. No Proton type appears in this header.
 
 #include <chrono>
 #include <cstdint>
@@ -49,8 +51,20 @@ struct Message {
 
 enum class MessageState { kActive = 0, kDeferred = 1, kScheduled = 2 };
 
+/// The kind of body section a received message had (AMQP 1.0, part 3.2).
+enum class BodySection {
+  kData,          ///< One or more data sections: `body` holds their bytes, joined.
+  kAmqpValue,     ///< An amqp-value section: `body` holds it when it is a string or binary, else
+                  ///< nothing.
+  kAmqpSequence,  ///< amqp-sequence sections: `body` is empty.
+  kNone,          ///< No body at all.
+};
+
 /// A message received from a queue or subscription (or fetched by sequence number, or peeked).
 struct ReceivedMessage : Message {
+  /// What the body was sent as: the SDKs send data sections, but another producer may send an
+  /// AMQP value or sequence, which `body` can only partly show.
+  BodySection body_section = BodySection::kData;
   std::int64_t sequence_number = 0;
   Clock::time_point enqueued_time;
   std::optional<Clock::time_point> locked_until;
@@ -67,12 +81,20 @@ struct ReceivedMessage : Message {
 enum class ConnectionState { kConnecting, kConnected, kDisconnected, kClosed };
 
 struct ClientOptions {
+  /// How long every operation may take; also the deadline of each request on the wire.
   milliseconds operation_timeout{std::chrono::seconds(60)};
   std::string ca_file;  ///< PEM to trust for TLS; empty: the system's CA store.
   milliseconds reconnect_initial_backoff{100};
   milliseconds reconnect_max_backoff{std::chrono::seconds(30)};
   std::chrono::seconds token_lifetime{3600};
-  /// Called on the client's thread when the connection changes state; must not block.
+  /// A connection on which nothing arrives for this long is taken for dead: it is dropped (state
+  /// `kDisconnected`, "no frame from the peer for 30 s") and made again. The AMQP open frame
+  /// asks the peer for a frame at least every half of it. Also the longest a connection may
+  /// take to open. A request that outlives `operation_timeout` with nothing heard from the peer
+  /// since it was sent drops the connection the same way.
+  milliseconds idle_timeout{std::chrono::seconds(30)};
+  /// Called on the client's thread on every change of state, once per change, with the reason
+  /// (e.g. why the connection was lost); must not block. The client also logs each change.
   std::function<void(ConnectionState, const std::string& why)> on_state_change;
 };
 
@@ -92,18 +114,21 @@ struct ReceiverOptions {
 class Client;
 
 /// Messages pushed to a callback on a thread of the subscription's own, until it is stopped or
-/// destroyed. The callback may block and settle the message.
+/// destroyed. The callback may block and settle the message; an exception it throws is logged
+/// and the message left to its lock (settle what it handled before throwing).
 class Subscription {
  public:
   Subscription() = default;
   Subscription(Subscription&&) noexcept = default;
-  Subscription& operator=(Subscription&&) noexcept = default;
+  /// Stops this subscription, then takes over `other`'s.
+  Subscription& operator=(Subscription&& other) noexcept;
   ~Subscription() { stop(); }
+  /// Stops delivering and waits for the callback under way to return. Called from the callback
+  /// itself, it returns at once and the subscription ends when the callback returns.
   void stop();
 
-  struct State;  ///< Opaque.
-
  private:
+  struct State;
   friend class Receiver;
   std::shared_ptr<State> state_;
 };
@@ -129,9 +154,8 @@ class Sender {
   void cancel_scheduled(const std::vector<std::int64_t>& sequence_numbers);
   const std::string& entity() const;
 
-  struct Impl;  ///< Opaque.
-
  private:
+  struct Impl;
   friend class Client;
   explicit Sender(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
   std::shared_ptr<Impl> impl_;
@@ -141,6 +165,8 @@ class Receiver {
  public:
   /// Up to `max` messages; waits up to `timeout` for the first, returns early with what is there.
   std::vector<ReceivedMessage> receive(std::size_t max, milliseconds timeout);
+  /// The same as a future, fulfilled on the client's thread (no thread waits meanwhile); any
+  /// number may wait at once.
   std::future<std::vector<ReceivedMessage>> receive_async(std::size_t max, milliseconds timeout);
   /// Hands up to `max` messages to `callback`, once: as soon as any are there (at once when some
   /// are buffered), or an empty vector when `timeout` has passed (checked once a second) or the
@@ -188,9 +214,8 @@ class Receiver {
 
   const std::string& entity_path() const;
 
-  struct Impl;  ///< Opaque.
-
  private:
+  struct Impl;
   friend class Client;
   explicit Receiver(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
   std::shared_ptr<Impl> impl_;
@@ -210,12 +235,13 @@ class Client {
   /// A receiver on a queue, `topic/Subscriptions/name`, or either's `/$DeadLetterQueue`.
   Receiver create_receiver(const std::string& entity_path, ReceiverOptions options = {});
   ConnectionState state() const;
-  /// Closes every link and the connection. Idempotent.
+  /// Closes every link and the connection, and waits (a second or two at most for a silent
+  /// peer) until they are. Idempotent; from any thread, the client's own included. Afterwards
+  /// every call on this client and on its senders and receivers throws `ClientClosedError`.
   void close();
 
-  struct Impl;
-
  private:
+  struct Impl;
   std::shared_ptr<Impl> impl_;
 };
 

@@ -51,6 +51,14 @@ class ConnectionLostError : public ServiceBusError {
   using ServiceBusError::ServiceBusError;
 };
 
+/// The client was closed (or destroyed): nothing more can be done with it or its senders and
+/// receivers. Not transient.
+class ClientClosedError : public ServiceBusError {
+ public:
+  explicit ClientClosedError(const std::string& description)
+      : ServiceBusError("", description, false) {}
+};
+
 /// Builds the error of the right category for an AMQP condition (or a `$management` status).
 [[noreturn]] void throw_for(const std::string& condition, const std::string& description,
                             int status = 0);

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include "../../../src/amqp/message.hpp"
+#include "../../../src/amqp/value_pn.hpp"
+#include "../../support/amqp_bytes.hpp"
 
 namespace metro::amqp {
 namespace {
@@ -70,6 +72,74 @@ TEST(Message, SplitsSectionsAndKeepsTheBareMessageBytes) {
   EXPECT_TRUE(looks_like_encoded_message(bytes));
   EXPECT_FALSE(looks_like_encoded_message(R"({"a":1})"));
   EXPECT_THROW(parse_message(std::string_view("\x00\x53\x99\x45", 4)), DecodeError);
+}
+
+namespace bytes = metro::test::amqp_bytes;
+
+// Values from the network may nest without limit; a decoder that recurses per level overflows
+// its stack at some depth. Every kind of nesting is refused past kMaxDepth, and the limit itself
+// still decodes.
+TEST(ValueDepth, NestingPastTheLimitIsADecodeErrorForEveryKind) {
+  for (std::size_t depth :
+       {std::size_t{kMaxDepth + 1}, std::size_t{30'000}, std::size_t{100'000}}) {
+    for (const auto& deep :
+         {bytes::nested_lists(depth), bytes::nested_maps(depth), bytes::nested_arrays(depth)}) {
+      try {
+        decode(deep);
+        FAIL() << "decoded a value " << depth << " levels deep";
+      } catch (const DecodeError& e) {
+        EXPECT_NE(std::string(e.what()).find("nested more than"), std::string::npos) << e.what();
+      }
+    }
+  }
+}
+
+TEST(ValueDepth, TheLimitItselfDecodes) {
+  EXPECT_EQ(decode(bytes::nested_lists(kMaxDepth)).type(), Type::kList);
+  EXPECT_EQ(decode(bytes::nested_maps(kMaxDepth)).type(), Type::kMap);
+  EXPECT_EQ(decode(bytes::nested_arrays(kMaxDepth)).type(), Type::kArray);
+  EXPECT_EQ(decode(bytes::described_chain(1)).type(), Type::kDescribed);
+}
+
+TEST(ValueDepth, ADescribedValueDescribingAnotherIsRefusedAtAnyDepth) {
+  // Proton miscounts such values inside a compound; nothing that talks to Service Bus sends one.
+  for (std::size_t depth : {2, 100'000}) {
+    EXPECT_THROW(decode(bytes::described_chain(depth)), DecodeError);
+    EXPECT_THROW(decode(bytes::map_of("k", bytes::described_chain(depth))), DecodeError);
+  }
+}
+
+TEST(ValueDepth, EveryMessageSectionIsBounded) {
+  auto deep = bytes::nested_lists(30'000);
+  for (const auto& message : {
+           bytes::section(bytes::kApplicationProperties, bytes::map_of("deep", deep)),
+           bytes::section(bytes::kMessageAnnotations, bytes::map_of("x-deep", deep)),
+           bytes::section(bytes::kAmqpValue, deep),
+           bytes::section(bytes::kAmqpSequence, deep),
+           bytes::data_section("ok") + bytes::section(bytes::kAmqpValue, deep),
+       }) {
+    EXPECT_THROW(parse_message(message), DecodeError);
+    EXPECT_FALSE(looks_like_encoded_message(message));
+  }
+}
+
+TEST(ValueDepth, ProtonDataFilledByTheTransportIsBoundedToo) {
+  // Dispositions and link properties reach metro as pn_data_t that Proton decoded itself.
+  auto* data = pn_data(0);
+  for (int i = 0; i < 10'000; ++i) {
+    pn_data_put_list(data);
+    pn_data_enter(data);
+  }
+  EXPECT_THROW(read_data(data), DecodeError);
+  pn_data_free(data);
+}
+
+TEST(ValueDepth, TruncatedAndLyingSizesAreDecodeErrors) {
+  auto lists = bytes::nested_lists(10);
+  EXPECT_THROW(decode(lists.substr(0, lists.size() - 1)), DecodeError);
+  // A list that claims more elements than its bytes hold.
+  EXPECT_THROW(decode(std::string("\xd0\x00\x00\x00\x05\x7f\xff\xff\xff\x40", 10)), DecodeError);
+  EXPECT_THROW(decode(std::string("\xb1\xff\xff\xff\xff", 5)), DecodeError);
 }
 
 }  // namespace

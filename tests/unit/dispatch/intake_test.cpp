@@ -88,6 +88,26 @@ TEST_F(ClassifyTest, WhatIsNotJsonOrHasNoSubjectSaysWhy) {
   EXPECT_EQ(unrouted.reason, "no handler matches the subject 'other'");
 }
 
+TEST_F(ClassifyTest, ABodyThatIsNotADataSectionSaysWhatItWas) {
+  auto with_section = [&](sb::BodySection section, const std::string& body) {
+    sb::ReceivedMessage m;
+    m.sequence_number = 5;
+    m.body_section = section;
+    m.body = body;
+    return classify(m, options_, router_, std::chrono::system_clock::now());
+  };
+  auto map = with_section(sb::BodySection::kAmqpValue, "");
+  EXPECT_EQ(map.kind, Kind::kMalformed);
+  EXPECT_NE(map.reason.find("AMQP value section that is not text"), std::string::npos)
+      << map.reason;
+  auto sequence = with_section(sb::BodySection::kAmqpSequence, "");
+  EXPECT_EQ(sequence.kind, Kind::kMalformed);
+  EXPECT_NE(sequence.reason.find("AMQP sequence section"), std::string::npos) << sequence.reason;
+  EXPECT_EQ(with_section(sb::BodySection::kNone, "").reason, "the message has no body");
+  // Text in a value section is read like data.
+  EXPECT_EQ(with_section(sb::BodySection::kAmqpValue, R"({"subject": "s"})").kind, Kind::kWork);
+}
+
 TEST_F(ClassifyTest, ANulInASubjectIsPartOfIt) {
   router_.add(routing::SubjectMatcher(routing::MatchKind::kExact, std::string("a\0b", 3)));
   auto c = classify_body(R"({"subject": "a\u0000b"})");

@@ -91,5 +91,38 @@ TEST(RuleDescription, CorrelationAndSqlFromTheWire) {
   EXPECT_THROW(filter_from_rule_description(Value::string("x")), InvalidArgument);
 }
 
+// A SQL filter comes from an add-rule request: its parser and the evaluator it builds must not
+// recurse without a bound, however the expression nests or chains.
+TEST(SqlBounds, DeepOrLongExpressionsAreRefusedNotACrash) {
+  auto repeat = [](std::string_view part, std::size_t n) {
+    std::string out;
+    for (std::size_t i = 0; i < n; ++i) out += part;
+    return out;
+  };
+  for (const auto& expression : {
+           repeat("(", 100'000) + "1=1" + repeat(")", 100'000),
+           repeat("NOT ", 100'000) + "1=1",
+           repeat("-", 100'000) + "1 = 1",
+           "1" + repeat(" + 1", 100'000) + " > 0",
+           "1=1" + repeat(" AND 1=1", 100'000),
+           "quantity IN (" + repeat("1, ", 100'000) + "1)",
+       }) {
+    try {
+      sql_filter(expression)->matches(order());
+      FAIL() << "accepted an expression of " << expression.size() << " characters";
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find("1024"), std::string::npos) << e.what();
+    }
+  }
+  // Nesting within the length limit is bounded too.
+  try {
+    sql_filter(repeat("(", 400) + "1=1" + repeat(")", 400));
+    FAIL();
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("nested"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(sql_filter(repeat("(", 32) + "quantity > 1" + repeat(")", 32))->matches(order()));
+}
+
 }  // namespace
 }  // namespace metro::emulator

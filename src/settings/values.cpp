@@ -1,18 +1,40 @@
-// Interpolation, durations and the environment: the small value parsers of the config part.
+// The small value parsers every settings file uses: interpolation, durations, the environment,
+// and the diagnostics a bad file produces.
 
 #include <cctype>
 #include <charconv>
 #include <cstdlib>
 
-#include <metro/config/config.hpp>
+#include <metro/settings.hpp>
 
-namespace metro::config {
+namespace metro {
 namespace {
 
 bool is_name_start(char c) { return std::isalpha(static_cast<unsigned char>(c)) || c == '_'; }
 bool is_name_char(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; }
 
+std::string join_messages(const std::vector<Diagnostic>& diagnostics) {
+  std::string out;
+  for (const auto& d : diagnostics) {
+    if (!out.empty()) out += '\n';
+    out += d.to_string();
+  }
+  return out;
+}
+
 }  // namespace
+
+std::string Diagnostic::to_string() const {
+  std::string out = file;
+  if (line > 0) out += ":" + std::to_string(line);
+  if (column > 0) out += ":" + std::to_string(column);
+  out += ": ";
+  if (!key.empty()) out += key + ": ";
+  return out + message;
+}
+
+ConfigError::ConfigError(std::vector<Diagnostic> diagnostics)
+    : Error(join_messages(diagnostics)), diagnostics_(std::move(diagnostics)) {}
 
 Environment process_environment() {
   return [](std::string_view name) -> std::optional<std::string> {
@@ -77,9 +99,9 @@ std::string interpolate(std::string_view text, const Environment& env) {
   return out;
 }
 
-std::optional<milliseconds> parse_duration(std::string_view text) {
+std::optional<std::chrono::milliseconds> parse_duration(std::string_view text) {
   if (text.empty()) return std::nullopt;
-  milliseconds total{0};
+  std::chrono::milliseconds total{0};
   while (!text.empty()) {
     long long amount = 0;
     auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), amount);
@@ -109,9 +131,9 @@ std::optional<milliseconds> parse_duration(std::string_view text) {
     // Beyond a century is a typo, and would overflow further on.
     constexpr long long kMaxMs = 100LL * 366 * 24 * 3600 * 1000;
     if (amount > kMaxMs / unit_ms || total.count() + amount * unit_ms > kMaxMs) return std::nullopt;
-    total += milliseconds(amount * unit_ms);
+    total += std::chrono::milliseconds(amount * unit_ms);
   }
   return total;
 }
 
-}  // namespace metro::config
+}  // namespace metro
