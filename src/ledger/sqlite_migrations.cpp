@@ -55,10 +55,12 @@ const std::vector<sqlite::Migration>& sqlite_migrations() {
        "DROP TABLE handler_runs;"
        "ALTER TABLE handler_runs_2 RENAME TO handler_runs;"
        "CREATE TABLE ledger_probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);"},
-      // Failure groups (the last failed run's handler, its normalised error and the group's id,
-      // written by record_run; rows parked before are filed at open) and the trace context.
-      {3, "failure groups, trace context",
-       "ALTER TABLE deferred_messages ADD COLUMN trace_parent TEXT NOT NULL DEFAULT '';"
+      // The message's W3C trace context ('' when it came before there was one).
+      {3, "trace context",
+       "ALTER TABLE deferred_messages ADD COLUMN trace_parent TEXT NOT NULL DEFAULT '';"},
+      // Failure groups: the last failed run's handler, its normalised error and the group's id,
+      // written by record_run (rows parked before are filed at every open).
+      {4, "failure groups",
        "ALTER TABLE deferred_messages ADD COLUMN failure_group TEXT NOT NULL DEFAULT '';"
        "ALTER TABLE deferred_messages ADD COLUMN failure_handler TEXT NOT NULL DEFAULT '';"
        "ALTER TABLE deferred_messages ADD COLUMN failure_error TEXT NOT NULL DEFAULT '';"
@@ -69,7 +71,7 @@ const std::vector<sqlite::Migration>& sqlite_migrations() {
        " (failure_group, state, failure_at, generation, topic, subscription)"
        " WHERE generation = 0 AND state IN ('failed', 'retrying');"},
       // Bulk jobs: the job, and the keys it acts on with each one's outcome (NULL: pending).
-      {4, "bulk jobs",
+      {5, "bulk jobs",
        "CREATE TABLE jobs ("
        " id TEXT PRIMARY KEY, action TEXT NOT NULL, filter TEXT NOT NULL,"
        " reason TEXT NOT NULL, description TEXT NOT NULL, created_by TEXT NOT NULL,"
