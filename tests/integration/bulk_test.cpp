@@ -306,7 +306,9 @@ TEST_F(BulkTest, AMessageAlreadySettledAsTheJobAsksCountsAsDone) {
       {metro::ledger::JobAction::kComplete, State::kCompleted},
       {metro::ledger::JobAction::kDeadLetter, State::kDeadLettered}};
   int first = 0;
-  for (auto [action, settled] : kCases) {
+  for (const auto& settle : kCases) {
+    const auto action = settle.first;
+    const auto settled = settle.second;  // Captured below: a structured binding cannot be.
     SCOPED_TRACE(std::string(to_string(action)));
     start(kOrders);
     publish("B", 4, first);
