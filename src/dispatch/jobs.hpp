@@ -57,8 +57,9 @@ class JobRunner {
 
   /// Starts the thread, which takes up the `queued` and `running` jobs of the ledger.
   void start();
-  /// Ends the thread between two messages; a job under way stays `running` in the ledger and
-  /// goes on at the next start. Idempotent.
+  /// Ends the thread between two messages, without waiting for Service Bus to confirm the
+  /// settlements under way (those are acted on again at the next start); a job under way stays
+  /// `running` in the ledger and goes on then. Idempotent.
   void stop();
   /// A job was created.
   void wake() EXCLUDES(mutex_);
@@ -69,8 +70,7 @@ class JobRunner {
  private:
   void loop(const std::stop_token& stop);
   void run(ledger::Job job, const std::stop_token& stop);
-  /// Waits until `until`, a stop, a cancel of `id` or (with `wake_early`) a wake; false when
-  /// stopped or cancelled.
+  /// Waits until `until`, a stop or a cancel of `id`; false when stopped or cancelled.
   bool pause(std::chrono::steady_clock::time_point until, const std::stop_token& stop,
              const std::string& id) EXCLUDES(mutex_);
   bool cancelled(const std::string& id) EXCLUDES(mutex_);
