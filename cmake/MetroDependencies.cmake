@@ -39,6 +39,7 @@ metro_find_package(tomlplusplus 3)
 metro_find_package(nlohmann_json 3)
 metro_find_package(spdlog)
 metro_find_package(SQLite3)
+metro_find_package(PostgreSQL)  # libpq, for the shared ledger
 metro_find_package(CLI11)  # metro::app is the command line as a library
 # The admin API's /metrics: prometheus-cpp's metric families and text serializer (its core
 # library only; Debian ships it shared, and its package config also looks for civetweb, zlib

@@ -105,6 +105,7 @@ def _current_celery_task_id():
 
 
 def _error_text(error):
+    """The `error` of metro's JSON answer, else the reason; closes the answer."""
     try:
         body = error.read(4096)
         text = json.loads(body.decode("utf-8", "replace")).get("error")
@@ -112,6 +113,8 @@ def _error_text(error):
             return str(text)
     except Exception:
         pass
+    finally:
+        error.close()
     return error.reason if isinstance(error.reason, str) else str(error)
 
 

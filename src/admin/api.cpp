@@ -429,7 +429,9 @@ Response Api::run(const Request& request, const Call& call) {
     case Kind::kShow:
       return show(call.key);
     case Kind::kSubscriptions:
-      return json_response(200, {{"items", subscriptions()}});
+      return json_response(200, {{"items", subscriptions()},
+                                 {"instance", service_.instance_id()},
+                                 {"instances", instances()}});
     case Kind::kPublish:
       return publish(request, call);
     case Kind::kRetry:
@@ -752,6 +754,30 @@ Response Api::cancel_job(const Call& call) {
   });
   audit(call.caller.name, "cancel-job", call.target(), r.status >= 400 ? error_of(r) : "ok");
   return r;
+json Api::instances() {
+  // The instances sharing the ledger (one with SQLite). A ledger that cannot be read right now
+  // leaves the list empty rather than failing the subscriptions' page.
+  json items = json::array();
+  std::vector<ledger::Instance> all;
+  try {
+    all = service_.instances();
+  } catch (const Error&) {
+    return items;
+  }
+  auto now = std::chrono::system_clock::now();
+  for (const auto& i : all) {
+    items.push_back({{"id", i.id},
+                     {"host", i.host},
+                     {"pid", i.pid},
+                     {"started", iso_time(i.started)},
+                     {"last_heartbeat", iso_time(i.heartbeat)},
+                     {"heartbeat_age_seconds",
+                      std::max(0.0, std::chrono::duration<double>(now - i.heartbeat).count())},
+                     {"in_flight", i.in_flight},
+                     {"live", i.live},
+                     {"this", i.id == service_.instance_id()}});
+  }
+  return items;
 }
 
 // ---- names ---------------------------------------------------------------------------------

@@ -83,6 +83,8 @@ class Api {
   Response cancel_job(const Call& call);
   /// A query's topic and subscription in the config's spelling.
   void canonical_names(ledger::Query& q) const;
+  /// The instances sharing the ledger: id, host, pid, last heartbeat, in-flight count, live.
+  nlohmann::json instances();
   void require_open(const ledger::MessageKey& key);
   /// The config's spelling of a topic (and subscription) named in any case; as given when the
   /// config has none.

@@ -48,7 +48,10 @@ json message_json(const ledger::DeferredMessage& m, bool body) {
               {"age_seconds", std::chrono::duration<double>(now - m.created).count()},
               {"last_error", m.last_error},
               {"trace_parent", m.trace_parent},
-              {"failure_group", m.failure_group.empty() ? json() : json(m.failure_group)}};
+              {"failure_group", m.failure_group.empty() ? json() : json(m.failure_group)},
+              {"owner", m.owner.empty() ? json() : json(m.owner)},
+              {"lease_until",
+               m.lease_until.time_since_epoch().count() == 0 ? json() : json(iso_time(m.lease_until))}};
   if (body) {
     // A body is rendered as JSON only within json_bounds (a deeper one would be walked
     // recursively when copied and dumped); otherwise, or when it is not JSON, as text.
@@ -66,7 +69,9 @@ json run_json(const ledger::HandlerRun& r) {
           {"outcome", std::string(to_string(r.outcome))},
           {"started", iso_time(r.started)},
           {"finished", r.finished ? json(iso_time(*r.finished)) : json()},
-          {"error", r.error}};
+          {"error", r.error},
+          {"task_id", r.task_id.empty() ? json() : json(r.task_id)},
+          {"retries", r.retries}};
 }
 
 json failure_group_json(const ledger::FailureGroup& g) {

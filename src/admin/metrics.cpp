@@ -3,6 +3,7 @@
 // and written by prometheus-cpp's text serializer (exposition format 0.0.4): the library keeps
 // the format (escaping, number formatting, cumulative buckets) right, metro keeps the values.
 
+#include <algorithm>
 #include <limits>
 
 #include <prometheus/metric_family.h>
@@ -198,7 +199,36 @@ std::string metrics_text(dispatch::Service& service) {
     }
     out.push_back(std::move(progress));
   }
-  return prometheus::TextSerializer().Serialize(out);
+
+  // The instances sharing the ledger, as their heartbeats say (this one included).
+  std::vector<ledger::Instance> instances;
+  try {
+    instances = service.instances();
+  } catch (const Error&) {
+    // The ledger cannot be read now: the per-instance gauges are left out of this scrape.
+  }
+  auto up = family("metro_instance_up",
+                   "1 while the instance's heartbeat is younger than its lease, else 0.",
+                   MetricType::Gauge);
+  auto instance_in_flight =
+      family("metro_instance_messages_in_flight",
+             "Messages the instance was handling at its last heartbeat.", MetricType::Gauge);
+  auto heartbeat_age = family("metro_instance_heartbeat_age_seconds",
+                              "Seconds since the instance's last heartbeat.", MetricType::Gauge);
+  for (const auto& i : instances) {
+    up.metric.push_back(value({{"instance", i.id}}, i.live ? 1 : 0, MetricType::Gauge));
+    instance_in_flight.metric.push_back(
+        value({{"instance", i.id}}, static_cast<double>(i.in_flight), MetricType::Gauge));
+    heartbeat_age.metric.push_back(
+        value({{"instance", i.id}},
+              std::max(0.0, std::chrono::duration<double>(now - i.heartbeat).count()),
+              MetricType::Gauge));
+  }
+  out.push_back(std::move(up));
+  out.push_back(std::move(instance_in_flight));
+  out.push_back(std::move(heartbeat_age));
+  // Celery tasks by state, when the config sends any (already in the exposition format).
+  return prometheus::TextSerializer().Serialize(out) + service.handler_metrics();
 }
 
 }  // namespace metro::admin

@@ -140,6 +140,93 @@ CeleryRun CeleryHandler::run_task(const dispatch::Task& task, std::chrono::milli
   return run;
 }
 
+void CeleryHandler::start(const dispatch::Task& task, std::chrono::milliseconds timeout,
+                          std::shared_ptr<dispatch::RunObserver> observer) {
+  auto began = std::chrono::steady_clock::now();
+  auto done = [observer, began](const TaskOutcome& outcome) {
+    if (outcome.status == TaskOutcome::Status::kClosed && outcome.sent) {
+      observer->abandoned();  // It goes on on the workers: the next start reads its outcome.
+      return;
+    }
+    auto result = result_of(outcome, std::chrono::duration_cast<std::chrono::milliseconds>(
+                                         std::chrono::steady_clock::now() - began));
+    if (outcome.status == TaskOutcome::Status::kUnavailable && outcome.sent) {
+      // A task picked up after a restart whose result backend cannot be read yet.
+      result.error = "the outcome of Celery task " + outcome.task_id +
+                     " cannot be read now: " + one_line(outcome.error);
+    }
+    result.task_id = outcome.task_id;
+    result.retries = outcome.retries;
+    observer->finished(std::move(result));
+  };
+  auto progress = [observer](const TaskProgress& step) {
+    if (step.state == TaskState::kRetry) observer->progressed(step.retries);
+  };
+  auto result_timeout = spec_.result_timeout.value_or(timeout);
+  if (!task.resume_task_id.empty()) {
+    client_->watch(task.resume_task_id, result_timeout, std::move(done), std::move(progress));
+    return;
+  }
+  TaskMessage message;
+  try {
+    message = task_message_for(task, spec_);
+  } catch (const Error& e) {
+    observer->finished(
+        {dispatch::Outcome::kRetry, std::string("Celery task not sent: ") + e.what(), {}});
+    return;
+  }
+  observer->sending(message.id);  // Recorded before the task can run.
+  client_->submit(message, result_timeout, std::move(done), std::move(progress));
+}
+
+void CeleryHandler::interrupt() { client_->close(); }
+
+CeleryHandlers::CeleryHandlers(const config::CeleryOptions& celery)
+    : CeleryHandlers(client_options(celery)) {}
+
+CeleryHandlers::CeleryHandlers(ClientOptions options)
+    : client_(std::make_shared<Client>(std::move(options))) {}
+
+std::string CeleryHandlers::verify() { return client_->verify(); }
+
+std::unique_ptr<dispatch::Handler> CeleryHandlers::make(const config::SubscriptionOptions&,
+                                                        const config::HandlerOptions& handler) {
+  return std::make_unique<CeleryHandler>(client_, handler_spec(handler));
+}
+
+std::string CeleryHandlers::metrics() const {
+  auto s = client_->stats();
+  std::string out;
+  auto header = [&](const char* name, const char* type, const char* help) {
+    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+  };
+  header("metro_celery_tasks_sent_total", "counter", "Celery tasks pushed to the broker.");
+  out += "metro_celery_tasks_sent_total " + std::to_string(s.sent) + "\n";
+  header("metro_celery_task_outcomes_total", "counter",
+         "Celery task outcomes: SUCCESS, FAILURE, REVOKED, timed_out (no outcome within "
+         "result_timeout), not_sent (the broker or result backend could not be reached, or "
+         "refused).");
+  for (const auto& [state, n] :
+       {std::pair{"SUCCESS", s.succeeded}, std::pair{"FAILURE", s.failed},
+        std::pair{"REVOKED", s.revoked}, std::pair{"timed_out", s.timed_out},
+        std::pair{"not_sent", s.unavailable}}) {
+    out += std::string("metro_celery_task_outcomes_total{state=\"") + state + "\"} " +
+           std::to_string(n) + "\n";
+  }
+  header("metro_celery_task_retries_total", "counter",
+         "RETRY states seen (tasks that retried themselves).");
+  out += "metro_celery_task_retries_total " + std::to_string(s.retries_seen) + "\n";
+  header("metro_celery_tasks_in_flight", "gauge", "Celery tasks whose outcome metro waits for.");
+  out += "metro_celery_tasks_in_flight " + std::to_string(s.in_flight) + "\n";
+  header("metro_celery_result_backend_connected", "gauge",
+         "1 when the connections to the result backend are up, else 0.");
+  out += "metro_celery_result_backend_connected " + std::string(s.connected ? "1" : "0") + "\n";
+  header("metro_celery_result_backend_reconnects_total", "counter",
+         "Times the result backend's connections came back after they were lost.");
+  out += "metro_celery_result_backend_reconnects_total " + std::to_string(s.reconnects) + "\n";
+  return out;
+}
+
 ClientOptions client_options(const config::CeleryOptions& celery) {
   ClientOptions options;
   options.broker = parse_redis_url(celery.broker);

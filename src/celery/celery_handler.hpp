@@ -4,8 +4,12 @@
 //   python = "pkg.module.function" — metro's generic task `metro.run_handler` (python/metro/
 //     tasks.py) imports the function and calls it with the original's four keyword arguments;
 //   celery = "app.tasks.name" — that registered task, called with the same keyword arguments.
-// One run sends one task (a new task id each attempt) and waits for its outcome through the
-// shared celery::Client. Thread-safety: `run` may be called from any number of worker threads.
+// One run sends one task (a new task id each attempt) and learns its outcome through the shared
+// celery::Client: `start` returns once the task is in Redis, and the outcome reaches the
+// RunObserver from the client's thread, so no worker thread waits for Celery (`run`, which waits,
+// is for tests and benchmarks). `CeleryHandlers` is the factory `metro run` hands the service:
+// one client from `[celery]` for every such handler, its checks at start and its metrics.
+// Thread-safety: `run` and `start` may be called from any number of worker threads.
 
 #include <chrono>
 #include <memory>
@@ -15,6 +19,7 @@
 
 #include <metro/config/config.hpp>
 #include <metro/dispatch/handler.hpp>
+#include <metro/dispatch/service.hpp>
 
 #include "client.hpp"
 
@@ -59,6 +64,14 @@ class CeleryHandler final : public dispatch::Handler {
   CeleryHandler(std::shared_ptr<Client> client, HandlerSpec spec);
 
   dispatch::Result run(const dispatch::Task& task, std::chrono::milliseconds timeout) override;
+  bool asynchronous() const override { return true; }
+  /// Sends the task (or, with `task.resume_task_id`, watches one sent earlier) and returns; the
+  /// observer hears `sending` (before the push), RETRY states, and the outcome. A task out when
+  /// the client closes is abandoned; one not sent then is a retry.
+  void start(const dispatch::Task& task, std::chrono::milliseconds timeout,
+             std::shared_ptr<dispatch::RunObserver> observer) override;
+  /// Closes the client (metro is stopping): every task out ends at once.
+  void interrupt() override;
   /// `run`, keeping the task id, retries and last state for the ledger.
   CeleryRun run_task(const dispatch::Task& task, std::chrono::milliseconds timeout,
                      ProgressCallback progress = {});
@@ -66,6 +79,31 @@ class CeleryHandler final : public dispatch::Handler {
  private:
   std::shared_ptr<Client> client_;
   HandlerSpec spec_;
+};
+
+/// The python and celery handlers of one service, sharing one Celery client.
+class CeleryHandlers final : public dispatch::HandlerFactory {
+ public:
+  /// Throws metro::InvalidArgument for URLs that do not parse (the message redacted).
+  explicit CeleryHandlers(const config::CeleryOptions& celery);
+  explicit CeleryHandlers(ClientOptions options);
+
+  /// Connects once to the broker and the result backend (see `Client::verify`): throws
+  /// RedisAuthError for refused or missing credentials and RedisError for a server that refuses
+  /// otherwise or does not speak Redis, each naming the server (never the password). A server
+  /// that cannot be reached yet is not an error: its reason is returned (empty when both
+  /// answered), and tasks fail as retryable until it can be.
+  std::string verify();
+  std::unique_ptr<dispatch::Handler> make(const config::SubscriptionOptions& subscription,
+                                          const config::HandlerOptions& handler) override;
+  /// `metro_celery_tasks_sent_total`, `metro_celery_task_outcomes_total{state}`,
+  /// `metro_celery_task_retries_total`, `metro_celery_tasks_in_flight`,
+  /// `metro_celery_result_backend_connected`, `metro_celery_result_backend_reconnects_total`.
+  std::string metrics() const override;
+  const std::shared_ptr<Client>& client() const { return client_; }
+
+ private:
+  std::shared_ptr<Client> client_;
 };
 
 /// Client options from `[celery]` (the URLs parsed; throws metro::InvalidArgument, redacted).

@@ -245,7 +245,11 @@ struct Client::Impl {
         ++counters.succeeded;
         break;
       case TaskOutcome::Status::kFailed:
-        ++counters.failed;
+        if (outcome.meta.state == TaskState::kRevoked) {
+          ++counters.revoked;
+        } else {
+          ++counters.failed;
+        }
         break;
       case TaskOutcome::Status::kTimedOut:
         ++counters.timed_out;
@@ -302,6 +306,7 @@ struct Client::Impl {
       }
     }
     if (refused) {
+      refused->sent = entry.sent;  // A task watched was sent earlier.
       if (entry.done) entry.done(*refused);
       return false;
     }
@@ -687,6 +692,7 @@ struct Client::Impl {
         outcome.task_id = id;
         outcome.meta = *meta;
         outcome.retries = p.retries;
+        outcome.sent = true;
         if (meta->state == TaskState::kSuccess) {
           outcome.status = TaskOutcome::Status::kSucceeded;
         } else {
@@ -719,6 +725,7 @@ struct Client::Impl {
       outcome.task_id = it->first;
       outcome.meta = p.last;
       outcome.retries = p.retries;
+      outcome.sent = true;
       outcome.error = "no outcome from Celery within " + duration_text(p.result_timeout) +
                       " (task " + it->first + ", last state " +
                       std::string(to_string(p.last.state)) +
@@ -735,11 +742,12 @@ struct Client::Impl {
     {
       MutexLock lock(mutex);
       for (auto& [id, p] : pending) {
-        notices.push_back({std::move(p.done),
-                           ended(id, TaskOutcome::Status::kClosed,
-                                 "the Celery client closed before task " + id + " ended"),
-                           {},
-                           {}});
+        auto outcome = ended(id, TaskOutcome::Status::kClosed,
+                             "the Celery client closed before task " + id + " ended");
+        outcome.sent = p.sent;
+        outcome.meta = p.last;
+        outcome.retries = p.retries;
+        notices.push_back({std::move(p.done), std::move(outcome), {}, {}});
       }
       wake_all_subscribers();
       pending.clear();
@@ -770,8 +778,10 @@ std::string Client::verify() {
   auto check = [&](const RedisUrl& url, const char* role) {
     try {
       RedisConnection::connect(url, Clock::now() + impl_->options.connect_timeout);
+    } catch (const RedisAuthError& e) {
+      throw RedisAuthError(std::string(role) + ": " + e.what());
     } catch (const RedisError& e) {
-      if (!e.is_transient()) throw;
+      if (!e.is_transient()) throw RedisError(std::string(role) + ": " + e.what(), false);
       if (!unreachable.empty()) unreachable += "; ";
       unreachable += std::string(role) + ": " + e.what();
     }
@@ -827,6 +837,7 @@ ClientStats Client::stats() const {
   MutexLock lock(impl_->mutex);
   auto out = impl_->counters;
   out.in_flight = impl_->pending.size();
+  out.connected = impl_->link == Impl::Link::kUp;
   return out;
 }
 

@@ -45,9 +45,9 @@ struct ClientOptions {
   milliseconds connect_timeout{std::chrono::seconds(5)};   ///< Name lookup, TCP, TLS, AUTH.
   milliseconds command_timeout{std::chrono::seconds(10)};  ///< One command's round trip.
   milliseconds reconcile_interval{std::chrono::seconds(30)};
-  std::size_t reconcile_batch = 100;   ///< Keys per MGET.
+  std::size_t reconcile_batch = 100;    ///< Keys per MGET.
   std::size_t broker_connections = 16;  ///< Idle broker connections kept for the next sends.
-  milliseconds min_backoff{100};       ///< Between connection attempts after a failure…
+  milliseconds min_backoff{100};        ///< Between connection attempts after a failure…
   milliseconds max_backoff{std::chrono::seconds(5)};  ///< …doubling up to this.
   std::size_t max_reply_bytes = 64u * 1024 * 1024;
 };
@@ -67,6 +67,9 @@ struct TaskOutcome {
   TaskMeta meta;      ///< The last state seen (PENDING when none).
   int retries = 0;    ///< RETRY states seen (the task's own self.retry calls).
   std::string error;  ///< What went wrong, for a person; empty on success.
+  /// The message reached the broker (or was sent earlier, for `watch`): with kClosed, the task
+  /// may still run and end; without, it never will.
+  bool sent = false;
 };
 
 std::string_view to_string(TaskOutcome::Status status);
@@ -84,13 +87,16 @@ using ProgressCallback = std::function<void(const TaskProgress&)>;
 struct ClientStats {
   std::uint64_t sent = 0;
   std::uint64_t succeeded = 0;
-  std::uint64_t failed = 0;
+  std::uint64_t failed = 0;   ///< FAILURE.
+  std::uint64_t revoked = 0;  ///< REVOKED.
   std::uint64_t timed_out = 0;
   std::uint64_t unavailable = 0;  ///< Includes refused.
   std::uint64_t retries_seen = 0;
   std::uint64_t reconnects = 0;  ///< Of the result backend's connections.
   std::uint64_t reconciled = 0;  ///< Outcomes found by reading keys rather than by pub/sub.
   std::size_t in_flight = 0;
+  /// The result backend's connections are up (tasks can be watched for their outcomes).
+  bool connected = false;
 };
 
 class Client {

@@ -358,7 +358,9 @@ struct RedisConnection::Impl {
   std::optional<Reply> next_buffered() {
     void* raw = nullptr;
     if (redisReaderGetReply(reader.get(), &raw) != REDIS_OK) {
-      fail(std::string("protocol error: ") + reader->errstr, false);
+      fail(std::string("the server does not answer as Redis does (protocol error: ") +
+               reader->errstr + ")",
+           false);
     }
     if (raw == nullptr) return std::nullopt;
     std::unique_ptr<redisReply, ReplyDeleter> reply(static_cast<redisReply*>(raw));
@@ -379,7 +381,9 @@ struct RedisConnection::Impl {
                                    std::to_string(max_reply_bytes) + " bytes");
         }
         if (redisReaderFeed(reader.get(), buffer.data(), n) != REDIS_OK) {
-          fail(std::string("protocol error: ") + reader->errstr, false);
+          fail(std::string("the server does not answer as Redis does (protocol error: ") +
+                   reader->errstr + ")",
+               false);
         }
         continue;
       }

@@ -157,6 +157,9 @@ int App::main(int argc, char** argv) {
   emulator->add_option("--key", emulator_command.private_key_file, "PEM private key for --cert");
   emulator->add_option("--data-dir", emulator_command.data_dir,
                        "Folder for durable state (default: in memory)");
+  emulator->add_option("--latency", emulator_command.latency,
+                       "Delay every frame the emulator sends by this much, e.g. 2ms (a cloud-like "
+                       "round trip; default none)");
 
   metro::cli::PublishCommand publish_command;
   auto* publish = app.add_subcommand("publish", "Send a message to a topic");
@@ -174,6 +177,23 @@ int App::main(int argc, char** argv) {
                       "A W3C traceparent the message continues (default: a new trace each)");
   publish->add_option("-n,--count", publish_command.count, "How many copies to send (default 1)")
       ->check(CLI::Range(1, 1000000));
+
+  metro::cli::LedgerCommand ledger_command;
+  auto* ledger = app.add_subcommand(
+      "ledger", "The ledger's schema migrations; copying a ledger (SQLite to PostgreSQL)");
+  ledger->require_subcommand(1);
+  auto* migrate = ledger->add_subcommand(
+      "migrate", "Print the pending schema migrations of the config's ledger and apply them");
+  migrate->add_option("-c,--config", ledger_command.config_path, "The config file (metro.toml)")
+      ->required()
+      ->envname("METRO_CONFIG");
+  migrate->add_flag("--dry-run", ledger_command.dry_run, "Only print what is pending");
+  auto* copy = ledger->add_subcommand(
+      "copy", "Copy every message record, generation and handler run from one ledger to another");
+  copy->add_option("--from", ledger_command.from, "sqlite://FILE or postgresql://… (${VAR} allowed)")
+      ->required();
+  copy->add_option("--to", ledger_command.to, "sqlite://FILE or postgresql://… (${VAR} allowed)")
+      ->required();
 
   std::string django_settings;
   auto* import_django = app.add_subcommand(
@@ -208,6 +228,10 @@ int App::main(int argc, char** argv) {
         if (sub->parsed() && option->count() == 0) deferred_command.bulk = true;
       }
       return metro::cli::run_deferred(deferred_command);
+    }
+    if (ledger->parsed()) {
+      for (auto* sub : ledger->get_subcommands()) ledger_command.action = sub->get_name();
+      return metro::cli::run_ledger(ledger_command);
     }
     if (emulator->parsed()) return metro::cli::run_emulator(emulator_command);
     if (publish->parsed()) return metro::cli::run_publish(publish_command);

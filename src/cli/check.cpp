@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <metro/config/config.hpp>
+#include <metro/ledger/ledger.hpp>
 #include <metro/sb/connection_string.hpp>
 
 #include "../celery/redis_url.hpp"
@@ -93,7 +94,8 @@ int run_check(const std::string& config_path) {
   std::cout << cfg.path << ": OK, " << cfg.subscriptions.size()
             << (cfg.subscriptions.size() == 1 ? " subscription, " : " subscriptions, ") << handlers
             << (handlers == 1 ? " handler" : " handlers") << '\n';
-  std::cout << "  workers " << cfg.metro.workers << ", ledger " << cfg.metro.ledger
+  std::cout << "  workers " << cfg.metro.workers << ", ledger "
+            << ledger::redact_ledger_url(cfg.metro.ledger)
             << ", subject from " << routing::to_string(cfg.metro.subject_source) << '\n';
   for (const auto& s : cfg.subscriptions) {
     std::cout << "  " << s.topic_name << "/" << s.subscription_name << "  (" << s.handlers.size()

@@ -65,6 +65,7 @@ struct EmulatorCommand {
   std::string certificate_file;
   std::string private_key_file;
   std::string data_dir;
+  std::string latency;  ///< A duration ("2ms"); empty: none.
 };
 
 struct PublishCommand {
@@ -81,6 +82,17 @@ struct PublishCommand {
 /// `metro publish`: sends a message to a topic, with the connection string of the config's
 /// subscription on it (or a given one).
 int run_publish(const PublishCommand& command);
+
+struct LedgerCommand {
+  std::string action;  ///< migrate, copy
+  std::string config_path;
+  bool dry_run = false;
+  std::string from;  ///< copy: ledger URLs (`${VAR}` allowed)
+  std::string to;
+};
+
+/// `metro ledger migrate|copy`: the ledger's schema migrations, and copying a whole ledger.
+int run_ledger(const LedgerCommand& command);
 
 /// `metro import-django settings.json`: the original's METRO settings (as JSON) as a metro config
 /// on stdout; notes on stderr.

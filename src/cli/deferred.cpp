@@ -119,13 +119,25 @@ void print_message(const json& m) {
               << '\n';
   }
   if (m.contains("runs") && !m["runs"].empty()) {
+    // Celery runs have a task id (and may have retried themselves): a column when any has one.
+    bool tasks = false;
+    for (const auto& r : m["runs"]) tasks = tasks || r.value("task_id", json()).is_string();
     std::vector<std::vector<std::string>> rows = {
         {"HANDLER", "ATTEMPT", "OUTCOME", "STARTED", "FINISHED", "ERROR"}};
+    if (tasks) rows[0].insert(rows[0].begin() + 3, "TASK ID");
     for (const auto& r : m["runs"]) {
-      rows.push_back({printable(r["handler"]), std::to_string(r["attempt"].get<int>()),
-                      printable(r["outcome"]), printable(r["started"]),
+      auto outcome = printable(r["outcome"]);
+      if (auto retries = r.value("retries", 0); retries > 0) {
+        outcome += " (" + std::to_string(retries) + (retries == 1 ? " retry)" : " retries)");
+      }
+      rows.push_back({printable(r["handler"]), std::to_string(r["attempt"].get<int>()), outcome,
+                      printable(r["started"]),
                       r["finished"].is_null() ? "" : printable(r["finished"]),
                       clip(r["error"], 60)});
+      if (tasks) {
+        auto id = r.value("task_id", json());
+        rows.back().insert(rows.back().begin() + 3, id.is_string() ? printable(id) : "");
+      }
     }
     std::cout << "\nhandler runs:\n";
     table(rows);

@@ -24,6 +24,15 @@ int run_emulator(const EmulatorCommand& command) {
   options.certificate_file = command.certificate_file;
   options.private_key_file = command.private_key_file;
   options.data_dir = command.data_dir;
+  if (!command.latency.empty()) {
+    auto latency = parse_duration(command.latency);
+    if (!latency) {
+      std::cerr << "metro emulator: --latency wants a duration such as 2ms or 10ms, not '"
+                << command.latency << "'\n";
+      return kExitUsage;
+    }
+    options.latency = *latency;
+  }
   if (options.certificate_file.empty() != options.private_key_file.empty()) {
     std::cerr << "metro emulator: --cert and --key go together\n";
     return kExitUsage;
@@ -47,6 +56,7 @@ int run_emulator(const EmulatorCommand& command) {
   if (auto tls = bus.tls_port()) {
     std::cout << " amqps=" << *tls << " cert=" << bus.certificate_file().string();
   }
+  if (options.latency.count() > 0) std::cout << " latency=" << options.latency.count() << "ms";
   std::cout << std::endl;
   std::cout << "connection string: " << bus.connection_string() << std::endl;
   int received = 0;

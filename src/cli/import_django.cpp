@@ -178,14 +178,14 @@ class Importer {
     out << "# metro.toml converted by `metro import-django` from the original's " +
                (base.empty() ? std::string("METRO") : base) + " settings.\n"
         << "# Check it with `metro check --config metro.toml`.\n\n"
-        << "[metro]\nledger = \"sqlite://metro-ledger.db\"\n\n";
+        << "[metro]\nledger = \"sqlite://${METRO_LEDGER_PATH:-metro-ledger.db}\"\n\n";
     write_celery(root, out);
     for (std::size_t i = 0; i < subscriptions.size(); ++i) {
       write_subscription(subscriptions[i], at(base, "subscriptions[" + std::to_string(i) + "]"),
                          out);
     }
     out << "[admin]\n"
-        << "listen = \"127.0.0.1:8080\"\n"
+        << "listen = \"${METRO_ADMIN_LISTEN:-127.0.0.1:8080}\"\n"
         << "# Handlers that call complete_deferred_message (python/metro) reach this API with\n"
         << "# METRO_URL and METRO_TOKEN set to this token on the workers.\n"
         << "tokens = [{ token = \"${METRO_ADMIN_TOKEN}\", role = \"admin\", name = \"workers\" "

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <metro/ledger/ledger.hpp>
 #include <metro/sb/connection_string.hpp>
 
 #include "log_escape.hpp"
@@ -18,11 +19,16 @@ namespace metro::cli {
 namespace {
 
 std::string redacted(std::string_view payload) {
-  if (payload.find("SharedAccess") == std::string_view::npos &&
-      payload.find("sig=") == std::string_view::npos) {
-    return std::string(payload);
+  std::string out(payload);
+  if (payload.find("SharedAccess") != std::string_view::npos ||
+      payload.find("sig=") != std::string_view::npos) {
+    out = sb::redact_connection_string(out);
   }
-  return sb::redact_connection_string(payload);
+  // A ledger URL's password (postgresql://user:password@…, password=…).
+  if (out.find("postgres") != std::string::npos || out.find("assword") != std::string::npos) {
+    out = ledger::redact_ledger_url(out);
+  }
+  return out;
 }
 
 void append(spdlog::memory_buf_t& dest, std::string_view text) {

@@ -17,6 +17,7 @@
 #include <metro/dispatch/service.hpp>
 #include <metro/emulator/emulator.hpp>
 
+#include "../celery/celery_handler.hpp"
 #include "commands.hpp"
 
 namespace metro::cli {
@@ -82,6 +83,17 @@ class SystemdNotifier {
   std::string status_;
 };
 
+bool sends_celery_tasks(const config::Config& config) {
+  for (const auto& s : config.subscriptions) {
+    for (const auto& h : s.handlers) {
+      if (h.kind == config::HandlerKind::kPython || h.kind == config::HandlerKind::kCelery) {
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
 /// Waits up to `timeout` for one of `signals`; the signal, or 0.
 int wait_for_signal(const sigset_t& signals, microseconds timeout) {
   timespec ts{};
@@ -146,6 +158,23 @@ int run_service(const RunCommand& command,
 
   dispatch::ServiceOptions options;
   options.functions = functions;
+  if (sends_celery_tasks(config)) {
+    // One Celery client for every python and celery handler. Credentials Redis refuses, or a
+    // server that is not Redis, stop metro here; a Redis that is merely down does not (the
+    // attempts fail as retryable until it is back).
+    try {
+      auto celery = std::make_shared<celery::CeleryHandlers>(config.celery);
+      auto unreachable = celery->verify();
+      if (!unreachable.empty()) {
+        spdlog::warn("celery: not reachable yet ({}); tasks are tried again until it is",
+                     celery::redact_url_passwords(unreachable));
+      }
+      options.handler_factory = std::move(celery);
+    } catch (const Error& e) {
+      std::cerr << "metro run: [celery]: " << celery::redact_url_passwords(e.what()) << '\n';
+      return kExitUsage;
+    }
+  }
   std::optional<dispatch::Service> service;
   try {
     service.emplace(config, options);

@@ -117,6 +117,27 @@ void read_metro(TableReader& r, MetroOptions& m) {
   if (auto v = r.integer("ledger_body_limit", 0, 256LL * 1024 * 1024)) {
     m.ledger_body_limit = static_cast<std::size_t>(*v);
   }
+  if (auto v = r.string("instance_id")) {
+    // It names the instance in the ledger, logs and the API: printable, one line, not too long.
+    bool printable = !v->empty() && v->size() <= 128 &&
+                     std::all_of(v->begin(), v->end(), [](char c) {
+                       auto u = static_cast<unsigned char>(c);
+                       return u >= 0x21 && u != 0x7F;
+                     });
+    if (printable) {
+      m.instance_id = *v;
+    } else {
+      r.invalid("instance_id",
+                "expected 1 to 128 printable characters without spaces, got \"" + *v + "\"");
+    }
+  }
+  if (auto v = r.duration("lease")) {
+    if (*v >= std::chrono::seconds(1) && *v <= std::chrono::hours(1)) {
+      m.lease = *v;
+    } else {
+      r.invalid("lease", "expected a duration from 1s to 1h");
+    }
+  }
   r.finish();
 }
 
@@ -515,6 +536,7 @@ void read_celery(TableReader& r, CeleryOptions& c) {
       c.result_timeout = *timeout;
     }
   }
+  if (auto v = r.integer("max_in_flight", 1, 100000)) c.max_in_flight = static_cast<int>(*v);
   r.finish();
 }
 

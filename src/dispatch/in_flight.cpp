@@ -77,6 +77,7 @@ Decision InFlight::finished(const Task& task, Outcome outcome, const std::string
           d.kind = Decision::Kind::kRetry;
           d.next = task;
           ++d.next.attempt;
+          d.next.resume_task_id.clear();  // A new attempt is a new run, never the one picked up.
           d.delay = *delay;
           return d;
         }

@@ -106,8 +106,13 @@ void JobRunner::loop(const std::stop_token& stop) {
     }
     if (!unfinished.empty()) {
       try {
-        run(unfinished.front(), stop);
-        continue;
+        // One instance at a time runs the jobs of a shared ledger (the others look again every
+        // kIdle, and take over when the one running them stops or dies).
+        auto alone = ledger_.try_exclusive("bulk-jobs");
+        if (alone) {
+          run(unfinished.front(), stop);
+          continue;
+        }
       } catch (const std::exception& e) {
         // The ledger cannot be read or written now: the job goes on once it can.
         spdlog::error("job {}: {}; trying again in {} s", unfinished.front().id,

@@ -55,7 +55,9 @@ class JobRunner {
   JobRunner(const JobRunner&) = delete;
   JobRunner& operator=(const JobRunner&) = delete;
 
-  /// Starts the thread, which takes up the `queued` and `running` jobs of the ledger.
+  /// Starts the thread, which takes up the `queued` and `running` jobs of the ledger, oldest
+  /// first, while it holds the ledger's exclusive right `bulk-jobs` (one instance of several
+  /// sharing a ledger runs them).
   void start();
   /// Ends the thread between two messages, without waiting for Service Bus to confirm the
   /// settlements under way (those are acted on again at the next start); a job under way stays

@@ -12,6 +12,7 @@ void LedgerHealth::failed(const std::string& why) {
     MutexLock lock(mutex_);
     first = !problem_;
     problem_ = log_value(why, 512);
+    last_failure_ = Clock::now();
   }
   if (first) {
     spdlog::error("ledger: cannot be written ({}); metro stops taking messages until it can",
@@ -42,6 +43,11 @@ std::optional<std::string> LedgerHealth::problem() const {
 LedgerHealth::Clock::time_point LedgerHealth::last_success() const {
   MutexLock lock(mutex_);
   return last_success_;
+}
+
+bool LedgerHealth::failed_within(std::chrono::milliseconds d) const {
+  MutexLock lock(mutex_);
+  return problem_ || (last_failure_ && Clock::now() - *last_failure_ < d);
 }
 
 bool LedgerHealth::wait_until_ok(Clock::time_point deadline, const std::function<bool()>& stop) {

@@ -27,6 +27,8 @@ class LedgerHealth {
   bool ok() const { return !problem(); }
   /// When a write last succeeded (or the epoch).
   Clock::time_point last_success() const EXCLUDES(mutex_);
+  /// Whether a write failed within the last `d` (or fails now).
+  bool failed_within(std::chrono::milliseconds d) const EXCLUDES(mutex_);
   /// Waits until the ledger is writable again, `stop` holds, or `deadline`; true when writable.
   bool wait_until_ok(Clock::time_point deadline, const std::function<bool()>& stop)
       EXCLUDES(mutex_);
@@ -43,6 +45,7 @@ class LedgerHealth {
   CondVar changed_;
   std::optional<std::string> problem_ GUARDED_BY(mutex_);
   Clock::time_point last_success_ GUARDED_BY(mutex_){};
+  std::optional<Clock::time_point> last_failure_ GUARDED_BY(mutex_);
   std::function<void()> on_recovered_ GUARDED_BY(mutex_);
 };
 

@@ -25,7 +25,7 @@ void Reaper::stop() {
 void Reaper::loop(const std::stop_token& stop) {
   auto stopped = [&] { return stop.stop_requested(); };
   // What the last run left unfinished, then the orphans (both once per start).
-  reconciler_.resume_unfinished(std::nullopt, stopped);
+  reconciler_.resume_unfinished(std::nullopt, true, stopped);
   for (const auto& route : routes_) {
     try {
       reconciler_.adopt_orphans(*route, stopped);
@@ -42,15 +42,26 @@ void Reaper::loop(const std::stop_token& stop) {
     }
     if (stopped()) break;
     auto now = std::chrono::system_clock::now();
+    // Instances sharing the ledger: one at a time sweeps for what others left (leases that
+    // lapsed) and prunes; each looks after its own stale rows in any case.
+    std::unique_ptr<ledger::Exclusive> sweeping;
+    try {
+      sweeping = ledger_.try_exclusive("reaper");
+    } catch (const Error& e) {
+      spdlog::warn("reaper: {}", log_value(e.what()));
+    }
+    // Just after the ledger came back, every lease may look lapsed (no instance could renew it):
+    // give the others a lease's time to renew before their messages are taken.
+    bool take_lapsed = sweeping && !health_.failed_within(lease_);
     for (const auto& route : routes_) {
       try {
-        reconciler_.resolve_deferring(*route, now - kDeferringAge, stopped);
+        reconciler_.resolve_deferring(*route, now - kDeferringAge, take_lapsed, stopped);
       } catch (const Error& e) {
         spdlog::error("{}: reaper: {}", route->options.entity_path(), log_value(e.what()));
       }
     }
-    reconciler_.resume_unfinished(now - deadline, stopped);
-    prune();
+    reconciler_.resume_unfinished(now - deadline, take_lapsed, stopped);
+    if (sweeping) prune();
   }
 }
 

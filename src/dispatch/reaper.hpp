@@ -2,8 +2,10 @@
 
 // The reaper: one thread that, after start-up, resumes what the last run left unfinished (in
 // pages, as room allows), scans each subscription once for orphaned deferrals, then every
-// interval takes up stale deferrals (past `deferred_deadline`), resolves old `deferring` rows,
-// and deletes settled rows past `ledger_retention`.
+// interval takes up its stale deferrals (past `deferred_deadline`) and resolves its old
+// `deferring` rows. Among instances sharing a ledger, the one that holds the ledger's exclusive
+// right for the sweep also takes over the messages of instances whose lease lapsed and deletes
+// settled rows past `ledger_retention`.
 // Thread-safety: `start`/`stop` from the service's thread.
 
 #include <chrono>
@@ -13,6 +15,7 @@
 #include <metro/ledger/ledger.hpp>
 
 #include "../common/thread_annotations.hpp"
+#include "ledger_health.hpp"
 #include "reconciler.hpp"
 #include "route.hpp"
 
@@ -21,12 +24,15 @@ namespace metro::dispatch {
 class Reaper {
  public:
   Reaper(const Routes& routes, Reconciler& reconciler, ledger::Ledger& ledger,
-         const config::MetroOptions& options, std::chrono::milliseconds interval)
+         LedgerHealth& health, const config::MetroOptions& options,
+         std::chrono::milliseconds interval)
       : routes_(routes),
         reconciler_(reconciler),
         ledger_(ledger),
+        health_(health),
         options_(options),
-        interval_(interval) {}
+        interval_(interval),
+        lease_(options.lease) {}
   ~Reaper() { stop(); }
   Reaper(const Reaper&) = delete;
   Reaper& operator=(const Reaper&) = delete;
@@ -42,8 +48,10 @@ class Reaper {
   const Routes& routes_;
   Reconciler& reconciler_;
   ledger::Ledger& ledger_;
+  LedgerHealth& health_;
   const config::MetroOptions& options_;
   const std::chrono::milliseconds interval_;
+  const std::chrono::milliseconds lease_;
   Mutex mutex_;
   CondVar wake_;
   std::jthread thread_;

@@ -1,5 +1,7 @@
 #include "reconciler.hpp"
 
+#include <algorithm>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -33,21 +35,24 @@ bool pause(std::chrono::milliseconds d, const Reconciler::StopFn& stop) {
 
 }  // namespace
 
-void Reconciler::for_each_row(Route& route, State state,
-                              std::optional<ledger::Clock::time_point> before, const StopFn& stop,
-                              const std::function<void(const ledger::DeferredMessage&)>& each) {
-  ledger::Query q;
-  q.topic = route.topic();
-  q.subscription = route.subscription();
-  q.state = state;
-  q.updated_before = before;
-  q.current_only = true;
-  q.limit = kPage;
+void Reconciler::for_each_claimed(
+    Route& route, std::vector<State> states, std::optional<ledger::Clock::time_point> before,
+    bool take_lapsed, const std::function<std::size_t()>& room, const StopFn& stop,
+    const std::function<void(const ledger::DeferredMessage&)>& each) {
+  ledger::Claim claim;
+  claim.topic = route.topic();
+  claim.subscription = route.subscription();
+  claim.states = std::move(states);
+  claim.own_updated_before = before;
+  claim.lapsed = take_lapsed;
   int failures = 0;
   while (!stop()) {
-    ledger::Page page;
+    auto n = room();
+    if (n == 0) return;
+    claim.limit = std::min(n, kPage);
+    std::vector<ledger::DeferredMessage> page;
     try {
-      page = ledger_.list(q);
+      page = ledger_.claim(claim);
       failures = 0;
     } catch (const Error& e) {
       if (++failures >= kTransientTries) throw;
@@ -56,20 +61,22 @@ void Reconciler::for_each_row(Route& route, State state,
       if (!pause(kTryAgain * failures, stop)) return;
       continue;
     }
-    for (const auto& row : page.items) {
+    if (page.empty()) return;
+    for (const auto& row : page) {
       if (stop()) return;
       each(row);
     }
-    if (!page.next) return;
-    q.after = page.next;
+    claim.after = page.back().key.sequence_number;
   }
 }
 
 std::size_t Reconciler::resolve_deferring(Route& route,
                                           std::optional<ledger::Clock::time_point> before,
-                                          const StopFn& stop) {
+                                          bool take_lapsed, const StopFn& stop) {
   std::size_t resolved = 0;
-  for_each_row(route, State::kDeferring, before, stop, [&](const ledger::DeferredMessage& r) {
+  auto any = [] { return kPage; };
+  for_each_claimed(route, {State::kDeferring}, before, take_lapsed, any, stop,
+                   [&](const ledger::DeferredMessage& r) {
     auto row = r;
     std::vector<sb::ReceivedMessage> peeked;
     for (int tries = 1;; ++tries) {
@@ -106,44 +113,54 @@ std::size_t Reconciler::resolve_deferring(Route& route,
 }
 
 std::size_t Reconciler::resume_unfinished(std::optional<ledger::Clock::time_point> before,
-                                          const StopFn& stop) {
+                                          bool take_lapsed, const StopFn& stop) {
   std::size_t resumed = 0;
+  // Only as fast as there is room: rows are claimed no faster than they can run, so start-up
+  // does not queue every stale row at once, and what this instance cannot run yet stays for the
+  // others.
+  auto room = [&]() -> std::size_t {
+    while (!in_flight_.wait_for_room(std::chrono::steady_clock::now() + std::chrono::seconds(1),
+                                     stop)) {
+      if (stop()) return 0;
+    }
+    return in_flight_.room();
+  };
+  auto me = ledger_.instance_id();
   for (const auto& route : routes_) {
     std::size_t here = 0;
-    for (auto state : {State::kDeferred, State::kRunning, State::kRetrying}) {
-      try {
-        for_each_row(*route, state, before, stop, [&](const ledger::DeferredMessage& row) {
-          if (in_flight_.contains(row.key)) {
-            if (before) {
-              spdlog::warn("{}: still being handled after deferred_deadline",
-                           name_of(row.key, row.correlation_id));
-            }
-            return;
-          }
-          // Only as fast as there is room: start-up must not queue every stale row at once.
-          while (!in_flight_.wait_for_room(
-              std::chrono::steady_clock::now() + std::chrono::seconds(1), stop)) {
-            if (stop()) return;
-          }
-          try {
-            if (resume(*route, row, false)) {
-              ++here;
+    std::map<std::string, std::size_t> taken_over;  // By the instance they were taken from.
+    try {
+      for_each_claimed(
+          *route, {State::kDeferred, State::kRunning, State::kRetrying}, before, take_lapsed, room,
+          stop, [&](const ledger::DeferredMessage& row) {
+            if (in_flight_.contains(row.key)) {
               if (before) {
-                spdlog::warn(
-                    "{}: stale deferral (past deferred_deadline), handlers dispatched "
-                    "again",
-                    name_of(row.key, row.correlation_id));
+                spdlog::warn("{}: still being handled after deferred_deadline",
+                             name_of(row.key, row.correlation_id));
               }
+              return;
             }
-          } catch (const Error& e) {
-            spdlog::error("{}: cannot resume it: {}", name_of(row.key, row.correlation_id),
-                          log_value(e.what()));
-          }
-        });
-      } catch (const Error& e) {
-        spdlog::error("{}: resuming unfinished messages stopped: {}", route->options.entity_path(),
-                      log_value(e.what()));
-      }
+            try {
+              if (!resume(*route, row, false)) return;
+              ++here;
+              if (!row.owner.empty() && row.owner != me) {
+                ++taken_over[row.owner];
+              } else if (before) {
+                spdlog::warn("{}: stale deferral (past deferred_deadline), handlers dispatched again",
+                             name_of(row.key, row.correlation_id));
+              }
+            } catch (const Error& e) {
+              spdlog::error("{}: cannot resume it: {}", name_of(row.key, row.correlation_id),
+                            log_value(e.what()));
+            }
+          });
+    } catch (const Error& e) {
+      spdlog::error("{}: resuming unfinished messages stopped: {}", route->options.entity_path(),
+                    log_value(e.what()));
+    }
+    for (const auto& [from, n] : taken_over) {
+      spdlog::info("{}: took over {} unfinished message(s) of instance '{}' (its lease lapsed)",
+                   route->options.entity_path(), n, log_value(from));
     }
     if (here > 0 && !before) {
       spdlog::info("{}: resumed {} unfinished message(s)", route->options.entity_path(), here);
@@ -197,11 +214,24 @@ bool Reconciler::resume(Route& route, const ledger::DeferredMessage& row, bool f
   }
   std::map<std::size_t, int> attempts;
   std::set<std::size_t> succeeded;
+  // A Celery task an earlier metro sent and did not see end (it stopped or died meanwhile): its
+  // outcome is picked up by its task id rather than the handler run again.
+  std::map<std::size_t, ledger::HandlerRun> out;
   for (const auto& run : ledger_.runs(key)) {
     auto i = route.handler_index(run.handler);
     if (!i) continue;
     attempts[*i] = std::max(attempts[*i], run.attempt);
     if (run.outcome == ledger::HandlerRun::Outcome::kSucceeded) succeeded.insert(*i);
+    if (run.outcome == ledger::HandlerRun::Outcome::kRunning && !run.task_id.empty() &&
+        route.asynchronous(*i) && (out.count(*i) == 0 || out[*i].attempt < run.attempt)) {
+      out[*i] = run;
+    }
+  }
+  std::map<std::size_t, std::string> resume;
+  for (const auto& [i, run] : out) {
+    if (succeeded.count(i) != 0 || run.attempt != attempts[i] || fresh_budget) continue;
+    resume[i] = run.task_id;
+    attempts[i] = run.attempt - 1;  // The picked-up run keeps its attempt number.
   }
   std::vector<std::size_t> to_run;
   for (auto i : handlers) {
@@ -221,7 +251,7 @@ bool Reconciler::resume(Route& route, const ledger::DeferredMessage& row, bool f
     }
     to_run = handlers;  // An explicit retry runs them all again.
   }
-  return runner_.dispatch(route, base, to_run, attempts, fresh_budget);
+  return runner_.dispatch(route, base, to_run, attempts, fresh_budget, resume);
 }
 
 void Reconciler::adopt_orphans(Route& route, const StopFn& stop) {

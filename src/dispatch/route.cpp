@@ -10,7 +10,8 @@
 namespace metro::dispatch {
 
 Route::Route(std::size_t i, config::SubscriptionOptions o,
-             const std::map<std::string, Function>& functions, std::vector<std::string>* missing)
+             const std::map<std::string, Function>& functions, HandlerFactory* factory,
+             std::vector<std::string>* missing)
     : index(i), options(std::move(o)) {
   status_.topic = options.topic_name;
   status_.subscription = options.subscription_name;
@@ -26,11 +27,15 @@ Route::Route(std::size_t i, config::SubscriptionOptions o,
         break;
       case config::HandlerKind::kPython:
       case config::HandlerKind::kCelery:
-        throw InvalidArgument(
-            "subscription " + options.topic_name + "/" + options.subscription_name +
-            ": handler '" + h.name + "' is a " + std::string(config::to_string(h.kind)) +
-            " handler; metro run does not send Celery tasks yet (metro check accepts the "
-            "config; run these handlers as exec or http handlers for now)");
+        if (factory == nullptr) {
+          throw InvalidArgument("subscription " + options.topic_name + "/" +
+                                options.subscription_name + ": handler '" + h.name + "' is a " +
+                                std::string(config::to_string(h.kind)) +
+                                " handler, and this service has no handler factory for Celery "
+                                "tasks (ServiceOptions::handler_factory)");
+        }
+        handlers.push_back(factory->make(options, h));
+        break;
       case config::HandlerKind::kFunction:
         if (auto it = functions.find(h.function); it != functions.end()) {
           handlers.push_back(make_function_handler(it->second));
@@ -58,6 +63,10 @@ bool Route::explicit_completion(const std::vector<std::size_t>& indices) const {
   return std::any_of(indices.begin(), indices.end(), [&](std::size_t i) {
     return options.handlers[i].completion == config::Completion::kExplicit;
   });
+}
+
+bool Route::asynchronous(std::size_t handler) const {
+  return handlers.at(handler) && handlers[handler]->asynchronous();
 }
 
 void Route::record_duration(std::size_t handler, std::chrono::milliseconds duration) {

@@ -25,8 +25,10 @@ namespace metro::dispatch {
 
 class Route {
  public:
+  /// `factory` builds the python and celery handlers (null: such a handler is refused).
   Route(std::size_t index, config::SubscriptionOptions options,
-        const std::map<std::string, Function>& functions, std::vector<std::string>* missing);
+        const std::map<std::string, Function>& functions, HandlerFactory* factory,
+        std::vector<std::string>* missing);
 
   const std::size_t index;  ///< Position in the config (and in the service's routes).
   const config::SubscriptionOptions options;
@@ -41,6 +43,8 @@ class Route {
   bool is(std::string_view topic, std::string_view subscription) const;
   std::optional<std::size_t> handler_index(const std::string& name) const;
   bool explicit_completion(const std::vector<std::size_t>& indices) const;
+  /// Whether a handler's runs go on outside metro (Celery tasks).
+  bool asynchronous(std::size_t handler) const;
 
   void record_duration(std::size_t handler, std::chrono::milliseconds duration) EXCLUDES(mutex_);
   /// The connection changed state: counts reconnects, logs the change once.

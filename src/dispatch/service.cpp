@@ -6,7 +6,8 @@
 //   TaskRunner (task_runner.cpp) runs handlers on the task queue's workers;
 //   Settler (settler.cpp)     completes and dead-letters by sequence number, batched;
 //   Reconciler (reconciler.cpp) resolves and resumes what a previous run left;
-//   Reaper (reaper.cpp)       stale deferrals, orphans, retention;
+//   Reaper (reaper.cpp)       stale deferrals, orphans, lapsed leases, retention;
+//   Heartbeat (heartbeat.cpp) this instance's heartbeat and leases in the shared ledger;
 //   completion_registry.cpp   metro::complete_deferred_message for running services.
 // Members of Impl are declared in start order; `stop` stops them in reverse, and the destructor
 // runs only after `stop` joined every thread the service started.
@@ -14,12 +15,15 @@
 #include <algorithm>
 #include <atomic>
 
+#include <unistd.h>
+
 #include <spdlog/spdlog.h>
 
 #include <metro/dispatch/service.hpp>
 
 #include "completion_registry.hpp"
 #include "counters.hpp"
+#include "heartbeat.hpp"
 #include "in_flight.hpp"
 #include "intake.hpp"
 #include "jobs.hpp"
@@ -45,12 +49,13 @@ constexpr milliseconds kLockRenewal{std::chrono::minutes(5)};
 constexpr milliseconds kInterruptWait{std::chrono::seconds(10)};  // After interrupting runs.
 constexpr std::chrono::seconds kReadinessProbeAge{5};  // Readiness probes an idle ledger.
 
-Routes build_routes(const config::Config& config,
-                    const std::map<std::string, Function>& functions) {
+Routes build_routes(const config::Config& config, const ServiceOptions& options) {
+  const auto& functions = options.functions;
   Routes routes;
   std::vector<std::string> missing;
   for (std::size_t i = 0; i < config.subscriptions.size(); ++i) {
-    routes.push_back(std::make_unique<Route>(i, config.subscriptions[i], functions, &missing));
+    routes.push_back(std::make_unique<Route>(i, config.subscriptions[i], functions,
+                                             options.handler_factory.get(), &missing));
   }
   if (!missing.empty()) {
     std::string names;
@@ -64,10 +69,42 @@ Routes build_routes(const config::Config& config,
   return routes;
 }
 
+std::shared_ptr<ledger::Ledger> open_ledger(const config::Config& config) {
+  ledger::OpenOptions options;
+  // Writes share one commit at a time; reads (the API, resuming, the reaper's exclusive right)
+  // take the other connections.
+  options.connections = static_cast<std::size_t>(std::clamp(config.metro.workers / 2 + 3, 3, 12));
+  return ledger::open_ledger(config.metro.ledger, options);
+}
+
+ledger::InstanceInfo instance_of(const config::MetroOptions& m) {
+  ledger::InstanceInfo me;
+  me.id = m.instance_id.empty() ? default_instance_id() : m.instance_id;
+  me.host = host_name();
+  me.pid = ::getpid();
+  me.lease = m.lease;
+  return me;
+}
+
 std::shared_ptr<TaskQueue> make_queue(const config::Config& config,
                                       const std::shared_ptr<TaskQueue>& given) {
   if (given) return given;
   return make_in_process_queue(static_cast<std::size_t>(std::max(1, config.metro.workers)));
+}
+
+/// Messages in hand at once: 4 × workers (those waiting for a worker hold no lock, and more would
+/// only take messages from other instances), plus `[celery] max_in_flight` when runs go on
+/// outside metro (a Celery task out holds no worker; the workers' cluster bounds how many run).
+std::size_t capacity(const config::Config& config, const Routes& routes, const TaskQueue& queue) {
+  std::size_t capacity = 4 * queue.workers();
+  for (const auto& route : routes) {
+    for (std::size_t i = 0; i < route->handlers.size(); ++i) {
+      if (route->asynchronous(i)) {
+        return capacity + static_cast<std::size_t>(std::max(1, config.celery.max_in_flight));
+      }
+    }
+  }
+  return capacity;
 }
 
 }  // namespace
@@ -79,6 +116,7 @@ struct Service::Impl : Completer {
   // destroyed, so nothing runs against a part that is gone.
   const config::Config config;
   ServiceOptions options;
+  const ledger::InstanceInfo me;
   std::shared_ptr<ledger::Ledger> ledger;
   Routes routes;
   ServiceCounters counters;
@@ -94,6 +132,7 @@ struct Service::Impl : Completer {
   Intake intake;
   Listener listener;
   Reaper reaper;
+  Heartbeat heartbeat;
   JobRunner jobs;
   Mutex lifecycle_mutex;  // start and stop.
   bool started GUARDED_BY(lifecycle_mutex) = false;
@@ -102,19 +141,19 @@ struct Service::Impl : Completer {
   Impl(config::Config c, ServiceOptions o)
       : config(std::move(c)),
         options(std::move(o)),
-        ledger(options.ledger
-                   ? options.ledger
-                   : std::shared_ptr<ledger::Ledger>(ledger::open_ledger(config.metro.ledger))),
-        routes(build_routes(config, options.functions)),
+        me(instance_of(config.metro)),
+        ledger(options.ledger ? options.ledger : open_ledger(config)),
+        routes(build_routes(config, options)),
         queue(make_queue(config, options.queue)),
-        in_flight(4 * queue->workers()),
+        in_flight(capacity(config, routes, *queue)),
         settler(*ledger, counters, health),
         runner(routes, *ledger, in_flight, settler, *queue, counters, health, stopping),
         reconciler(routes, *ledger, in_flight, runner, settler, health,
                    config.metro.ledger_body_limit),
         intake(*ledger, runner, in_flight, counters, health, config.metro.ledger_body_limit),
         listener(routes, intake, in_flight, health, *ledger, counters),
-        reaper(routes, reconciler, *ledger, config.metro, reaper_interval()),
+        reaper(routes, reconciler, *ledger, health, config.metro, reaper_interval()),
+        heartbeat(*ledger, in_flight, health, config.metro.lease),
         jobs(*ledger, job_actions(),
              {options.bulk_rate > 0 ? options.bulk_rate : config.admin.bulk_rate}) {
     in_flight.on_room([this] { listener.wake(); });
@@ -125,8 +164,9 @@ struct Service::Impl : Completer {
 
   milliseconds reaper_interval() const {
     if (options.reaper_interval.count() > 0) return options.reaper_interval;
-    return std::clamp<milliseconds>(config.metro.deferred_deadline / 4, milliseconds(1000),
-                                    std::chrono::minutes(1));
+    // Often enough that a dead instance's messages are taken over within a lease or two.
+    return std::clamp<milliseconds>(std::min(config.metro.deferred_deadline / 4, config.metro.lease),
+                                    milliseconds(1000), std::chrono::minutes(1));
   }
 
   JobActions job_actions() {
@@ -136,17 +176,33 @@ struct Service::Impl : Completer {
     // settlement was confirmed acts on it again after the restart.
     a.complete = [this](const MessageKey& key) {
       if (already(key, State::kCompleted)) return settled_future();
-      row_or_throw(canonical(route_or_throw(key), key));  // Says why it cannot be completed.
+      // Says why it cannot be completed.
+      refuse_if_held_elsewhere(row_or_throw(canonical(route_or_throw(key), key)));
       return complete(key);
     };
     a.dead_letter = [this](const MessageKey& key, const std::string& reason,
                            const std::string& description) {
       if (already(key, State::kDeadLettered)) return settled_future();
+      refuse_if_held_elsewhere(row_or_throw(canonical(route_or_throw(key), key)));
       return dead_letter(key, reason, description);
     };
     // The listener keeps at least half of the room in flight.
     a.room_for_retry = [this] { return 2 * in_flight.room() > 4 * queue->workers(); };
     return a;
+  }
+
+  /// Throws when another live instance is working on the message (its owner, in a state some
+  /// instance works on): a bulk job leaves it alone, as a retry does (`claim_one`).
+  void refuse_if_held_elsewhere(const ledger::DeferredMessage& row) {
+    bool worked_on = row.state == State::kDeferring || row.state == State::kDeferred ||
+                     row.state == State::kRunning || row.state == State::kRetrying;
+    if (!worked_on || row.owner.empty() || row.owner == me.id) return;
+    for (const auto& i : ledger->instances()) {
+      if (i.id == row.owner && i.live) {
+        throw ConflictError(name_of(row.key) + " is being handled right now by instance '" +
+                            log_value(row.owner) + "'");
+      }
+    }
   }
 
   /// Whether the current record of `key` (generation 0) is in `state`.
@@ -188,12 +244,15 @@ struct Service::Impl : Completer {
     MutexLock lock(lifecycle_mutex);
     if (started || stopped) throw ConflictError("a service starts once");
     started = true;
+    // Before anything is claimed: this process's id and heartbeat in the ledger.
+    ledger->join(me);
+    heartbeat.start();
     connect();
     queue->start([this](const Task& task) { runner.run(task); });
     settler.start();
     auto stop_now = [this] { return stopping.load(); };
     for (auto& route : routes) {
-      auto n = reconciler.resolve_deferring(*route, std::nullopt, stop_now);
+      auto n = reconciler.resolve_deferring(*route, std::nullopt, true, stop_now);
       if (n > 0) {
         spdlog::info("{}: resolved {} interrupted deferral(s)", route->options.entity_path(), n);
       }
@@ -201,8 +260,8 @@ struct Service::Impl : Completer {
     listener.start();
     reaper.start();  // Resumes unfinished messages as room allows, then scans for orphans.
     jobs.start();    // Bulk jobs a previous run left unfinished go on.
-    spdlog::info("metro is consuming {} subscription(s) with {} workers", routes.size(),
-                 queue->workers());
+    spdlog::info("metro is consuming {} subscription(s) with {} workers as instance '{}'",
+                 routes.size(), queue->workers(), log_value(me.id));
   }
 
   void connect() {
@@ -253,26 +312,33 @@ struct Service::Impl : Completer {
     stopping = true;
     unregister_completer(this);
     if (!started) {
+      runner.stop();
       settler.stop();
       for (auto& route : routes) {
         if (route->client) route->client->close();
       }
       return true;
     }
+    // A start that failed half-way (a subscription that cannot be reached) stops here too.
     jobs.stop();      // Between two messages; a job under way goes on at the next start.
     listener.stop();  // Nothing new comes in; what was received and not recorded is given back.
     reaper.stop();
     in_flight.notify();
+    auto grace_ends = grace == milliseconds::max() ? std::chrono::steady_clock::time_point::max()
+                                                   : std::chrono::steady_clock::now() + grace;
     std::vector<Task> dropped;
     bool finished = queue->shutdown(grace, &dropped);
     if (!dropped.empty()) {
       spdlog::info("{} handler run(s) not started; their messages stay deferred for the next start",
                    dropped.size());
     }
+    // Celery tasks out: their outcomes are recorded as they come until the grace period ends.
+    finished = runner.wait_for_async(grace_ends) && finished;
     if (!finished) {
       spdlog::warn(
           "handlers still running after the {} ms grace period are interrupted; their messages "
-          "stay deferred and run again at the next start",
+          "stay deferred and run again at the next start (Celery tasks go on on the workers: "
+          "the next start picks their outcomes up)",
           grace.count());
       runner.interrupt();
       if (!queue->shutdown(kInterruptWait, nullptr)) {
@@ -280,7 +346,17 @@ struct Service::Impl : Completer {
         queue->shutdown(milliseconds::max(), nullptr);
       }
     }
+    runner.stop();   // Outcomes that arrived are recorded; nothing is waited for any more.
     settler.stop();  // Settles what is pending (retries get one last try).
+    heartbeat.stop();
+    try {
+      // What is left goes to the other instances at once, not after a lease.
+      ledger->leave();
+    } catch (const Error& e) {
+      spdlog::warn("ledger: cannot say this instance leaves ({}); its messages are taken over "
+                   "once its lease lapses",
+                   log_value(e.what()));
+    }
     for (auto& route : routes) {
       if (route->client) route->client->close();
     }
@@ -323,11 +399,20 @@ struct Service::Impl : Completer {
   void retry(const MessageKey& k) {
     auto& route = route_or_throw(k);
     auto key = canonical(route, k);
-    auto row = row_or_throw(key);
+    row_or_throw(key);
     if (in_flight.contains(key)) {
       throw ConflictError(name_of(key) + " is being handled right now");
     }
     if (stopping) throw ConflictError("metro is shutting down");
+    // Any instance's message: this one takes it (unless another live instance works on it) and
+    // runs it here.
+    auto claimed = ledger->claim_one(key);
+    if (!claimed) {
+      auto now = row_or_throw(key);
+      throw ConflictError(name_of(key) + " is being handled right now by instance '" +
+                          log_value(now.owner) + "'; retry it there, or once its lease lapses");
+    }
+    auto row = *claimed;
     // Recorded before the handlers are queued: a stop before they run leaves the message to be
     // resumed at the next start rather than parked as it was.
     ledger->set_state(key, State::kRetrying);
@@ -499,6 +584,14 @@ std::vector<HandlerStats> Service::handler_stats() const {
 }
 
 std::size_t Service::in_flight() const { return impl_->in_flight.size(); }
+
+std::string Service::instance_id() const { return impl_->me.id; }
+
+std::vector<ledger::Instance> Service::instances() const { return impl_->ledger->instances(); }
+
+std::string Service::handler_metrics() const {
+  return impl_->options.handler_factory ? impl_->options.handler_factory->metrics() : std::string();
+}
 
 }  // namespace metro::dispatch
 

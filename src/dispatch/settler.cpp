@@ -75,9 +75,18 @@ void Settler::stop() {
 void Settler::loop() {
   MutexLock lock(mutex_);
   while (true) {
+    if (!unrecorded_.empty() && std::chrono::steady_clock::now() >= record_at_) {
+      lock.unlock();
+      record_pending(false);
+      lock.lock();
+    }
     if (items_.empty()) {
       if (stopping_) break;  // Everything is settled.
-      wake_.wait(lock);
+      if (unrecorded_.empty()) {
+        wake_.wait(lock);
+      } else {
+        wake_.wait_until(lock, record_at_);
+      }
       continue;
     }
     // Retries wait for their time, except when stopping (then they get one last try).
@@ -94,6 +103,7 @@ void Settler::loop() {
       }
     }
     items_ = std::move(later);
+    if (!unrecorded_.empty()) next = std::min(next, record_at_);
     if (due.empty()) {
       wake_.wait_until(lock, next);
       continue;
@@ -102,7 +112,55 @@ void Settler::loop() {
     settle_batch(due);
     lock.lock();
   }
+  lock.unlock();
+  if (!record_pending(true)) {
+    spdlog::warn("ledger: settlements Service Bus confirmed are not recorded (the ledger cannot "
+                 "be written); the next start finds them settled and records them");
+  }
+  lock.lock();
   gone_ = true;
+}
+
+void Settler::record(Unrecorded outcome) {
+  try {
+    ledger_.set_state_all(outcome.keys, outcome.state, outcome.note);
+    health_.succeeded();
+  } catch (const Error& e) {
+    health_.failed(e.what());
+    spdlog::warn("ledger: cannot record {} settled message(s) yet ({}); trying again",
+                 outcome.keys.size(), log_value(e.what()));
+    MutexLock lock(mutex_);
+    if (unrecorded_.empty()) {
+      record_backoff_ = std::chrono::milliseconds(500);
+      record_at_ = std::chrono::steady_clock::now() + record_backoff_;
+    }
+    unrecorded_.push_back(std::move(outcome));
+  }
+}
+
+bool Settler::record_pending(bool force) {
+  while (true) {
+    Unrecorded next;
+    {
+      MutexLock lock(mutex_);
+      if (unrecorded_.empty()) return true;
+      if (!force && std::chrono::steady_clock::now() < record_at_) return false;
+      next = std::move(unrecorded_.front());
+      unrecorded_.pop_front();
+    }
+    try {
+      ledger_.set_state_all(next.keys, next.state, next.note);
+      health_.succeeded();
+    } catch (const Error& e) {
+      health_.failed(e.what());
+      MutexLock lock(mutex_);
+      unrecorded_.push_front(std::move(next));
+      record_backoff_ = std::min<std::chrono::milliseconds>(std::chrono::seconds(10),
+                                                            record_backoff_ * 2);
+      record_at_ = std::chrono::steady_clock::now() + record_backoff_;
+      return false;
+    }
+  }
 }
 
 void Settler::settle_batch(std::deque<Item>& batch) {
@@ -211,15 +269,8 @@ void Settler::settle_chunk(Route& route, const std::vector<Item*>& items) {
       counters_.dead_letter(first.cause, numbers.size());
     }
   }
-  try {
-    ledger_.set_state_all(keys, state,
-                          gone ? "was no longer in the subscription (settled before)" : "");
-    health_.succeeded();
-  } catch (const Error& e) {
-    health_.failed(e.what());
-    spdlog::error("ledger: cannot record {} settled message(s): {}", keys.size(),
-                  log_value(e.what()));
-  }
+  record({std::move(keys), state,
+          gone ? "was no longer in the subscription (settled before)" : std::string()});
   for (auto* s : items) s->done->set_value();
 }
 

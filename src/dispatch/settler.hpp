@@ -3,7 +3,8 @@
 // The settler: one thread that completes and dead-letters deferred messages by sequence number
 // (receive-by-sequence-number + update-disposition), completions 100 at a time per subscription,
 // retrying what failed for a passing reason for about two minutes, and records the outcome in the
-// ledger. Thread-safety: `enqueue` may be called from any thread; `start`/`stop` from the
+// ledger. An outcome the ledger cannot take now (PostgreSQL restarting, a full disk) is kept and
+// written when it can be, so the ledger ends up saying what Service Bus did. Thread-safety: `enqueue` may be called from any thread; `start`/`stop` from the
 // service's.
 
 #include <chrono>
@@ -57,7 +58,17 @@ class Settler {
     std::chrono::steady_clock::time_point not_before{};
   };
 
+  /// A settlement Service Bus confirmed that the ledger has not recorded yet.
+  struct Unrecorded {
+    std::vector<ledger::MessageKey> keys;
+    ledger::State state = ledger::State::kCompleted;
+    std::string note;
+  };
+
   void loop() EXCLUDES(mutex_);
+  /// Writes what is unrecorded (when due, or `force`); true when nothing is left.
+  bool record_pending(bool force) EXCLUDES(mutex_);
+  void record(Unrecorded outcome) EXCLUDES(mutex_);
   void settle_batch(std::deque<Item>& batch) EXCLUDES(mutex_);
   void settle_chunk(Route& route, const std::vector<Item*>& items) EXCLUDES(mutex_);
   bool still_deferred(Route& route, std::int64_t sequence_number);
@@ -68,6 +79,9 @@ class Settler {
   Mutex mutex_;
   CondVar wake_;
   std::deque<Item> items_ GUARDED_BY(mutex_);
+  std::deque<Unrecorded> unrecorded_ GUARDED_BY(mutex_);
+  std::chrono::steady_clock::time_point record_at_ GUARDED_BY(mutex_){};
+  std::chrono::milliseconds record_backoff_ GUARDED_BY(mutex_){0};
   bool stopping_ GUARDED_BY(mutex_) = false;
   bool gone_ GUARDED_BY(mutex_) = false;
   std::thread thread_;  // Started and joined by the service's thread only.

@@ -1,5 +1,7 @@
 #include "task_runner.hpp"
 
+#include <algorithm>
+
 #include <spdlog/spdlog.h>
 
 #include "naming.hpp"
@@ -10,12 +12,148 @@ namespace metro::dispatch {
 using ledger::State;
 using SysClock = std::chrono::system_clock;
 
+namespace {
+
+/// Outcome threads: enough for the ledger's group commit to gather several outcomes at once.
+constexpr std::size_t kMaxOutcomeThreads = 4;
+
+ledger::HandlerRun::Outcome run_outcome(Outcome outcome) {
+  switch (outcome) {
+    case Outcome::kSuccess:
+      return ledger::HandlerRun::Outcome::kSucceeded;
+    case Outcome::kRetry:
+      return ledger::HandlerRun::Outcome::kRetry;
+    case Outcome::kFailure:
+      return ledger::HandlerRun::Outcome::kFailed;
+  }
+  return ledger::HandlerRun::Outcome::kFailed;
+}
+
+}  // namespace
+
+/// One asynchronous run: what its handler reports, carried to the ledger and the state machine.
+/// Shared by the handler (until it reported the end) and the jobs it posts.
+class TaskRunner::AsyncRun final : public RunObserver,
+                                   public std::enable_shared_from_this<AsyncRun> {
+ public:
+  AsyncRun(TaskRunner& runner, Route& route, std::size_t index, Task task, ledger::HandlerRun run)
+      : runner_(runner),
+        route_(route),
+        index_(index),
+        task_(std::move(task)),
+        key_(key_of(task_)),
+        run_(std::move(run)) {}
+
+  void sending(const std::string& task_id) override EXCLUDES(mutex_) {
+    ledger::HandlerRun run;
+    {
+      MutexLock lock(mutex_);
+      run_.task_id = task_id;
+      run = run_;
+    }
+    runner_.write(key_, task_.correlation_id, "the start of a run",
+                  [&] { runner_.ledger_.begin_run(key_, run); });
+    spdlog::debug("{}: {} attempt {} sent as task {}", name_of(key_, task_.correlation_id),
+                  task_.handler, task_.attempt, log_value(task_id, 64));
+  }
+
+  void progressed(int retries) override {
+    auto self = shared_from_this();
+    runner_.post([self, retries] { self->record_progress(retries); });
+  }
+
+  void finished(Result result) override {
+    if (ended_.exchange(true)) return;
+    auto self = shared_from_this();
+    runner_.post([self, result = std::move(result)] { self->finish(result); });
+  }
+
+  void abandoned() override {
+    if (ended_.exchange(true)) return;
+    std::string task_id;
+    {
+      MutexLock lock(mutex_);
+      task_id = run_.task_id;
+    }
+    spdlog::info(
+        "{}: {} attempt {}: task {} is still out; it stays running and the next start picks "
+        "its outcome up",
+        name_of(key_, task_.correlation_id), task_.handler, task_.attempt, log_value(task_id, 64));
+    runner_.in_flight_.drop(key_);
+    runner_.async_ended();
+  }
+
+ private:
+  /// A retry of the task itself: the run stays `running`, with its retries.
+  void record_progress(int retries) EXCLUDES(mutex_) {
+    // Held through the write, so that the end of the run (below) is written after it.
+    MutexLock lock(mutex_);
+    if (recorded_end_ || retries <= run_.retries) return;
+    run_.retries = retries;
+    auto run = run_;
+    runner_.write(key_, task_.correlation_id, "a run's progress",
+                  [&] { runner_.ledger_.record_run(key_, run); });
+    spdlog::info("{}: {} attempt {}: task {} retries itself ({} so far)",
+                 name_of(key_, task_.correlation_id), task_.handler, task_.attempt,
+                 log_value(run_.task_id, 64), retries);
+  }
+
+  void finish(const Result& result) EXCLUDES(mutex_) {
+    ledger::HandlerRun run;
+    {
+      MutexLock lock(mutex_);
+      recorded_end_ = true;
+      run = run_;
+    }
+    runner_.finish(route_, index_, task_, std::move(run), result);
+    runner_.async_ended();
+  }
+
+  TaskRunner& runner_;
+  Route& route_;
+  const std::size_t index_;
+  const Task task_;
+  const ledger::MessageKey key_;
+  std::atomic<bool> ended_{false};  // finished or abandoned was reported.
+  Mutex mutex_;
+  ledger::HandlerRun run_ GUARDED_BY(mutex_);
+  bool recorded_end_ GUARDED_BY(mutex_) = false;
+};
+
+TaskRunner::TaskRunner(const Routes& routes, ledger::Ledger& ledger, InFlight& in_flight,
+                       Settler& settler, TaskQueue& queue, ServiceCounters& counters,
+                       LedgerHealth& health, const std::atomic<bool>& stopping)
+    : routes_(routes),
+      ledger_(ledger),
+      in_flight_(in_flight),
+      settler_(settler),
+      queue_(queue),
+      counters_(counters),
+      health_(health),
+      stopping_(stopping) {
+  bool any_async = false;
+  for (const auto& route : routes_) {
+    for (std::size_t i = 0; i < route->handlers.size(); ++i) {
+      any_async = any_async || route->asynchronous(i);
+    }
+  }
+  if (any_async) {
+    outcomes_ = std::make_unique<WorkerPool>(std::min(kMaxOutcomeThreads, queue_.workers()));
+  }
+}
+
 bool TaskRunner::dispatch(Route& route, const Task& base, const std::vector<std::size_t>& handlers,
-                          const std::map<std::size_t, int>& attempts, bool fresh_budget) {
+                          const std::map<std::size_t, int>& attempts, bool fresh_budget,
+                          const std::map<std::size_t, std::string>& resume) {
   auto tasks = in_flight_.begin(route.index, route.options, base, handlers, attempts, fresh_budget);
   if (!tasks) return false;
   counters_.routed += tasks->size();
   for (auto& t : *tasks) {
+    if (!resume.empty()) {
+      if (auto i = route.handler_index(t.handler); i && resume.count(*i) != 0) {
+        t.resume_task_id = resume.at(*i);
+      }
+    }
     if (!queue_.push(t)) {
       // Shutting down: the message stays deferred and the next start picks it up.
       in_flight_.drop(key_of(base));
@@ -52,6 +190,10 @@ void TaskRunner::run(const Task& task) {
   run.handler = task.handler;
   run.attempt = task.attempt;
   run.started = SysClock::now();
+  if (route->asynchronous(*index)) {
+    start_async(*route, *index, task, std::move(run));
+    return;
+  }
   write(key, correlation, "the start of a run", [&] { ledger_.begin_run(key, run); });
   // Lines about a run name the message and its trace.
   const auto who = name_of(key, correlation) + trace_suffix(task.trace_parent);
@@ -62,12 +204,50 @@ void TaskRunner::run(const Task& task) {
   } catch (const std::exception& e) {
     result = {Outcome::kFailure, e.what(), {}};
   }
+  finish(*route, *index, task, std::move(run), result);
+}
+
+void TaskRunner::start_async(Route& route, std::size_t index, const Task& task,
+                             ledger::HandlerRun run) {
+  auto key = key_of(task);
+  if (!task.resume_task_id.empty()) {
+    // A run an earlier metro sent and did not see end: its row is in the ledger already.
+    run.task_id = task.resume_task_id;
+    write(key, task.correlation_id, "the pick-up of a run", [&] {
+      for (const auto& earlier : ledger_.runs(key)) {
+        if (earlier.handler == run.handler && earlier.attempt == run.attempt) {
+          run.started = earlier.started;
+          run.retries = earlier.retries;
+        }
+      }
+      ledger_.set_state(key, State::kRunning);
+    });
+    spdlog::info("{}: {} attempt {}: picking up task {}, sent before metro restarted",
+                 name_of(key, task.correlation_id), task.handler, task.attempt,
+                 log_value(task.resume_task_id, 64));
+  }
+  {
+    MutexLock lock(async_mutex_);
+    ++async_out_;
+  }
+  auto observer = std::make_shared<AsyncRun>(*this, route, index, task, std::move(run));
+  try {
+    route.handlers[index]->start(task, route.options.handlers[index].timeout, observer);
+  } catch (const std::exception& e) {
+    observer->finished({Outcome::kFailure, e.what(), {}});  // Ignored if it ended already.
+  }
+}
+
+void TaskRunner::finish(Route& route, std::size_t index, const Task& task, ledger::HandlerRun run,
+                        const Result& result) {
+  auto key = key_of(task);
+  const auto& correlation = task.correlation_id;
   run.finished = SysClock::now();
-  route->record_duration(*index, result.duration);
-  run.outcome = result.outcome == Outcome::kSuccess ? ledger::HandlerRun::Outcome::kSucceeded
-                : result.outcome == Outcome::kRetry ? ledger::HandlerRun::Outcome::kRetry
-                                                    : ledger::HandlerRun::Outcome::kFailed;
+  route.record_duration(index, result.duration);
+  run.outcome = run_outcome(result.outcome);
   run.error = result.error;
+  if (!result.task_id.empty()) run.task_id = result.task_id;
+  run.retries = std::max(run.retries, result.retries);
   write(key, correlation, "the end of a run", [&] { ledger_.record_run(key, run); });
   if (result.outcome == Outcome::kSuccess) {
     spdlog::debug("{}: {} succeeded in {} ms", who, task.handler, result.duration.count());
@@ -82,7 +262,7 @@ void TaskRunner::run(const Task& task) {
     jitter = std::uniform_real_distribution<double>(0.0, 1.0)(rng_);
   }
   auto decision = in_flight_.finished(task, result.outcome, result.error, jitter, stopping_);
-  act(*route, task, decision);
+  act(route, task, decision);
 }
 
 void TaskRunner::act(Route& route, const Task& task, const Decision& d) {
@@ -129,12 +309,46 @@ void TaskRunner::act(Route& route, const Task& task, const Decision& d) {
   }
 }
 
+void TaskRunner::post(std::function<void()> job) {
+  if (!outcomes_ || !outcomes_->submit(job)) job();
+}
+
+void TaskRunner::async_ended() {
+  {
+    MutexLock lock(async_mutex_);
+    --async_out_;
+  }
+  async_changed_.notify_all();
+}
+
+bool TaskRunner::wait_for_async(std::chrono::steady_clock::time_point deadline) {
+  MutexLock lock(async_mutex_);
+  while (async_out_ != 0) {
+    if (async_changed_.wait_until(lock, deadline) == std::cv_status::timeout) break;
+  }
+  return async_out_ == 0;
+}
+
 void TaskRunner::interrupt() {
   for (const auto& route : routes_) {
     for (const auto& handler : route->handlers) {
       if (handler) handler->interrupt();
     }
   }
+}
+
+void TaskRunner::stop() {
+  // An asynchronous handler interrupted ends every run it has out (abandoned, or a retry when
+  // not sent yet) before `interrupt` returns, and calls nothing afterwards.
+  for (const auto& route : routes_) {
+    for (std::size_t i = 0; i < route->handlers.size(); ++i) {
+      if (route->asynchronous(i)) route->handlers[i]->interrupt();
+    }
+  }
+  if (!outcomes_) return;
+  std::vector<std::function<void()>> left;
+  outcomes_->shutdown(std::chrono::milliseconds::max(), &left);
+  for (auto& job : left) job();  // Outcomes that arrived last: recorded all the same.
 }
 
 }  // namespace metro::dispatch

@@ -1,5 +1,6 @@
 // SqliteLedger: the ledger in one SQLite file (WAL), one connection, group commit. The schema
-// comes from numbered migrations (sqlite_migrations.cpp), run at open.
+// comes from numbered migrations (sqlite_migrations.cpp), run at open. One metro process uses a
+// file: `join` refuses a second live instance.
 
 #include <algorithm>
 #include <array>
@@ -8,30 +9,21 @@
 #include <memory>
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <metro/ledger/ledger.hpp>
 
 #include "../common/thread_annotations.hpp"
 #include "../sqlite/sqlite.hpp"
 #include "failure_groups.hpp"
+#include "ledger_impl.hpp"
 #include "sqlite_migrations.hpp"
 
 namespace metro::ledger {
 namespace {
 
+using namespace detail;
 using sqlite::Statement;
-
-constexpr std::array<std::string_view, 8> kStates = {"deferring",     "deferred", "running",
-                                                     "retrying",      "failed",   "completed",
-                                                     "dead-lettered", "orphaned"};
-constexpr std::array<std::string_view, 4> kOutcomes = {"running", "succeeded", "failed", "retry"};
-
-std::int64_t to_ms(Clock::time_point t) {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
-}
-Clock::time_point from_ms(std::int64_t ms) {
-  return Clock::time_point(std::chrono::milliseconds(ms));
-}
 
 /// Binds a message key to ?1, ?2, ?3 and its generation to ?4, as every statement on one
 /// message does.
@@ -45,8 +37,8 @@ constexpr const char* kKeyWhere =
 
 constexpr const char* kColumns =
     "topic, subscription, sequence_number, generation, subject, message_id, correlation_id, "
-    "body, body_truncated, state, created, updated, last_error, enqueued, trace_parent, "
-    "failure_group";
+    "body, body_truncated, state, created, updated, last_error, enqueued, owner, lease_until, "
+    "trace_parent, failure_group";
 
 DeferredMessage read_message(const Statement& s) {
   DeferredMessage m;
@@ -61,14 +53,12 @@ DeferredMessage read_message(const Statement& s) {
   m.updated = from_ms(s.integer(11));
   m.last_error = s.text(12);
   m.enqueued_time = from_ms(s.integer(13));
-  m.trace_parent = s.text(14);
-  m.failure_group = s.text(15);
+  m.owner = s.text(14);
+  m.lease_until = from_ms(s.integer(15));
+  m.trace_parent = s.text(16);
+  m.failure_group = s.text(17);
   return m;
 }
-
-constexpr std::array<std::string_view, 5> kJobStates = {"queued", "running", "completed",
-                                                        "cancelled", "failed"};
-constexpr std::array<std::string_view, 3> kJobActions = {"retry", "complete", "dead-letter"};
 
 constexpr const char* kJobColumns =
     "id, action, filter, reason, description, created_by, state, total, done, failed, created,"
@@ -150,8 +140,15 @@ struct Filter {
   }
 };
 
-bool is_final(std::string_view state) {
-  return state == to_string(State::kCompleted) || state == to_string(State::kDeadLettered);
+std::int64_t now_ms() { return to_ms(Clock::now()); }
+
+/// A row's lease has lapsed at `now` (a parameter): its own deadline passed and its owner's
+/// heartbeat (which renews the leases of everything the owner holds) is older than the owner's
+/// lease, or the owner is gone.
+std::string lapsed(const char* now) {
+  return std::string("(deferred_messages.lease_until < ") + now +
+         " AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = deferred_messages.owner"
+         " AND i.heartbeat + i.lease_ms >= " + now + "))";
 }
 
 /// Which file a path names now (device and inode); nullopt when there is none.
@@ -167,7 +164,7 @@ std::optional<std::pair<dev_t, ino_t>> identity_of(const std::string& path) {
 /// and each learns exactly whether its own change was committed.
 class SqliteLedger : public Ledger {
  public:
-  explicit SqliteLedger(std::string path) : path_(std::move(path)) {
+  SqliteLedger(std::string path, bool migrate) : path_(std::move(path)), migrate_(migrate) {
     MutexLock lock(db_mutex_);
     try {
       open();
@@ -215,8 +212,10 @@ class SqliteLedger : public Ledger {
                bind_key(runs, key);
                runs.run();
              }
-             auto s = db_->statement(std::string("DELETE FROM deferred_messages") + kKeyWhere);
+             auto s = db_->statement(std::string("DELETE FROM deferred_messages") + kKeyWhere +
+                                     " AND (?5 = '' OR owner IN ('', ?5))");
              bind_key(s, key);
+             s.bind(5, me_.id);
              s.run();
              return static_cast<std::size_t>(db_->changes());
            });
@@ -234,8 +233,8 @@ class SqliteLedger : public Ledger {
   std::vector<HandlerRun> runs(const MessageKey& key) override {
     MutexLock lock(db_mutex_);
     auto s = db_->statement(
-        std::string(
-            "SELECT handler, attempt, outcome, started, finished, error FROM handler_runs") +
+        std::string("SELECT handler, attempt, outcome, started, finished, error, task_id, retries"
+                    " FROM handler_runs") +
         kKeyWhere + " ORDER BY started, handler, attempt");
     bind_key(s, key);
     std::vector<HandlerRun> out;
@@ -243,13 +242,12 @@ class SqliteLedger : public Ledger {
       HandlerRun r;
       r.handler = s.text(0);
       r.attempt = static_cast<int>(s.integer(1));
-      auto outcome = s.text(2);
-      for (std::size_t i = 0; i < kOutcomes.size(); ++i) {
-        if (kOutcomes[i] == outcome) r.outcome = static_cast<HandlerRun::Outcome>(i);
-      }
+      r.outcome = outcome_from_string(s.text(2)).value_or(HandlerRun::Outcome::kRunning);
       r.started = from_ms(s.integer(3));
       if (!s.is_null(4) && s.integer(4) != 0) r.finished = from_ms(s.integer(4));
       r.error = s.text(5);
+      r.task_id = s.text(6);
+      r.retries = static_cast<int>(s.integer(7));
       out.push_back(std::move(r));
     }
     return out;
@@ -521,6 +519,202 @@ class SqliteLedger : public Ledger {
            });
   }
 
+  // ---- instances sharing the ledger --------------------------------------------------------
+
+  void join(const InstanceInfo& me) override {
+    // One transaction that waits for any other writer: of two processes joining at once, the
+    // second sees the first's heartbeat.
+    write([this, &me]() REQUIRES(db_mutex_) {
+      auto now = now_ms();
+      {
+        auto s = db_->statement("SELECT id, host, pid, heartbeat, lease_ms FROM instances");
+        while (s.step()) {
+          if (s.text(0) == me.id && s.integer(2) == me.pid && s.text(1) == me.host) continue;
+          if (instance_alive(s.text(1), s.integer(2), s.integer(3), s.integer(4), now)) {
+            throw Error("the ledger " + path_ + " is in use by " +
+                        in_use_by(s.text(0), s.text(1), s.integer(2), now - s.integer(3)) +
+                        ": a SQLite ledger serves one metro process; give each instance a file "
+                        "of its own, or let the instances share one postgresql:// ledger");
+          }
+        }
+      }
+      // Every other instance of this file is gone: what they held is this one's now.
+      db_->statement("DELETE FROM instances").run();
+      db_->statement("UPDATE deferred_messages SET lease_until = 0 WHERE lease_until <> 0").run();
+      auto s = db_->statement(
+          "INSERT INTO instances (id, host, pid, started, heartbeat, in_flight, lease_ms)"
+          " VALUES (?1, ?2, ?3, ?4, ?4, 0, ?5)");
+      s.bind(1, me.id).bind(2, me.host).bind(3, me.pid).bind(4, now);
+      s.bind(5, static_cast<std::int64_t>(me.lease.count()));
+      s.run();
+      me_ = me;
+      return std::size_t{0};
+    });
+  }
+
+  void heartbeat(std::size_t in_flight) override {
+    write([this, in_flight]() REQUIRES(db_mutex_) {
+      if (me_.id.empty()) return std::size_t{0};
+      auto now = now_ms();
+      {
+        auto s = db_->statement(
+            "INSERT INTO instances (id, host, pid, started, heartbeat, in_flight, lease_ms)"
+            " VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6) ON CONFLICT (id) DO UPDATE SET"
+            " heartbeat = excluded.heartbeat, in_flight = excluded.in_flight");
+        s.bind(1, me_.id).bind(2, me_.host).bind(3, me_.pid).bind(4, now);
+        s.bind(5, static_cast<std::int64_t>(in_flight));
+        s.bind(6, static_cast<std::int64_t>(me_.lease.count()));
+        s.run();
+      }
+      return std::size_t{0};
+    });
+  }
+
+  void leave() override {
+    write([this]() REQUIRES(db_mutex_) {
+      if (me_.id.empty()) return std::size_t{0};
+      auto d = db_->statement("DELETE FROM instances WHERE id = ?1");
+      d.bind(1, me_.id);
+      d.run();
+      auto s = db_->statement("UPDATE deferred_messages SET lease_until = 0 WHERE owner = ?1");
+      s.bind(1, me_.id);
+      s.run();
+      return std::size_t{0};
+    });
+  }
+
+  std::vector<Instance> instances() override {
+    MutexLock lock(db_mutex_);
+    auto now = now_ms();
+    auto s = db_->statement(
+        "SELECT id, host, pid, started, heartbeat, in_flight, lease_ms FROM instances ORDER BY id");
+    std::vector<Instance> out;
+    while (s.step()) {
+      Instance i;
+      i.id = s.text(0);
+      i.host = s.text(1);
+      i.pid = s.integer(2);
+      i.started = from_ms(s.integer(3));
+      i.heartbeat = from_ms(s.integer(4));
+      i.in_flight = static_cast<std::size_t>(s.integer(5));
+      i.live = s.integer(4) + s.integer(6) >= now;
+      out.push_back(std::move(i));
+    }
+    return out;
+  }
+
+  std::vector<DeferredMessage> claim(const Claim& c) override {
+    std::vector<DeferredMessage> out;
+    write([this, &c, &out]() REQUIRES(db_mutex_) {
+      out.clear();
+      std::string states;
+      for (auto st : c.states) {
+        states.append(states.empty() ? "'" : ", '").append(to_string(st)).append("'");
+      }
+      if (states.empty()) return std::size_t{0};
+      auto now = now_ms();
+      // The write transaction holds the file: no other connection claims at the same time.
+      {
+      auto s = db_->statement(
+          std::string("SELECT ") + kColumns +
+          " FROM deferred_messages WHERE topic = ?1 AND subscription = ?2 AND generation = 0"
+          " AND sequence_number > ?3 AND state IN (" + states + ") AND ("
+          " (?4 AND owner = ?5 AND (?6 = 0 OR updated < ?6))"
+          " OR (?7 AND owner <> ?5 AND (owner = '' OR " + lapsed("?8") + ")))"
+          " ORDER BY sequence_number LIMIT ?9");
+      s.bind(1, c.topic).bind(2, c.subscription).bind(3, c.after);
+      s.bind(4, c.own ? 1 : 0).bind(5, me_.id);
+      s.bind(6, c.own_updated_before ? to_ms(*c.own_updated_before) : std::int64_t{0});
+      s.bind(7, c.lapsed ? 1 : 0).bind(8, now);
+      s.bind(9, static_cast<std::int64_t>(std::max<std::size_t>(1, c.limit)));
+      while (s.step()) out.push_back(read_message(s));
+      }
+      auto lease_until = me_.id.empty() ? 0 : now + me_.lease.count();
+      for (auto& m : out) {
+        auto u = db_->statement(std::string("UPDATE deferred_messages SET owner = ?5,"
+                                            " lease_until = ?6") +
+                                kKeyWhere);
+        bind_key(u, m.key);
+        u.bind(5, me_.id).bind(6, lease_until);
+        u.run();
+        m.lease_until = from_ms(lease_until);  // `owner` stays whom it was taken from.
+      }
+      return out.size();
+    });
+    return out;
+  }
+
+  std::optional<DeferredMessage> claim_one(const MessageKey& key) override {
+    std::optional<DeferredMessage> out;
+    write([this, &key, &out]() REQUIRES(db_mutex_) {
+      out.reset();
+      auto now = now_ms();
+      auto lease_until = me_.id.empty() ? 0 : now + me_.lease.count();
+      auto u = db_->statement(
+          std::string("UPDATE deferred_messages SET owner = ?5, lease_until = ?6") + kKeyWhere +
+          " AND state NOT IN ('completed', 'dead-lettered')"
+          " AND (owner IN ('', ?5) OR state NOT IN " + kLeasedStates + " OR " + lapsed("?7") +
+          ")");
+      bind_key(u, key);
+      u.bind(5, me_.id).bind(6, lease_until).bind(7, now);
+      u.run();
+      if (db_->changes() == 0) return std::size_t{0};
+      auto s = db_->statement(std::string("SELECT ") + kColumns + " FROM deferred_messages" +
+                              kKeyWhere);
+      bind_key(s, key);
+      if (s.step()) out = read_message(s);
+      return std::size_t{1};
+    });
+    return out;
+  }
+
+  std::unique_ptr<Exclusive> try_exclusive(std::string_view) override {
+    return std::make_unique<Exclusive>();  // One process per file: always this one.
+  }
+
+  std::string instance_id() const override {
+    MutexLock lock(db_mutex_);
+    return me_.id;
+  }
+
+  void restore(
+      const std::vector<std::pair<DeferredMessage, std::vector<HandlerRun>>>& rows) override {
+    write([this, &rows]() REQUIRES(db_mutex_) {
+      for (const auto& [m, runs] : rows) {
+        {
+          auto d = db_->statement(std::string("DELETE FROM handler_runs") + kKeyWhere);
+          bind_key(d, m.key);
+          d.run();
+        }
+        auto s = db_->statement(std::string("INSERT OR REPLACE INTO deferred_messages (") +
+                                kColumns +
+                                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12,"
+                                " ?13, ?14, ?15, ?16, ?17, '')");
+        bind_key(s, m.key);
+        s.bind(5, m.subject).bind(6, m.message_id).bind(7, m.correlation_id).bind(8, m.body);
+        s.bind(9, std::int64_t{m.body_truncated ? 1 : 0}).bind(10, to_string(m.state));
+        s.bind(11, to_ms(m.created)).bind(12, to_ms(m.updated)).bind(13, m.last_error);
+        s.bind(14, to_ms(m.enqueued_time)).bind(15, m.owner).bind(16, to_ms(m.lease_until));
+        s.bind(17, m.trace_parent);
+        s.run();
+        // The runs file the row under its failure group again (a row without runs: at the next
+        // open).
+        for (const auto& r : runs) insert_run(m.key, r);
+      }
+      return rows.size();
+    });
+  }
+
+  std::vector<MigrationStatus> migrations() override {
+    MutexLock lock(db_mutex_);
+    auto version = sqlite::schema_version(*db_);
+    std::vector<MigrationStatus> out;
+    for (const auto& m : sqlite_migrations()) {
+      out.push_back({m.version, std::string(m.description), m.version <= version});
+    }
+    return out;
+  }
+
  private:
   /// A queued write: run inside the group's transaction; `result` is its answer.
   struct Pending {
@@ -534,6 +728,7 @@ class SqliteLedger : public Ledger {
     db_ = std::make_unique<sqlite::Database>(path_);
     db_->exec("PRAGMA journal_mode=WAL");
     db_->exec("PRAGMA synchronous=NORMAL");
+    if (!migrate_) return;  // Opened to read its migrations: nothing written.
     sqlite::migrate(*db_, sqlite_migrations());
     try {
       file_unfiled();
@@ -583,16 +778,18 @@ class SqliteLedger : public Ledger {
     }
     if (known_id) {
       auto enqueued = to_ms(m.enqueued_time);
-      bool other = is_final(known_state) ||
+      bool other = is_final(state_from_string(known_state).value_or(State::kDeferring)) ||
                    (!known_id->empty() && !m.message_id.empty() && *known_id != m.message_id) ||
                    (known_enqueued != 0 && enqueued != 0 && known_enqueued != enqueued);
       if (other) supersede(m.key, now);
     }
     auto s = db_->statement(
         std::string("INSERT INTO deferred_messages (") + kColumns +
-        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, '')"
+        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,"
+        " '')"
         " ON CONFLICT (topic, subscription, sequence_number, generation) DO UPDATE SET"
-        " state = excluded.state, updated = excluded.updated,"
+        " state = excluded.state, updated = excluded.updated, owner = excluded.owner,"
+        " lease_until = excluded.lease_until,"
         " trace_parent = CASE WHEN trace_parent = '' THEN excluded.trace_parent"
         " ELSE trace_parent END,"
         " enqueued = CASE WHEN enqueued = 0 THEN excluded.enqueued ELSE enqueued END,"
@@ -604,7 +801,8 @@ class SqliteLedger : public Ledger {
     s.bind(9, std::int64_t{m.body_truncated ? 1 : 0}).bind(10, to_string(m.state));
     s.bind(11, m.created.time_since_epoch().count() != 0 ? to_ms(m.created) : now);
     s.bind(12, now).bind(13, m.last_error).bind(14, to_ms(m.enqueued_time));
-    s.bind(15, m.trace_parent);
+    s.bind(15, me_.id).bind(16, me_.id.empty() || releases_lease(m.state) ? 0 : now + me_.lease.count());
+    s.bind(17, m.trace_parent);
     s.run();
   }
 
@@ -632,21 +830,24 @@ class SqliteLedger : public Ledger {
         kKeyWhere);
     bind_key(s, key);
     s.bind(5, next).bind(6, now);
-    s.bind(7,
-           "superseded: a new message arrived with this sequence number (the subscription's "
-           "sequence numbers started again), so this one is no longer in Service Bus");
+    s.bind(7, kSupersededNote);
     s.run();
   }
 
   std::size_t update_state(const MessageKey& key, State state, const std::string& error)
       REQUIRES(db_mutex_) {
-    // Final states are never left: a late writer cannot revive a settled message.
-    auto s =
-        db_->statement(std::string("UPDATE deferred_messages SET state = ?5, updated = ?6,"
-                                   " last_error = CASE WHEN ?7 = '' THEN last_error ELSE ?7 END") +
-                       kKeyWhere + " AND state NOT IN ('completed', 'dead-lettered')");
+    // Final states are never left: a late writer cannot revive a settled message. Any other
+    // state is written only by the row's owner (the fencing token; ?8 empty: not an instance).
+    auto s = db_->statement(
+        std::string("UPDATE deferred_messages SET state = ?5, updated = ?6,"
+                    " last_error = CASE WHEN ?7 = '' THEN last_error ELSE ?7 END,"
+                    " lease_until = CASE WHEN ?9 THEN 0 ELSE lease_until END") +
+        kKeyWhere +
+        " AND state NOT IN ('completed', 'dead-lettered')"
+        " AND (?10 OR ?8 = '' OR owner IN ('', ?8))");
     bind_key(s, key);
     s.bind(5, to_string(state)).bind(6, to_ms(Clock::now())).bind(7, error);
+    s.bind(8, me_.id).bind(9, releases_lease(state) ? 1 : 0).bind(10, is_final(state) ? 1 : 0);
     s.run();
     return static_cast<std::size_t>(db_->changes());
   }
@@ -654,8 +855,8 @@ class SqliteLedger : public Ledger {
   void insert_run(const MessageKey& key, const HandlerRun& run) REQUIRES(db_mutex_) {
     auto s = db_->statement(
         "INSERT OR REPLACE INTO handler_runs (topic, subscription, sequence_number, generation,"
-        " handler, attempt, outcome, started, finished, error)"
-        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
+        " handler, attempt, outcome, started, finished, error, task_id, retries)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)");
     bind_key(s, key);
     s.bind(5, run.handler).bind(6, std::int64_t{run.attempt});
     s.bind(7, to_string(run.outcome)).bind(8, to_ms(run.started));
@@ -664,7 +865,7 @@ class SqliteLedger : public Ledger {
     } else {
       s.bind_null(9);
     }
-    s.bind(10, run.error);
+    s.bind(10, run.error).bind(11, run.task_id).bind(12, std::int64_t{run.retries});
     s.run();
     bool failed =
         run.outcome == HandlerRun::Outcome::kFailed || run.outcome == HandlerRun::Outcome::kRetry;
@@ -776,9 +977,11 @@ class SqliteLedger : public Ledger {
   }
 
   const std::string path_;
+  const bool migrate_;
   std::optional<std::pair<dev_t, ino_t>> identity_;  // The file opened; set once.
-  Mutex db_mutex_;                                   // The connection and its statements.
+  mutable Mutex db_mutex_;                           // The connection and its statements.
   std::unique_ptr<sqlite::Database> db_ GUARDED_BY(db_mutex_);
+  InstanceInfo me_ GUARDED_BY(db_mutex_);  // Set by join; empty id before.
   Mutex queue_mutex_;
   CondVar committed_;
   std::vector<std::shared_ptr<Pending>> queue_ GUARDED_BY(queue_mutex_);
@@ -787,41 +990,12 @@ class SqliteLedger : public Ledger {
 
 }  // namespace
 
-std::string_view to_string(State state) { return kStates[static_cast<std::size_t>(state)]; }
+namespace detail {
 
-std::optional<State> state_from_string(std::string_view text) {
-  for (std::size_t i = 0; i < kStates.size(); ++i) {
-    if (kStates[i] == text) return static_cast<State>(i);
-  }
-  return std::nullopt;
+std::unique_ptr<Ledger> open_sqlite_ledger(const std::string& path, const OpenOptions& options) {
+  return std::make_unique<SqliteLedger>(path, options.migrate);
 }
 
-std::string_view to_string(HandlerRun::Outcome outcome) {
-  return kOutcomes[static_cast<std::size_t>(outcome)];
-}
-
-std::string_view to_string(JobAction action) {
-  return kJobActions[static_cast<std::size_t>(action)];
-}
-
-std::optional<JobAction> job_action_from_string(std::string_view text) {
-  for (std::size_t i = 0; i < kJobActions.size(); ++i) {
-    if (kJobActions[i] == text) return static_cast<JobAction>(i);
-  }
-  return std::nullopt;
-}
-
-std::string_view to_string(JobState state) { return kJobStates[static_cast<std::size_t>(state)]; }
-
-std::unique_ptr<Ledger> open_ledger(const std::string& url) {
-  constexpr std::string_view kSqlite = "sqlite://";
-  if (url.rfind(kSqlite, 0) == 0 && url.size() > kSqlite.size()) {
-    return std::make_unique<SqliteLedger>(url.substr(kSqlite.size()));
-  }
-  if (url.rfind("postgresql://", 0) == 0 || url.rfind("postgres://", 0) == 0) {
-    throw Error("the PostgreSQL ledger is not built yet; use sqlite://<file>");
-  }
-  throw InvalidArgument("a ledger URL must be sqlite://<file> (got '" + url + "')");
-}
+}  // namespace detail
 
 }  // namespace metro::ledger

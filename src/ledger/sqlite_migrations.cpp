@@ -55,12 +55,26 @@ const std::vector<sqlite::Migration>& sqlite_migrations() {
        "DROP TABLE handler_runs;"
        "ALTER TABLE handler_runs_2 RENAME TO handler_runs;"
        "CREATE TABLE ledger_probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);"},
+      // 3: instances: who handles a message (owner) and until when (lease), and a heartbeat row
+      // per process (SQLite: one at a time).
+      {3, "owner and lease of a message, instance heartbeats",
+       "ALTER TABLE deferred_messages ADD COLUMN owner TEXT NOT NULL DEFAULT '';"
+       "ALTER TABLE deferred_messages ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;"
+       "CREATE INDEX deferred_messages_owner ON deferred_messages (owner, state);"
+       "CREATE TABLE instances (id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,"
+       " started INTEGER NOT NULL, heartbeat INTEGER NOT NULL, in_flight INTEGER NOT NULL,"
+       " lease_ms INTEGER NOT NULL);"},
+      // 4: the Celery task id of a run (recorded before the task is sent: a restart picks its
+      // outcome up by it) and the times the task retried itself.
+      {4, "handler runs: Celery task id and retries",
+       "ALTER TABLE handler_runs ADD COLUMN task_id TEXT NOT NULL DEFAULT '';"
+       "ALTER TABLE handler_runs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;"},
       // The message's W3C trace context ('' when it came before there was one).
-      {3, "trace context",
+      {5, "trace context",
        "ALTER TABLE deferred_messages ADD COLUMN trace_parent TEXT NOT NULL DEFAULT '';"},
       // Failure groups: the last failed run's handler, its normalised error and the group's id,
       // written by record_run (rows parked before are filed at every open).
-      {4, "failure groups",
+      {6, "failure groups",
        "ALTER TABLE deferred_messages ADD COLUMN failure_group TEXT NOT NULL DEFAULT '';"
        "ALTER TABLE deferred_messages ADD COLUMN failure_handler TEXT NOT NULL DEFAULT '';"
        "ALTER TABLE deferred_messages ADD COLUMN failure_error TEXT NOT NULL DEFAULT '';"
@@ -71,7 +85,7 @@ const std::vector<sqlite::Migration>& sqlite_migrations() {
        " (failure_group, state, failure_at, generation, topic, subscription)"
        " WHERE generation = 0 AND state IN ('failed', 'retrying');"},
       // Bulk jobs: the job, and the keys it acts on with each one's outcome (NULL: pending).
-      {5, "bulk jobs",
+      {7, "bulk jobs",
        "CREATE TABLE jobs ("
        " id TEXT PRIMARY KEY, action TEXT NOT NULL, filter TEXT NOT NULL,"
        " reason TEXT NOT NULL, description TEXT NOT NULL, created_by TEXT NOT NULL,"

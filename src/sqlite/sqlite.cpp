@@ -169,4 +169,14 @@ int migrate(Database& db, const std::vector<Migration>& migrations) {
   return before;
 }
 
+int schema_version(Database& db) {
+  {
+    auto s = db.statement(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'");
+    if (!s.step() || s.integer(0) == 0) return 0;
+  }
+  auto s = db.statement("SELECT coalesce(max(version), 0) FROM schema_migrations");
+  return s.step() ? static_cast<int>(s.integer(0)) : 0;
+}
+
 }  // namespace metro::sqlite

@@ -149,4 +149,7 @@ struct Migration {
 /// back, earlier ones stay), and `metro::Error` when the file is newer than this program knows.
 int migrate(Database& db, const std::vector<Migration>& migrations);
 
+/// The last migration applied to `db` (0 when none is recorded).
+int schema_version(Database& db);
+
 }  // namespace metro::sqlite

@@ -91,9 +91,9 @@ class ChildProcess {
   ChildProcess& operator=(const ChildProcess&) = delete;
 
   bool running() const { return pid_ > 0; }
-  /// Signals the whole process group and reaps the child.
-  void kill(int signal) {
-    if (pid_ <= 0) return;
+  /// Signals the whole process group and reaps the child; its wait status (-1 when none ran).
+  int kill(int signal) {
+    if (pid_ <= 0) return -1;
     ::kill(-pid_, signal);
     int status = 0;
     auto deadline = std::chrono::steady_clock::now() + 20s;
@@ -106,6 +106,7 @@ class ChildProcess {
       std::this_thread::sleep_for(20ms);
     }
     pid_ = -1;
+    return status;
   }
   std::string output() const { return read_text(output_); }
   bool wait_for(const std::string& text, std::chrono::milliseconds timeout = 60s) const {
@@ -167,7 +168,8 @@ class RedisServer {
 class CeleryWorker {
  public:
   CeleryWorker(const fs::path& dir, const std::string& broker, const std::string& backend,
-               const std::string& queues = "celery", int concurrency = 2) {
+               const std::string& queues = "celery", int concurrency = 2,
+               const std::map<std::string, std::string>& extra_env = {}) {
     fs::create_directories(dir / "state");
     out_ = dir / "records.jsonl";
     std::string source = METRO_SOURCE_DIR;
@@ -178,6 +180,8 @@ class CeleryWorker {
         {"METRO_TEST_OUT", out_.string()},
         {"METRO_TEST_STATE", (dir / "state").string()},
         {"PYTHONDONTWRITEBYTECODE", "1"}};
+    for (const auto& [k, v] : extra_env) env[k] = v;
+    state_ = dir / "state";
     log_ = dir / "worker.log";
     process_ = std::make_unique<ChildProcess>(
         std::vector<std::string>{"/usr/bin/python3", "-m", "celery", "-A", "metro_test_app",
@@ -190,6 +194,8 @@ class CeleryWorker {
   bool wait_ready() const { return process_->wait_for(" ready.", 90s); }
   void kill(int signal) { process_->kill(signal); }
   std::string log() const { return read_text(log_); }
+  /// Where the test tasks keep their counters and flags (METRO_TEST_STATE).
+  const fs::path& state_dir() const { return state_; }
   /// The JSON lines the test tasks and handlers wrote.
   std::vector<std::string> records() const {
     std::vector<std::string> lines;
@@ -202,6 +208,7 @@ class CeleryWorker {
 
  private:
   fs::path out_;
+  fs::path state_;
   fs::path log_;
   std::unique_ptr<ChildProcess> process_;
 };

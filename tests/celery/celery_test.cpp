@@ -576,23 +576,4 @@ TEST(CeleryRedisTest, AWorkerKilledMidTaskTimesTheAttemptOutAndTheNextAttemptRun
   EXPECT_EQ(run.result.outcome, Outcome::kSuccess) << run.result.error;
 }
 
-TEST(CeleryRunTest, MetroRunRefusesCeleryHandlersWithAClearMessage) {
-  auto dir = test_dir("run");
-  std::ofstream(dir / "metro.toml")
-      << "[metro]\nledger = \"sqlite://" << (dir / "ledger.db").string() << "\"\n"
-      << "[[subscriptions]]\ntopic_name = \"orders\"\nsubscription_name = \"billing\"\n"
-         "connection_string = \"Endpoint=sb://localhost;SharedAccessKeyName=k;SharedAccessKey=v;"
-         "UseDevelopmentEmulator=true\"\n"
-         "  [[subscriptions.handlers]]\n  subject = \"Orders/Created\"\n"
-         "  python = \"demoproj.demoapp.services.my_func\"\n"
-         "[celery]\nbroker = \"redis://:hunter2@127.0.0.1:6399/0\"\n"
-         "[admin]\nlisten = \"127.0.0.1:0\"\n";
-  auto [code, output] =
-      metro::test::run_command(std::string(METRO_BIN) + " run --config " +
-                               (dir / "metro.toml").string() + " --emulator --emulator-port 0");
-  EXPECT_EQ(code, 2) << output;
-  EXPECT_NE(output.find("does not send Celery tasks yet"), std::string::npos) << output;
-  EXPECT_EQ(output.find("hunter2"), std::string::npos) << output;
-}
-
 }  // namespace

@@ -115,6 +115,9 @@ tokens = [{ name = "ops", token = "${ADMIN}", role = "admin" },
   await page.getByTestId("save-token").click();
   await page.getByTestId("who").filter({ hasText: "ops (admin)" }).waitFor();
   await page.getByTestId("subscriptions").getByText("connected").waitFor();
+  // The instances sharing the ledger: this one, live.
+  await page.getByTestId("instances").getByText("(this one)").waitFor();
+  await page.getByTestId("instances").getByText("live").waitFor();
   await page.getByTestId("filter-state").selectOption("failed");
   await page.getByTestId("apply").click();
   await waitFor(async () => (await page.locator("tr.message").count()) === 2, 10000, "2 failed rows");

@@ -299,6 +299,17 @@ TEST_F(AdminTest, PublishSubscriptionsHealthReadinessAndMetrics) {
   EXPECT_TRUE(wait_until(
       [&] { return get("/api/v1/subscriptions").second["items"][0]["counts"]["completed"] == 1; }));
   EXPECT_TRUE(body["items"][0]["last_message"].is_string());
+  // The instances sharing the ledger: this one alone here, live, with its heartbeat.
+  EXPECT_EQ(body["instance"], service_->instance_id());
+  ASSERT_EQ(body["instances"].size(), 1u) << body.dump();
+  EXPECT_EQ(body["instances"][0]["id"], service_->instance_id());
+  EXPECT_EQ(body["instances"][0]["live"], true);
+  EXPECT_EQ(body["instances"][0]["this"], true);
+  EXPECT_TRUE(body["instances"][0]["last_heartbeat"].is_string());
+  EXPECT_TRUE(body["instances"][0]["in_flight"].is_number());
+  // Each ledger row names the instance that handled it.
+  auto row = get("/api/v1/deferred/orders/shipping/1").second;
+  EXPECT_EQ(row["owner"], service_->instance_id()) << row.dump();
 
   auto health = http_->Get("/healthz");
   EXPECT_EQ(health->status, 200);
@@ -317,9 +328,15 @@ TEST_F(AdminTest, PublishSubscriptionsHealthReadinessAndMetrics) {
         "metro_subscription_connected{topic=\"orders\",subscription=\"billing\"} 1",
         "metro_handler_duration_seconds_count{topic=\"orders\",subscription=\"billing\","
         "handler=\"flaky\"} 1",
-        "# TYPE metro_handler_duration_seconds histogram", "le=\"+Inf\"} 1"}) {
+        "# TYPE metro_handler_duration_seconds histogram", "le=\"+Inf\"} 1",
+        "metro_instance_up{instance=\"",
+        "# TYPE metro_instance_messages_in_flight gauge",
+        "metro_instance_heartbeat_age_seconds{instance=\""}) {
     EXPECT_NE(metrics.find(line), std::string::npos) << line << "\n" << metrics;
   }
+  EXPECT_NE(metrics.find("metro_instance_up{instance=\"" + service_->instance_id() + "\"} 1"),
+            std::string::npos)
+      << metrics;
   auto page = http_->Get("/");
   EXPECT_EQ(page->status, 200);
   EXPECT_NE(page->body.find("<title>metro</title>"), std::string::npos);

@@ -102,6 +102,50 @@ TEST(EmulatorHooks, DroppedConnectionsReconnectAndLoseNothing) {
              "both messages completed");
 }
 
+TEST(EmulatorLatency, EveryReplyComesLaterAndTheSdkLosesNothing) {
+  using std::chrono::milliseconds;
+  auto o = options();
+  o.latency = milliseconds(150);
+  Emulator bus(o);
+  bus.start();
+  testing::JsPeer peer(bus.connection_string());
+  ASSERT_TRUE(peer.call({{"op", "send"}, {"entity", "hooks"}, {"bodies", {"a", "b"}}},
+                        std::chrono::seconds(60))["ok"]);
+  auto got = peer.call({{"op", "receive"}, {"entity", "hooks"}, {"count", 1}},
+                       std::chrono::seconds(60))["messages"][0];
+  // A settlement is one request and its reply: it cannot come back sooner than the latency.
+  auto before = std::chrono::steady_clock::now();
+  ASSERT_TRUE(peer.call({{"op", "settle"}, {"sequence", got["sequence"]}, {"how", "defer"}},
+                        std::chrono::seconds(60))["ok"]);
+  EXPECT_GE(std::chrono::steady_clock::now() - before, milliseconds(150));
+  auto counts = bus.counts("hooks");
+  EXPECT_EQ(counts.deferred, 1u);
+  EXPECT_EQ(counts.active, 1u);
+  // A drop reaches the client through the relay, and the SDK comes back through it.
+  bus.drop_connections();
+  EXPECT_TRUE(peer.call({{"op", "send"}, {"entity", "hooks"}, {"bodies", {"c"}}},
+                        std::chrono::seconds(90))["ok"]);
+  wait_until([&] { return bus.counts("hooks").active == 2; }, std::chrono::seconds(20),
+             "the message sent after the drop");
+  bus.stop();  // with the client still connected through the relay
+}
+
+TEST(EmulatorLatency, ARelayPortInUseIsAClearError) {
+  Emulator first(options());
+  first.start();
+  auto o = options();
+  o.latency = std::chrono::milliseconds(2);
+  o.port = first.port();
+  Emulator second(o);
+  try {
+    second.start();
+    FAIL() << "started on a port in use";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(std::to_string(first.port())), std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(EmulatorHooks, DataDirKeepsMessagesAcrossARestart) {
   auto dir = std::filesystem::temp_directory_path() / ("metro-hooks-" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);

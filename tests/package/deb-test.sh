@@ -26,9 +26,13 @@ for path in ./usr/bin/metro ./usr/share/man/man1/metro.1.gz \
   ./usr/share/bash-completion/completions/metro \
   ./usr/lib/systemd/system/metro.service ./usr/lib/systemd/system/metro-emulator.service \
   ./usr/share/doc/metro/examples/metro.toml ./usr/share/doc/metro/examples/handlers/print-joke.sh \
-  ./usr/share/doc/metro/copyright ./usr/share/doc/metro/changelog.gz; do
+  ./usr/share/doc/metro/copyright ./usr/share/doc/metro/changelog.gz \
+  ./usr/lib/python3/dist-packages/metro/__init__.py \
+  ./usr/lib/python3/dist-packages/metro/complete.py \
+  ./usr/lib/python3/dist-packages/metro/tasks.py; do
   grep -q " $path\$" "$work/metro.list" || fail "metro has no $path"
 done
+! grep -qE '__pycache__|\.pyc$' "$work/metro.list" || fail "metro holds compiled Python files"
 for path in ./usr/include/metro/app.hpp ./usr/include/metro/version.hpp \
   ./usr/lib/cmake/metro/metroConfig.cmake ./usr/lib/cmake/metro/metroTargets.cmake \
   ./usr/lib/cmake/metro/MetroDependencies.cmake ./usr/lib/libmetro_app.a \
@@ -53,6 +57,21 @@ MANWIDTH=80 man --warnings -l "$work/root/usr/share/man/man1/metro.1.gz" 2>"$wor
   grep -q "metro run" || fail "the man page has no 'metro run'"
 [[ ! -s $work/man.err ]] || fail "the man page: $(cat "$work/man.err")"
 bash -n "$work/root/usr/share/bash-completion/completions/metro"
+# The Python package imports from the extracted tree, under its own and the original's names;
+# metro.tasks registers metro.run_handler with Celery when Celery is there.
+PYTHONPATH=$work/root/usr/lib/python3/dist-packages PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 -c '
+import sys
+import metro
+from metro import complete_deferred_message, complete_deferred_message_async
+from metro.complete import complete_deferred_message as original
+assert metro.__file__.startswith(sys.argv[1]), metro.__file__
+try:
+    import celery  # noqa: F401
+except ImportError:
+    sys.exit(0)
+import metro.tasks
+assert metro.tasks.run_handler.name == "metro.run_handler"
+' "$work/root/" || fail "the Python package metro does not import from the package"
 
 echo "== systemd-analyze verify"
 # The extracted root with the system's own units beside metro's, so that verify finds the

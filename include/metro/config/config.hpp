@@ -102,6 +102,11 @@ struct MetroOptions {
   std::size_t ledger_body_limit = 256 * 1024;             ///< Bodies kept in the ledger, bytes.
   /// Completed and dead-lettered ledger rows older than this are deleted; 0 keeps them forever.
   milliseconds ledger_retention{std::chrono::hours(24 * 7)};
+  /// This process among the instances sharing a ledger; empty: `<host name>-<pid>`.
+  std::string instance_id;
+  /// How long an instance's claim on a message holds without a heartbeat (renewed every third
+  /// of it); past it, another instance takes the message over.
+  milliseconds lease{std::chrono::seconds(30)};
 };
 
 /// `[celery]`: the Redis broker and result backend of the team's Celery workers, for `python`
@@ -114,6 +119,9 @@ struct CeleryOptions {
   std::string result_backend;  ///< Where task outcomes are read; the broker's URL when unset.
   std::string queue = "celery";
   std::optional<milliseconds> result_timeout;  ///< Unset: each handler's `timeout`.
+  /// Messages in hand at once beyond `4 × workers`: a Celery task out holds no worker thread, so
+  /// the workers' cluster, not `workers`, bounds how many can run at once.
+  int max_in_flight = 256;
 };
 
 enum class Role { kViewer, kAdmin };

@@ -66,6 +66,21 @@ class RetryLater : public Error {
 /// timeout is reported as a failure when it returns.
 std::unique_ptr<Handler> make_function_handler(Function function);
 
+/// Builds the handlers of the kinds the service does not build itself: `python` and `celery`,
+/// which send Celery tasks (src/celery's `CeleryHandlers`, which `metro run` passes when the
+/// config has such handlers). Thread-safety: `make` is called while the service is built,
+/// `metrics` from any thread.
+class HandlerFactory {
+ public:
+  virtual ~HandlerFactory() = default;
+  /// The handler for `handler` of `subscription`; throws `InvalidArgument` when it cannot be made.
+  virtual std::unique_ptr<Handler> make(const config::SubscriptionOptions& subscription,
+                                        const config::HandlerOptions& handler) = 0;
+  /// Prometheus text (HELP and TYPE lines included) about what these handlers share, appended
+  /// to `/metrics`; empty by default.
+  virtual std::string metrics() const { return {}; }
+};
+
 struct ServiceOptions {
   /// C++ handlers by the name the config's `handler = "…"` gives.
   std::map<std::string, Function> functions;
@@ -73,6 +88,8 @@ struct ServiceOptions {
   std::shared_ptr<ledger::Ledger> ledger;
   /// The task queue; null: an in-process one with `[metro] workers` threads.
   std::shared_ptr<TaskQueue> queue;
+  /// Builds `python` and `celery` handlers; null: a config with such handlers is refused.
+  std::shared_ptr<HandlerFactory> handler_factory;
   /// Client settings (TLS trust, timeouts) for every connection.
   sb::ClientOptions client;
   /// How often the reaper looks for stale deferrals (default: a quarter of deferred_deadline,
@@ -164,7 +181,9 @@ class Service {
   /// Stops receiving, lets running handlers finish within `grace`, leaves the rest deferred for
   /// the next start, settles what is pending and closes. Handler runs still going after `grace`
   /// are interrupted (exec: the process group is killed; http: the request is cut) and waited
-  /// for; a C++ function cannot be interrupted and is waited for until it returns. Every thread
+  /// for; a C++ function cannot be interrupted and is waited for until it returns. Runs that go
+  /// on outside metro (Celery tasks) are waited for within `grace` too, then left `running` with
+  /// their task ids: the next start picks their outcomes up. Every thread
   /// the service started has ended when `stop` returns. True when every handler finished within
   /// `grace`. Idempotent; the destructor calls `stop(0)`.
   bool stop(std::chrono::milliseconds grace);
@@ -180,8 +199,9 @@ class Service {
   /// failed within `wait`.
   Settlement complete(const ledger::MessageKey& key, std::chrono::milliseconds wait);
   /// Runs again the handlers of a message that have not succeeded (a `failed`, stale `deferred`
-  /// or `orphaned` one), with a fresh set of attempts. Throws `UnknownMessageError`,
-  /// `ConflictError` (completed, dead-lettered, or being handled now).
+  /// or `orphaned` one), with a fresh set of attempts, in this process, whichever instance
+  /// sharing the ledger deferred it. Throws `UnknownMessageError`, `ConflictError` (completed,
+  /// dead-lettered, or being handled now, here or by another live instance).
   void retry(const ledger::MessageKey& key);
   /// Moves a deferred message to the dead-letter queue; blocks until Service Bus confirmed (or
   /// the settlement's retries, about two minutes, are used up). Throws like `retry`.
@@ -214,9 +234,18 @@ class Service {
   Readiness readiness() const;
   Counters counters() const;
   std::vector<HandlerStats> handler_stats() const;
+  /// The handler factory's Prometheus text (Celery tasks by state …); empty without one.
+  std::string handler_metrics() const;
   /// Messages this process is working on (deferred and not yet settled, parked or waiting for an
   /// explicit completion).
   std::size_t in_flight() const;
+  /// This process's id among the instances sharing the ledger (`[metro] instance_id`, else
+  /// `<host name>-<pid>`).
+  std::string instance_id() const;
+  /// Every instance sharing the ledger, as their heartbeat rows say (id, host, pid, last
+  /// heartbeat, in-flight count, whether its lease holds). Throws `metro::Error` when the ledger
+  /// cannot be read.
+  std::vector<ledger::Instance> instances() const;
 
  private:
   struct Impl;

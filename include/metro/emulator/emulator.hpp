@@ -91,6 +91,9 @@ struct EmulatorOptions {
   std::filesystem::path certificate_file;  ///< PEM; empty: a self-signed one is generated.
   std::filesystem::path private_key_file;
   std::filesystem::path data_dir;  ///< Empty: state lives in memory only.
+  /// Each chunk the emulator sends reaches its client this much later (a relay on the public
+  /// ports), so every request/reply costs a round trip as with a real namespace. 0: none.
+  milliseconds latency{0};
   BusConfig bus;
 };
 

@@ -5,10 +5,20 @@
 /// Thread-safety: a `Ledger` may be used from any number of threads at once. Every write is
 /// committed when it returns (it survives a crash of the process); concurrent writes share one
 /// commit (group commit), and the `_all` forms put many changes in one.
+///
+/// Several metro processes (instances) may share one PostgreSQL ledger. Each `join`s under its
+/// instance id; a message's row records the instance handling it (`owner`) and a lease that the
+/// instance renews with its `heartbeat`. An instance takes (`claim`) only rows that are its own,
+/// have no owner, or whose lease lapsed, and a write that moves a message to a state other than
+/// `completed` or `dead-lettered` applies only to a row this instance owns (or that has no owner):
+/// the owner is the fencing token, so an instance cut off past its lease cannot undo the work of
+/// the one that took its messages over. A SQLite ledger serves one process: a second instance
+/// joining the same file is refused.
 
 #include <chrono>
 #include <compare>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -72,6 +82,10 @@ struct DeferredMessage {
   std::string trace_parent;
   /// The failure group of the last failed run (see `failure_groups`); empty when none failed.
   std::string failure_group;
+  /// The instance handling it (its `[metro] instance_id`); empty when none has taken it.
+  std::string owner;
+  /// Until when `owner`'s claim holds unless renewed (the ledger's clock; the epoch when none).
+  Clock::time_point lease_until{};
 };
 
 struct HandlerRun {
@@ -82,6 +96,11 @@ struct HandlerRun {
   Clock::time_point started;
   std::optional<Clock::time_point> finished;
   std::string error;
+  /// The run's id outside metro (its Celery task id); empty for runs in this process. Recorded
+  /// before the task is sent, so that a restart can pick up its outcome.
+  std::string task_id;
+  /// Times the run retried itself without ending (a Celery task's self.retry).
+  int retries = 0;
 };
 
 std::string_view to_string(HandlerRun::Outcome outcome);
@@ -170,6 +189,54 @@ struct JobItem {
   std::string error;
 };
 
+/// Who this process is among the instances sharing a ledger.
+struct InstanceInfo {
+  std::string id;  ///< `[metro] instance_id`: unique among the instances.
+  std::string host;
+  std::int64_t pid = 0;
+  /// How long a claim on a message holds without a heartbeat renewing it.
+  std::chrono::milliseconds lease{std::chrono::seconds(30)};
+};
+
+/// An instance as its heartbeat row says.
+struct Instance {
+  std::string id;
+  std::string host;
+  std::int64_t pid = 0;
+  Clock::time_point started{};
+  Clock::time_point heartbeat{};
+  std::size_t in_flight = 0;  ///< Messages it was handling at its last heartbeat.
+  bool live = false;          ///< Its last heartbeat is younger than its lease.
+};
+
+/// Which rows `claim` takes: current rows (generation 0) of one subscription in one of `states`,
+/// after sequence number `after`, in sequence order, that are this instance's own (last updated
+/// before `own_updated_before`, when given), have no owner, or whose lease lapsed (`lapsed`).
+/// Rows another instance is claiming at the same moment are skipped, never taken twice.
+struct Claim {
+  std::string topic;
+  std::string subscription;
+  std::vector<State> states;
+  bool own = true;
+  std::optional<Clock::time_point> own_updated_before;
+  bool lapsed = true;
+  std::int64_t after = 0;
+  std::size_t limit = 100;
+};
+
+/// Held while one instance does what only one may do at a time (the reaper's sweep).
+class Exclusive {
+ public:
+  virtual ~Exclusive() = default;
+};
+
+/// A schema migration and whether the ledger has it.
+struct MigrationStatus {
+  int version = 0;
+  std::string description;
+  bool applied = false;
+};
+
 class Ledger {
  public:
   virtual ~Ledger() = default;
@@ -238,6 +305,41 @@ class Ledger {
   /// unless empty); false when it is unknown or already finished.
   virtual bool set_job_state(const std::string& id, JobState state,
                              const std::string& error = {}) = 0;
+  // ---- instances sharing the ledger ------------------------------------------------------------
+
+  /// Registers this process as `me` (its heartbeat row) and makes it the owner of what it
+  /// records and claims from now on. Throws `metro::Error` when another live process is that
+  /// instance already, or (SQLite) when another process uses the file.
+  virtual void join(const InstanceInfo& me) = 0;
+  /// Renews the heartbeat, and with it the leases of every message this instance owns (a row's
+  /// lease lapses once its own deadline passed and its owner's heartbeat is older than the
+  /// owner's lease); `in_flight` is shown with the instance.
+  virtual void heartbeat(std::size_t in_flight) = 0;
+  /// Leaving for good (a graceful stop): the heartbeat row goes and the leases of this
+  /// instance's messages lapse at once, so the others take them over without waiting.
+  virtual void leave() = 0;
+  /// Every instance with a heartbeat row.
+  virtual std::vector<Instance> instances() = 0;
+  /// Takes rows for this instance (see `Claim`): they are owned by it with a fresh lease. The
+  /// rows come back as they were before, so `owner` says whom each was taken from.
+  virtual std::vector<DeferredMessage> claim(const Claim& claim) = 0;
+  /// Takes one current message for this instance unless another live instance holds its lease;
+  /// nullopt when unknown, settled, or held by another instance.
+  virtual std::optional<DeferredMessage> claim_one(const MessageKey& key) = 0;
+  /// The right to do `name` alone among the instances, held until the result is destroyed;
+  /// null when another instance holds it now.
+  virtual std::unique_ptr<Exclusive> try_exclusive(std::string_view name) = 0;
+  /// The instance id joined under (empty before `join`).
+  virtual std::string instance_id() const = 0;
+
+  // ---- copying -----------------------------------------------------------------------------------
+
+  /// Writes rows and their runs exactly as given (every field, generations and times included),
+  /// replacing what has the same keys: `metro ledger copy`.
+  virtual void restore(const std::vector<std::pair<DeferredMessage, std::vector<HandlerRun>>>&
+                           rows) = 0;
+  /// The ledger's schema migrations (applied or pending).
+  virtual std::vector<MigrationStatus> migrations() = 0;
 };
 
 /// A page cursor: the last key of the previous page, as every ledger pages
@@ -247,8 +349,31 @@ std::string cursor_of(const MessageKey& key);
 /// parts, from before generations, are still read).
 std::optional<MessageKey> parse_cursor(std::string_view cursor);
 
-/// Opens a ledger from its URL: `sqlite://<file>` (created if missing). Throws `metro::Error`
-/// naming the problem (an unknown scheme, a file that cannot be opened).
-std::unique_ptr<Ledger> open_ledger(const std::string& url);
+struct OpenOptions {
+  /// Bring the schema up to date at open. false: open as it is, only to read `migrations()`.
+  bool migrate = true;
+  /// PostgreSQL: connections in the pool (at least 2).
+  std::size_t connections = 4;
+};
+
+/// Opens a ledger from its URL: `sqlite://<file>` (created if missing) or
+/// `postgresql://user:password@host:port/database?…` (libpq's URL form; `postgres://` too).
+/// Throws `metro::Error` naming the problem (an unknown scheme, a file that cannot be opened, a
+/// server that cannot be reached or refuses the login: its host and the reason, the password
+/// redacted).
+std::unique_ptr<Ledger> open_ledger(const std::string& url, const OpenOptions& options = {});
+
+/// The migrations `url`'s ledger has not applied yet (without applying them).
+std::vector<MigrationStatus> pending_migrations(const std::string& url);
+
+/// Copies every row of `from` (every generation, state, owner, time and handler run) into `to`,
+/// replacing rows with the same keys; `progress` is called after each batch with the rows copied
+/// so far. Returns how many rows were copied.
+std::size_t copy_ledger(Ledger& from, Ledger& to,
+                        const std::function<void(std::size_t)>& progress = {});
+
+/// `text` with the password of every `postgresql://user:password@…` URL and every `password=…`
+/// setting in it replaced by `***` (for log lines and errors).
+std::string redact_ledger_url(std::string_view text);
 
 }  // namespace metro::ledger

@@ -57,7 +57,8 @@ def retrying(self, *, message, topic_name, subscription_name, sequence_number):
            correlation_id=getattr(self.request, "metro_correlation_id", None),
            attempt=getattr(self.request, "metro_attempt", None))
     if attempts(f"retrying-{topic_name}-{sequence_number}") < 2:
-        raise self.retry(countdown=0.2)
+        countdown = message.get("countdown", 0.2) if isinstance(message, dict) else 0.2
+        raise self.retry(countdown=countdown)
     record("tests.retrying", sequence_number=sequence_number, retries=self.request.retries)
     return "done"
 

@@ -15,6 +15,7 @@ import threading
 import time
 import types
 import unittest
+import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "python"))
@@ -327,6 +328,11 @@ class WithoutMetroTest(unittest.TestCase):
             with self.assertRaises(metro.MetroError) as caught:
                 complete_deferred_message(sequence_number=1, topic_name="t", subscription_name="s")
             self.assertEqual(caught.exception.status, 400)
+            # The error answer's connection is closed once read, not left to the garbage
+            # collector (a ResourceWarning at some later point, or at exit).
+            answer = caught.exception.__context__
+            self.assertIsInstance(answer, urllib.error.HTTPError)
+            self.assertTrue(answer.fp is None or answer.fp.closed)
         finally:
             server.shutdown()
             server.server_close()

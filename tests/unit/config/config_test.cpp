@@ -154,6 +154,36 @@ handler = "f"
   EXPECT_EQ(c.admin.listen, "127.0.0.1:8080");
 }
 
+TEST(Config, InstanceIdAndLeaseForInstancesSharingALedger) {
+  const char* subscription = R"(
+[[subscriptions]]
+topic_name = "t"
+subscription_name = "s"
+connection_string = "${CS}"
+[[subscriptions.handlers]]
+subject = "x"
+handler = "f"
+)";
+  auto defaults = parse_config(subscription, "t.toml", kEnv);
+  EXPECT_EQ(defaults.metro.instance_id, "");  // <host name>-<pid>, filled in by the service.
+  EXPECT_EQ(defaults.metro.lease, 30s);
+  auto c = parse_config(std::string("[metro]\nledger = \"postgresql://metro:pw@db:5432/metro\"\n"
+                                    "instance_id = \"metro-1\"\nlease = \"10s\"\n") +
+                            subscription,
+                        "t.toml", kEnv);
+  EXPECT_EQ(c.metro.ledger, "postgresql://metro:pw@db:5432/metro");
+  EXPECT_EQ(c.metro.instance_id, "metro-1");
+  EXPECT_EQ(c.metro.lease, 10s);
+  auto errors =
+      errors_of(std::string("[metro]\ninstance_id = \"two words\"\nlease = \"500ms\"\n") +
+                subscription);
+  ASSERT_EQ(errors.size(), 2u);
+  EXPECT_EQ(errors[0],
+            "t.toml:2: metro.instance_id: expected 1 to 128 printable characters without spaces, "
+            "got \"two words\"");
+  EXPECT_EQ(errors[1], "t.toml:3: metro.lease: expected a duration from 1s to 1h");
+}
+
 TEST(Config, DeduplicatesDefaultHandlerNames) {
   auto c = parse_config(R"(
 [[subscriptions]]

@@ -70,6 +70,17 @@ TEST_F(InFlightTest, RetriesWithinTheBudgetThenParksOrDeadLetters) {
   EXPECT_EQ(last.error, "d: bad");
 }
 
+TEST_F(InFlightTest, TheRetryOfARunPickedUpAfterARestartIsANewRun) {
+  options_.handlers = {handler("celery", 3)};
+  auto tasks = *in_flight_.begin(0, options_, base(), {0}, {{0, 1}}, false);
+  tasks[0].resume_task_id = "6f1c0e6a-1b2c-4d5e-8f90-123456789abc";  // Sent by an earlier metro.
+  EXPECT_EQ(tasks[0].attempt, 2);
+  auto retry = in_flight_.finished(tasks[0], Outcome::kFailure, "no outcome", 0.0, false);
+  ASSERT_EQ(retry.kind, Kind::kRetry);
+  EXPECT_EQ(retry.next.attempt, 3);
+  EXPECT_EQ(retry.next.resume_task_id, "") << "the next attempt would wait for the same task";
+}
+
 TEST_F(InFlightTest, ExplicitCompletionIsAwaitedAndAFreshBudgetCountsAgain) {
   options_.handlers = {
       handler("e", 2, config::FailurePolicy::kPark, config::Completion::kExplicit)};
