@@ -242,6 +242,7 @@ void TaskRunner::finish(Route& route, std::size_t index, const Task& task, ledge
                         const Result& result) {
   auto key = key_of(task);
   const auto& correlation = task.correlation_id;
+  const auto who = name_of(key, correlation) + trace_suffix(task.trace_parent);
   run.finished = SysClock::now();
   route.record_duration(index, result.duration);
   run.outcome = run_outcome(result.outcome);
