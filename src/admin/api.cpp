@@ -754,6 +754,8 @@ Response Api::cancel_job(const Call& call) {
   });
   audit(call.caller.name, "cancel-job", call.target(), r.status >= 400 ? error_of(r) : "ok");
   return r;
+}
+
 json Api::instances() {
   // The instances sharing the ledger (one with SQLite). A ledger that cannot be read right now
   // leaves the list empty rather than failing the subscriptions' page.

@@ -2,7 +2,6 @@
 // ledger contract suite).
 #include "../../../src/ledger/failure_groups.hpp"
 
-
 #include <gtest/gtest.h>
 
 #include <metro/ledger/ledger.hpp>
