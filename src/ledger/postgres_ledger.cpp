@@ -34,7 +34,8 @@ constexpr const char* kNow = "(extract(epoch from clock_timestamp()) * 1000)::bi
 std::string lapsed() {
   return std::string("(deferred_messages.lease_until < ") + kNow +
          " AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = deferred_messages.owner"
-         " AND i.heartbeat + i.lease_ms >= " + kNow + "))";
+         " AND i.heartbeat + i.lease_ms >= " +
+         kNow + "))";
 }
 
 constexpr const char* kColumns =
@@ -112,7 +113,11 @@ std::string utf8_text(std::string_view in) {
   std::size_t i = 0;
   while (i < in.size()) {
     auto c = static_cast<unsigned char>(in[i]);
-    std::size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+    std::size_t n = c < 0x80           ? 1
+                    : (c >> 5) == 0x6  ? 2
+                    : (c >> 4) == 0xE  ? 3
+                    : (c >> 3) == 0x1E ? 4
+                                       : 0;
     bool ok = n > 0 && c != 0 && i + n <= in.size();
     for (std::size_t k = 1; ok && k < n; ++k) {
       ok = (static_cast<unsigned char>(in[i + k]) & 0xC0) == 0x80;
@@ -207,7 +212,8 @@ std::int64_t lock_key(std::string_view name) {
 /// server if the connection dies).
 class PgExclusive : public Exclusive {
  public:
-  PgExclusive(postgres::Pool::Lease lease, std::int64_t key) : lease_(std::move(lease)), key_(key) {}
+  PgExclusive(postgres::Pool::Lease lease, std::int64_t key)
+      : lease_(std::move(lease)), key_(key) {}
   ~PgExclusive() override {
     try {
       lease_->query("SELECT pg_advisory_unlock($1)", Params().int8(key_));
@@ -376,11 +382,11 @@ class PostgresLedger : public Ledger {
   std::vector<HandlerRun> runs(const MessageKey& key) override {
     return read([&key](postgres::Connection& c) {
       Params p;
-      auto r = c.query(
-          std::string("SELECT handler, attempt, outcome, started, finished, error, task_id,"
-                      " retries FROM handler_runs") +
-              kKeyWhere + " ORDER BY started, handler, attempt",
-          key_params(p, key));
+      auto r =
+          c.query(std::string("SELECT handler, attempt, outcome, started, finished, error, task_id,"
+                              " retries FROM handler_runs") +
+                      kKeyWhere + " ORDER BY started, handler, attempt",
+                  key_params(p, key));
       std::vector<HandlerRun> out;
       for (int i = 0; i < r.rows(); ++i) {
         HandlerRun run;
@@ -466,7 +472,8 @@ class PostgresLedger : public Ledger {
       // Instances gone for a day (no heartbeat, nothing of theirs left leased) are forgotten.
       c.query(std::string("DELETE FROM instances WHERE heartbeat < ") + kNow +
               " - 86400000 AND NOT EXISTS (SELECT 1 FROM deferred_messages WHERE owner = "
-              "instances.id AND lease_until > " + kNow + ")");
+              "instances.id AND lease_until > " +
+              kNow + ")");
       return static_cast<std::size_t>(r.affected());
     });
   }
@@ -688,8 +695,7 @@ class PostgresLedger : public Ledger {
         auto host = r.bytes(0, 0);
         auto pid = r.integer(0, 1);
         bool same = host == me.host && pid == me.pid;
-        if (!same &&
-            instance_alive(host, pid, r.integer(0, 2), r.integer(0, 3), r.integer(0, 4))) {
+        if (!same && instance_alive(host, pid, r.integer(0, 2), r.integer(0, 3), r.integer(0, 4))) {
           throw Error("the instance_id '" + me.id + "' is in use: " +
                       in_use_by(me.id, host, pid, r.integer(0, 4) - r.integer(0, 2)) +
                       "; give every instance sharing the ledger an id of its own");
@@ -818,9 +824,8 @@ class PostgresLedger : public Ledger {
                                    " WHEN $5 = '' THEN 0 ELSE ") +
                            kNow + " + $6 END" + kKeyWhere +
                            " AND state NOT IN ('completed', 'dead-lettered')"
-                           " AND (owner IN ('', $5) OR state NOT IN " + kLeasedStates + " OR " +
-                           lapsed() + ") RETURNING " +
-                           kColumns,
+                           " AND (owner IN ('', $5) OR state NOT IN " +
+                           kLeasedStates + " OR " + lapsed() + ") RETURNING " + kColumns,
                        p);
       if (r.rows() > 0) out = read_message(r, 0);
       return out ? std::size_t{1} : std::size_t{0};
@@ -928,10 +933,10 @@ class PostgresLedger : public Ledger {
     auto now = to_ms(Clock::now());
     auto self = me();
     Params k;
-    auto known = c.query(std::string("SELECT message_id, enqueued, state FROM deferred_messages") +
-                             kKeyWhere + " FOR UPDATE",
-                         key_params(k, MessageKey{m.key.topic, m.key.subscription,
-                                                  m.key.sequence_number, 0}));
+    auto known = c.query(
+        std::string("SELECT message_id, enqueued, state FROM deferred_messages") + kKeyWhere +
+            " FOR UPDATE",
+        key_params(k, MessageKey{m.key.topic, m.key.subscription, m.key.sequence_number, 0}));
     if (known.rows() > 0) {
       auto known_id = known.bytes(0, 0);
       auto known_enqueued = known.integer(0, 1);

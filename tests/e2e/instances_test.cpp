@@ -104,15 +104,17 @@ class InstancesE2e : public ::testing::Test {
     // 10-200 ms per message (spread by sequence number), then one line: subscription, sequence
     // number, the metro process that ran it. A "flaky" message fails until `fixed` exists.
     handler_ = dir_ / "handler.sh";
-    std::ofstream(handler_)
-        << "#!/bin/sh\n"
-           "read -r task\n"
-           "seq=${task#*\\\"sequence_number\\\":}; seq=${seq%%[!0-9]*}\n"
-           "sub=${task#*\\\"subscription_name\\\":\\\"}; sub=${sub%%\\\"*}\n"
-           "case $task in *flaky*) [ -e " << (dir_ / "fixed").string() << " ] || exit 1;; esac\n"
-           "ms=$(( (seq * 37) % 191 + 10 ))\n"
-           "sleep $(printf '0.%03d' $ms)\n"
-           "echo \"$sub $seq $PPID\" >> " << (dir_ / "handled.log").string() << "\n";
+    std::ofstream(handler_) << "#!/bin/sh\n"
+                               "read -r task\n"
+                               "seq=${task#*\\\"sequence_number\\\":}; seq=${seq%%[!0-9]*}\n"
+                               "sub=${task#*\\\"subscription_name\\\":\\\"}; sub=${sub%%\\\"*}\n"
+                               "case $task in *flaky*) [ -e "
+                            << (dir_ / "fixed").string()
+                            << " ] || exit 1;; esac\n"
+                               "ms=$(( (seq * 37) % 191 + 10 ))\n"
+                               "sleep $(printf '0.%03d' $ms)\n"
+                               "echo \"$sub $seq $PPID\" >> "
+                            << (dir_ / "handled.log").string() << "\n";
     fs::permissions(handler_, fs::perms::owner_all);
     auto log = dir_ / "emulator.log";
     emulator_ = std::make_unique<Process>(
@@ -204,7 +206,9 @@ class InstancesE2e : public ::testing::Test {
     return client.create_receiver("load/Subscriptions/" + sub).peek(1, 5000).size();
   }
 
-  std::unique_ptr<metro::ledger::Ledger> ledger() { return metro::ledger::open_ledger(pg_->url("metro")); }
+  std::unique_ptr<metro::ledger::Ledger> ledger() {
+    return metro::ledger::open_ledger(pg_->url("metro"));
+  }
 
   fs::path dir_;
   fs::path handler_;
@@ -258,8 +262,9 @@ TEST_F(InstancesE2e, ThreeInstancesShareTwoSubscriptionsThroughAKillAndAPostgres
   auto takeover = std::chrono::steady_clock::now() - killed;
   std::cout << "i3 held " << held << " unfinished message(s) when killed; all taken over after "
             << std::chrono::duration_cast<std::chrono::milliseconds>(takeover).count() << " ms\n";
-  RecordProperty("takeover_ms", static_cast<int>(
-      std::chrono::duration_cast<std::chrono::milliseconds>(takeover).count()));
+  RecordProperty(
+      "takeover_ms",
+      static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(takeover).count()));
   EXPECT_LT(takeover, 30s);
 
   // Then PostgreSQL restarts under the two survivors.
@@ -270,9 +275,7 @@ TEST_F(InstancesE2e, ThreeInstancesShareTwoSubscriptionsThroughAKillAndAPostgres
   pg_->start();
 
   ASSERT_TRUE(wait_until(
-      [&] {
-        return handled().distinct.size() == total && left("s1") == 0 && left("s2") == 0;
-      },
+      [&] { return handled().distinct.size() == total && left("s1") == 0 && left("s2") == 0; },
       150s))
       << "handled " << handled().distinct.size() << " of " << total << "; left " << left("s1")
       << " + " << left("s2");
@@ -323,8 +326,8 @@ TEST_F(InstancesE2e, ThreeInstancesShareTwoSubscriptionsThroughAKillAndAPostgres
   auto res = api.Post(path, {{"Authorization", std::string("Bearer ") + kToken}}, "", "");
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 202) << res->body;
-  ASSERT_TRUE(wait_until(
-      [&] { return ledger()->find(parked->key)->state == State::kCompleted; }, 60s));
+  ASSERT_TRUE(
+      wait_until([&] { return ledger()->find(parked->key)->state == State::kCompleted; }, 60s));
   EXPECT_EQ(ledger()->find(parked->key)->owner, other) << "parked by " << by;
   for (auto id : {"i1", "i2"}) {
     metros_[id]->signal(SIGTERM);
@@ -390,8 +393,14 @@ TEST_F(InstancesE2e, LedgerMigrateAndCopyMoveASqliteLedgerToPostgres) {
       m.subject = "s";
       m.body = "{}";
       l->record(m);
-      l->record_run(m.key, {"handler.sh", 1, metro::ledger::HandlerRun::Outcome::kFailed,
-                            metro::ledger::Clock::now(), metro::ledger::Clock::now(), "boom"});
+      l->record_run(m.key, {"handler.sh",
+                            1,
+                            metro::ledger::HandlerRun::Outcome::kFailed,
+                            metro::ledger::Clock::now(),
+                            metro::ledger::Clock::now(),
+                            "boom",
+                            {},
+                            0});
       l->set_state(m.key, i == 3 ? State::kFailed : State::kCompleted, "boom");
     }
   }

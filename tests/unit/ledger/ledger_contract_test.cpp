@@ -8,10 +8,9 @@
 #include <set>
 #include <thread>
 
-#include <unistd.h>
-
 #include <gtest/gtest.h>
 #include <sqlite3.h>
+#include <unistd.h>
 
 #include <metro/ledger/ledger.hpp>
 
@@ -256,7 +255,8 @@ TEST_P(LedgerContract, ConcurrentWritersShareCommitsAndLoseNothing) {
         auto m = message("a", t * kEach + i + 1, "s");
         ledger_->record(m);
         ledger_->set_state(m.key, State::kDeferred);
-        ledger_->record_run(m.key, {"h", 1, HandlerRun::Outcome::kSucceeded, Clock::now(), {}, {}, {}, 0});
+        ledger_->record_run(m.key,
+                            {"h", 1, HandlerRun::Outcome::kSucceeded, Clock::now(), {}, {}, {}, 0});
       }
     });
   }
@@ -366,7 +366,8 @@ TEST_P(LedgerContract, ANewMessageWithAKnownSequenceNumberIsKeptApart) {
   old.message_id = "old-id";
   old.enqueued_time = Clock::time_point(std::chrono::milliseconds(1'000'000));
   ledger_->record(old);
-  ledger_->record_run(old.key, {"h", 1, HandlerRun::Outcome::kFailed, Clock::now(), {}, "boom", {}, 0});
+  ledger_->record_run(old.key,
+                      {"h", 1, HandlerRun::Outcome::kFailed, Clock::now(), {}, "boom", {}, 0});
   // The same message delivered again is the same record.
   ledger_->record(old);
   EXPECT_EQ(ledger_->runs(old.key).size(), 1u);
@@ -785,8 +786,7 @@ TEST_P(LedgerContract, TheSchemaIsUpToDateAndSaysSo) {
 std::string backend_name(const ::testing::TestParamInfo<Backend>& info) {
   return info.param == Backend::kSqlite ? "sqlite" : "postgres";
 }
-INSTANTIATE_TEST_SUITE_P(Sqlite, LedgerContract, ::testing::Values(Backend::kSqlite),
-                         backend_name);
+INSTANTIATE_TEST_SUITE_P(Sqlite, LedgerContract, ::testing::Values(Backend::kSqlite), backend_name);
 INSTANTIATE_TEST_SUITE_P(Postgres, LedgerContract, ::testing::Values(Backend::kPostgres),
                          backend_name);
 
@@ -886,8 +886,7 @@ TEST(SqliteLedgerInstances, ASecondLiveProcessOnOneFileIsRefusedWithTheReason) {
   // Another process (pid 1 is alive on every host) joined a moment ago.
   char host[256] = {};
   ::gethostname(host, sizeof(host) - 1);
-  auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
-                 Clock::now().time_since_epoch())
+  auto now = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now().time_since_epoch())
                  .count();
   sqlite_sql(path, "INSERT INTO instances VALUES ('other', '" + std::string(host) + "', 1, " +
                        std::to_string(now) + ", " + std::to_string(now) + ", 0, 30000)");
@@ -1011,15 +1010,14 @@ TEST_F(PostgresLedger, AnInstanceIdInUseByALiveProcessIsRefused) {
 }
 
 TEST_F(PostgresLedger, AWrongPasswordOrAnUnreachableServerIsAClearErrorWithoutThePassword) {
-  auto wrong = "postgresql://metro:not-the-password@127.0.0.1:" +
-               std::to_string(server().port()) + "/" + database_;
+  auto wrong = "postgresql://metro:not-the-password@127.0.0.1:" + std::to_string(server().port()) +
+               "/" + database_;
   try {
     open_ledger(wrong);
     ADD_FAILURE() << "opened with a wrong password";
   } catch (const Error& e) {
     std::string what = e.what();
-    EXPECT_NE(what.find("127.0.0.1:" + std::to_string(server().port())), std::string::npos)
-        << what;
+    EXPECT_NE(what.find("127.0.0.1:" + std::to_string(server().port())), std::string::npos) << what;
     EXPECT_NE(what.find("password authentication failed"), std::string::npos) << what;
     EXPECT_EQ(what.find("not-the-password"), std::string::npos) << what;
   }
@@ -1053,18 +1051,26 @@ TEST_F(PostgresLedger, WriteProblemSaysUnreachableReadOnlyOrDiskFullAndRecovers)
   server().sql(database_, "DROP TRIGGER full_disk ON ledger_probe");
   EXPECT_FALSE(ledger->write_problem());
   // Read-only: new sessions of the database default to read-only transactions.
-  server().sql(database_, "ALTER DATABASE " + database_ + " SET default_transaction_read_only = on");
-  server().sql("postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname"
-                           " = '" + database_ + "' AND pid <> pg_backend_pid()");
-  EXPECT_TRUE(metro::test::wait_until([&] {
-    auto p = ledger->write_problem();
-    return p && p->find("read-only") != std::string::npos;
-  }, std::chrono::seconds(30)));
-  server().sql("postgres", "ALTER DATABASE " + database_ + " SET default_transaction_read_only = off");
-  server().sql("postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname"
-                           " = '" + database_ + "' AND pid <> pg_backend_pid()");
-  EXPECT_TRUE(metro::test::wait_until([&] { return !ledger->write_problem(); },
-                                      std::chrono::seconds(30)));
+  server().sql(database_,
+               "ALTER DATABASE " + database_ + " SET default_transaction_read_only = on");
+  server().sql("postgres",
+               "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname"
+               " = '" +
+                   database_ + "' AND pid <> pg_backend_pid()");
+  EXPECT_TRUE(metro::test::wait_until(
+      [&] {
+        auto p = ledger->write_problem();
+        return p && p->find("read-only") != std::string::npos;
+      },
+      std::chrono::seconds(30)));
+  server().sql("postgres",
+               "ALTER DATABASE " + database_ + " SET default_transaction_read_only = off");
+  server().sql("postgres",
+               "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname"
+               " = '" +
+                   database_ + "' AND pid <> pg_backend_pid()");
+  EXPECT_TRUE(
+      metro::test::wait_until([&] { return !ledger->write_problem(); }, std::chrono::seconds(30)));
   // Unreachable: the server stops; writes fail naming it; it comes back and so does the ledger.
   server().stop();
   problem = ledger->write_problem();
@@ -1073,8 +1079,8 @@ TEST_F(PostgresLedger, WriteProblemSaysUnreachableReadOnlyOrDiskFullAndRecovers)
       << *problem;
   EXPECT_THROW(ledger->record(DeferredMessage{}), Error);
   server().start();
-  EXPECT_TRUE(metro::test::wait_until([&] { return !ledger->write_problem(); },
-                                      std::chrono::seconds(30)));
+  EXPECT_TRUE(
+      metro::test::wait_until([&] { return !ledger->write_problem(); }, std::chrono::seconds(30)));
   DeferredMessage m;
   m.key = {"t", "s", 1};
   ledger->record(m);
