@@ -41,6 +41,10 @@ metro_find_package(spdlog)
 metro_find_package(SQLite3)
 metro_find_package(PostgreSQL)  # libpq, for the shared ledger
 metro_find_package(CLI11)  # metro::app is the command line as a library
+# The admin API's /metrics: prometheus-cpp's metric families and text serializer (its core
+# library only; Debian ships it shared, and its package config also looks for civetweb, zlib
+# and curl, which prometheus-cpp-dev brings).
+metro_find_package(prometheus-cpp)
 metro_pkg_module(RE2 re2)
 metro_pkg_module(HTTPLIB cpp-httplib)
 metro_pkg_module(HIREDIS hiredis)  # the Celery handlers' Redis

@@ -9,6 +9,7 @@
 
 #include <metro/sb/errors.hpp>
 
+#include "../common/audit.hpp"
 #include "../common/json_bounds.hpp"
 #include "dashboard.hpp"
 #include "json.hpp"
@@ -129,15 +130,29 @@ struct Api::Call {
     kDeadLetter,
     kSubscriptions,
     kPublish,
+    kFailures,
+    kBulkRetry,
+    kBulkComplete,
+    kBulkDeadLetter,
+    kJobs,
+    kJob,
+    kCancelJob,
   };
   Kind kind = Kind::kHealthz;
   std::multimap<std::string, std::string> params;
   ledger::MessageKey key;
+  std::string job_id;
   Caller caller;
 
+  /// An action on one message (its key is in the path).
   bool action() const {
     return kind == Kind::kRetry || kind == Kind::kComplete || kind == Kind::kDeadLetter;
   }
+  bool bulk() const {
+    return kind == Kind::kBulkRetry || kind == Kind::kBulkComplete || kind == Kind::kBulkDeadLetter;
+  }
+  /// Needs an admin token.
+  bool acts() const { return action() || bulk() || kind == Kind::kCancelJob; }
   const char* action_name() const {
     switch (kind) {
       case Kind::kRetry:
@@ -146,9 +161,23 @@ struct Api::Call {
         return "complete";
       case Kind::kDeadLetter:
         return "dead-letter";
+      case Kind::kBulkRetry:
+        return "bulk-retry";
+      case Kind::kBulkComplete:
+        return "bulk-complete";
+      case Kind::kBulkDeadLetter:
+        return "bulk-dead-letter";
+      case Kind::kCancelJob:
+        return "cancel-job";
       default:
         return "publish";
     }
+  }
+  /// What the audit line names as the `message`.
+  std::string target() const {
+    if (action()) return name_of(key);
+    if (kind == Kind::kCancelJob) return "job:" + job_id;
+    return "-";
   }
 };
 
@@ -184,6 +213,15 @@ std::optional<Response> Api::route(const Request& request, Call& call) const {
           audit("-", s[6], s[3] + "/" + s[4] + "#" + s[5], "denied: no valid token");
         } else if (s.size() == 3 && s[0] == "api" && s[1] == "v1" && s[2] == "publish") {
           audit("-", "publish", "-", "denied: no valid token");
+        } else if (s.size() == 4 && s[0] == "api" && s[1] == "v1" && s[2] == "deferred" &&
+                   (s[3] == "retry" || s[3] == "complete" || s[3] == "dead-letter")) {
+          audit("-", "bulk-" + s[3], "-", "denied: no valid token");
+        }
+      }
+      if (segments && request.method == "DELETE") {
+        const auto& s = *segments;
+        if (s.size() == 4 && s[0] == "api" && s[1] == "v1" && s[2] == "jobs") {
+          audit("-", "cancel-job", "job:" + s[3], "denied: no valid token");
         }
       }
       auto r =
@@ -218,6 +256,20 @@ std::optional<Response> Api::route(const Request& request, Call& call) const {
   } else if (api && s.size() == 3 && s[2] == "publish") {
     call.kind = Kind::kPublish;
     allow = "POST";
+  } else if (api && s.size() == 3 && s[2] == "failures") {
+    call.kind = Kind::kFailures;
+  } else if (api && s.size() == 4 && s[2] == "deferred" &&
+             (s[3] == "retry" || s[3] == "complete" || s[3] == "dead-letter")) {
+    call.kind = s[3] == "retry"      ? Kind::kBulkRetry
+                : s[3] == "complete" ? Kind::kBulkComplete
+                                     : Kind::kBulkDeadLetter;
+    allow = "POST";
+  } else if (api && s.size() == 3 && s[2] == "jobs") {
+    call.kind = Kind::kJobs;
+  } else if (api && s.size() == 4 && s[2] == "jobs" && !s[3].empty()) {
+    call.kind = request.method == "DELETE" ? Kind::kCancelJob : Kind::kJob;
+    call.job_id = s[3];
+    allow = "GET, HEAD, DELETE";
   } else if (api && s.size() == 6 && s[2] == "deferred") {
     call.kind = Kind::kShow;
   } else if (api && s.size() == 7 && s[2] == "deferred" &&
@@ -234,9 +286,12 @@ std::optional<Response> Api::route(const Request& request, Call& call) const {
                                    std::string(target.substr(0, question)) +
                                    " (see /api/v1 in the README)");
   }
-  bool allowed = std::string_view(allow) == "POST"
-                     ? request.method == "POST"
-                     : request.method == "GET" || request.method == "HEAD";
+  bool allowed = false;
+  for (std::string_view rest = allow; !rest.empty();) {
+    auto comma = rest.find(", ");
+    allowed = allowed || rest.substr(0, comma) == request.method;
+    rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 2);
+  }
   if (!allowed) {
     auto r = error_response(405, request.method + " is not allowed here; use " + allow);
     r.headers.emplace_back("Allow", allow);
@@ -273,8 +328,8 @@ std::optional<Response> Api::route(const Request& request, Call& call) const {
       call.key.generation = generation;
     }
   }
-  if (call.action()) {
-    auto target_name = name_of(call.key);
+  if (call.acts()) {
+    auto target_name = call.target();
     if (tokens_.empty()) {
       audit(call.caller.name, call.action_name(), target_name, "denied: no tokens configured");
       return error_response(403,
@@ -287,7 +342,7 @@ std::optional<Response> Api::route(const Request& request, Call& call) const {
                                      call.action_name() + " needs an admin token");
     }
   }
-  if (call.kind == Kind::kList) {
+  if (call.kind == Kind::kList || call.kind == Kind::kFailures || call.kind == Kind::kJobs) {
     auto params = parse_query(
         question == std::string_view::npos ? std::string_view() : target.substr(question + 1), why);
     if (!params) return error_response(400, why);
@@ -318,6 +373,12 @@ Response Api::timed_out(const Request& request) const {
         503, {{"ready", false},
               {"problems",
                {"the readiness checks did not finish within " + seconds(limits_.probe_deadline)}}});
+  }
+  if (call.bulk()) {
+    return error_response(504, std::string(call.action_name()) + " did not finish within " +
+                                   seconds(limits_.request_deadline) +
+                                   "; a job may have been started: look at /api/v1/jobs before "
+                                   "trying again");
   }
   if (call.action() || call.kind == Call::Kind::kPublish) {
     return error_response(504, std::string(call.action_name()) + " did not finish within " +
@@ -377,6 +438,21 @@ Response Api::run(const Request& request, const Call& call) {
     case Kind::kComplete:
     case Kind::kDeadLetter:
       return act(request, call);
+    case Kind::kFailures:
+      return failures(call);
+    case Kind::kBulkRetry:
+    case Kind::kBulkComplete:
+    case Kind::kBulkDeadLetter: {
+      auto r = guarded([&] { return bulk(request, call); });
+      if (r.status >= 400) audit(call.caller.name, call.action_name(), "-", error_of(r));
+      return r;
+    }
+    case Kind::kJobs:
+      return jobs(call);
+    case Kind::kJob:
+      return job(call);
+    case Kind::kCancelJob:
+      return cancel_job(call);
   }
   return error_response(500, "unhandled route");
 }
@@ -394,8 +470,7 @@ Response Api::readyz() {
                              {"problems", readiness.problems}});
 }
 
-Response Api::list(const Call& call) {
-  auto q = parse_list_query(call.params, std::chrono::system_clock::now());
+void Api::canonical_names(ledger::Query& q) const {
   if (q.topic) q.topic = canonical_topic(*q.topic);
   if (q.subscription) {
     for (const auto& sub : service_.config().subscriptions) {
@@ -406,6 +481,11 @@ Response Api::list(const Call& call) {
       }
     }
   }
+}
+
+Response Api::list(const Call& call) {
+  auto q = parse_list_query(call.params, std::chrono::system_clock::now());
+  canonical_names(q);
   auto page = service_.ledger().list(q);
   json items = json::array();
   for (const auto& m : page.items) items.push_back(message_json(m, false));
@@ -550,6 +630,130 @@ json Api::subscriptions() {
           oldest ? json(std::chrono::duration<double>(now - *oldest).count()) : json()}});
   }
   return items;
+}
+
+// ---- failure groups and bulk jobs ------------------------------------------------------------
+
+Response Api::failures(const Call& call) {
+  ledger::FailureQuery q;
+  for (const auto& [name, value] : call.params) {
+    if (name == "topic") {
+      q.topic = canonical_topic(value);
+    } else if (name == "subscription") {
+      q.subscription = value;
+    } else if (name == "limit") {
+      std::size_t limit = 0;
+      auto [end, error] = std::from_chars(value.data(), value.data() + value.size(), limit);
+      if (value.empty() || error != std::errc() || end != value.data() + value.size() ||
+          limit < 1 || limit > 1000) {
+        throw InvalidArgument("limit must be a number from 1 to 1000 (got '" + value + "')");
+      }
+      q.limit = limit;
+    }
+  }
+  if (q.subscription) {
+    ledger::Query names;
+    names.topic = q.topic;
+    names.subscription = q.subscription;
+    canonical_names(names);
+    q.subscription = names.subscription;
+  }
+  json items = json::array();
+  for (const auto& g : service_.ledger().failure_groups(q)) items.push_back(failure_group_json(g));
+  return json_response(200, {{"items", items}});
+}
+
+Response Api::bulk(const Request& request, const Call& call) {
+  const auto action = call.kind == Call::Kind::kBulkRetry      ? ledger::JobAction::kRetry
+                      : call.kind == Call::Kind::kBulkComplete ? ledger::JobAction::kComplete
+                                                               : ledger::JobAction::kDeadLetter;
+  constexpr const char* kShape =
+      "expected a JSON object with the filters of /deferred (\"topic\", \"subscription\", "
+      "\"state\", \"subject\", \"older_than\") or a failure \"group\", and \"dry_run\": "
+      "true to count without acting";
+  std::string why;
+  auto body = body_json(request.body, why);
+  if (!body) throw InvalidArgument(why + "; " + kShape);
+  if (!body->is_object()) throw InvalidArgument(kShape);
+  std::multimap<std::string, std::string> params;
+  json filter = json::object();
+  bool dry_run = false;
+  dispatch::JobRequest job;
+  job.action = action;
+  job.requested_by = call.caller.name;
+  for (const auto& [name, value] : body->items()) {
+    if (name == "dry_run") {
+      if (!value.is_boolean()) throw InvalidArgument("'dry_run' must be true or false");
+      dry_run = value.get<bool>();
+    } else if (name == "topic" || name == "subscription" || name == "state" || name == "subject" ||
+               name == "older_than" || name == "group") {
+      params.emplace(name, string_field(*body, name.c_str(), ""));
+      filter[name] = value;
+    } else if (action == ledger::JobAction::kDeadLetter &&
+               (name == "reason" || name == "description")) {
+      (name == "reason" ? job.reason : job.description) = string_field(*body, name.c_str(), "");
+    } else {
+      throw InvalidArgument("unknown field '" + name + "'; " + kShape);
+    }
+  }
+  job.filter = parse_list_query(params, std::chrono::system_clock::now());
+  canonical_names(job.filter);
+  job.filter_text = dump(filter);
+  if (dry_run) {
+    return json_response(200, {{"dry_run", true},
+                               {"action", std::string(to_string(action))},
+                               {"filter", filter},
+                               {"count", service_.count_for_job(job)}});
+  }
+  auto started = service_.start_job(job);
+  audit::job_line(call.caller.name, to_string(action), started.id, job.filter_text,
+                  "accepted: " + std::to_string(started.total) + " messages");
+  return json_response(202, {{"job", job_json(started)}});
+}
+
+Response Api::jobs(const Call& call) {
+  std::size_t limit = 50;
+  for (const auto& [name, value] : call.params) {
+    if (name != "limit") continue;
+    auto [end, error] = std::from_chars(value.data(), value.data() + value.size(), limit);
+    if (value.empty() || error != std::errc() || end != value.data() + value.size() || limit < 1 ||
+        limit > 1000) {
+      throw InvalidArgument("limit must be a number from 1 to 1000 (got '" + value + "')");
+    }
+  }
+  json items = json::array();
+  for (const auto& j : service_.ledger().jobs(limit, false)) items.push_back(job_json(j));
+  return json_response(200, {{"items", items}});
+}
+
+Response Api::job(const Call& call) {
+  auto found = service_.ledger().find_job(call.job_id);
+  if (!found) throw UnknownMessageError("no job " + call.job_id + " is known");
+  auto out = job_json(*found);
+  json failures = json::array();
+  for (const auto& item : service_.ledger().job_failures(call.job_id, 20)) {
+    failures.push_back({{"topic", item.key.topic},
+                        {"subscription", item.key.subscription},
+                        {"sequence_number", item.key.sequence_number},
+                        {"error", item.error}});
+  }
+  out["failures"] = failures;
+  return json_response(200, out);
+}
+
+Response Api::cancel_job(const Call& call) {
+  auto r = guarded([&] {
+    auto found = service_.ledger().find_job(call.job_id);
+    if (!found) throw UnknownMessageError("no job " + call.job_id + " is known");
+    if (!service_.cancel_job(call.job_id, call.caller.name)) {
+      auto now = service_.ledger().find_job(call.job_id).value_or(*found);
+      throw ConflictError("job " + call.job_id + " is already " +
+                          std::string(to_string(now.state)));
+    }
+    return job(call);
+  });
+  audit(call.caller.name, "cancel-job", call.target(), r.status >= 400 ? error_of(r) : "ok");
+  return r;
 }
 
 json Api::instances() {

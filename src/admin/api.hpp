@@ -75,6 +75,14 @@ class Api {
   Response act(const Request& request, const Call& call);
   Response publish(const Request& request, const Call& call);
   nlohmann::json subscriptions();
+  // Failure groups and bulk jobs.
+  Response failures(const Call& call);
+  Response bulk(const Request& request, const Call& call);
+  Response jobs(const Call& call);
+  Response job(const Call& call);
+  Response cancel_job(const Call& call);
+  /// A query's topic and subscription in the config's spelling.
+  void canonical_names(ledger::Query& q) const;
   /// The instances sharing the ledger: id, host, pid, last heartbeat, in-flight count, live.
   nlohmann::json instances();
   void require_open(const ledger::MessageKey& key);

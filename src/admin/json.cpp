@@ -47,6 +47,8 @@ json message_json(const ledger::DeferredMessage& m, bool body) {
               {"updated", iso_time(m.updated)},
               {"age_seconds", std::chrono::duration<double>(now - m.created).count()},
               {"last_error", m.last_error},
+              {"trace_parent", m.trace_parent},
+              {"failure_group", m.failure_group.empty() ? json() : json(m.failure_group)},
               {"owner", m.owner.empty() ? json() : json(m.owner)},
               {"lease_until",
                m.lease_until.time_since_epoch().count() == 0 ? json() : json(iso_time(m.lease_until))}};
@@ -70,6 +72,47 @@ json run_json(const ledger::HandlerRun& r) {
           {"error", r.error},
           {"task_id", r.task_id.empty() ? json() : json(r.task_id)},
           {"retries", r.retries}};
+}
+
+json failure_group_json(const ledger::FailureGroup& g) {
+  return {{"id", g.id},
+          {"topic", g.topic},
+          {"subscription", g.subscription},
+          {"handler", g.handler},
+          {"error", g.error},
+          {"count", g.count},
+          {"failed", g.failed},
+          {"retrying", g.retrying},
+          {"first_seen", iso_time(g.first_seen)},
+          {"last_seen", iso_time(g.last_seen)},
+          {"sample",
+           {{"topic", g.sample.topic},
+            {"subscription", g.sample.subscription},
+            {"sequence_number", g.sample.sequence_number},
+            {"subject", g.sample_subject},
+            {"error", g.sample_error}}}};
+}
+
+json job_json(const ledger::Job& j) {
+  json filter = json::parse(j.filter, nullptr, false);
+  json out = {{"id", j.id},
+              {"action", std::string(to_string(j.action))},
+              {"state", std::string(to_string(j.state))},
+              {"filter", filter.is_discarded() ? json(j.filter) : filter},
+              {"total", j.total},
+              {"done", j.done},
+              {"failed", j.failed},
+              {"pending", j.total - std::min(j.total, j.done + j.failed)},
+              {"created_by", j.created_by},
+              {"created", iso_time(j.created)},
+              {"updated", iso_time(j.updated)},
+              {"finished", j.finished ? json(iso_time(*j.finished)) : json()},
+              {"error", j.error}};
+  if (j.action == ledger::JobAction::kDeadLetter) {
+    out["reason"] = j.reason;
+    out["description"] = j.description;
+  }
+  return out;
 }
 
 }  // namespace metro::admin

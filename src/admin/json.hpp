@@ -19,5 +19,8 @@ std::string connection_state(sb::ConnectionState state);
 /// string.
 nlohmann::json message_json(const ledger::DeferredMessage& m, bool body);
 nlohmann::json run_json(const ledger::HandlerRun& r);
+nlohmann::json failure_group_json(const ledger::FailureGroup& g);
+/// A bulk job: its counts, `pending` (total less done and failed) and its filter as JSON.
+nlohmann::json job_json(const ledger::Job& j);
 
 }  // namespace metro::admin

@@ -58,6 +58,16 @@ ledger::Query parse_list_query(const std::multimap<std::string, std::string>& pa
     }
     q.limit = static_cast<std::size_t>(limit);
   }
+  if (const auto* v = param(params, "group")) {
+    bool id = v->size() == 16 && v->find_first_not_of("0123456789abcdef") == std::string::npos;
+    if (!id) {
+      throw InvalidArgument(
+          "group must be a failure group's id (16 hex digits; see "
+          "/api/v1/failures), got '" +
+          *v + "'");
+    }
+    q.failure_group = *v;
+  }
   if (const auto* v = param(params, "after")) {
     q.after = decode_cursor(*v);
     if (!q.after) throw InvalidArgument("the cursor in 'after' is not one this API gave out");

@@ -13,8 +13,8 @@
 namespace metro::admin {
 
 /// Reads topic, subscription, state, subject (a prefix, or a glob with `*`, `?` or `[`),
-/// older_than (a duration), limit (1-1000) and after (a cursor). Throws `metro::InvalidArgument`
-/// naming the bad parameter and what it should be.
+/// older_than (a duration), group (a failure group's id), limit (1-1000) and after (a cursor).
+/// Throws `metro::InvalidArgument` naming the bad parameter and what it should be.
 ledger::Query parse_list_query(const std::multimap<std::string, std::string>& params,
                                std::chrono::system_clock::time_point now);
 

@@ -83,6 +83,10 @@ TaskMessage task_message_for(const dispatch::Task& task, const HandlerSpec& spec
   m.headers = {{"metro_correlation_id", python_json_string(task.correlation_id)},
                {"metro_attempt", std::to_string(task.attempt)},
                {"metro_handler", python_json_string(task.handler)}};
+  // The W3C trace context, for the task to continue (`self.request.traceparent`).
+  if (!task.trace_parent.empty()) {
+    m.headers.emplace_back("traceparent", python_json_string(task.trace_parent));
+  }
   return m;
 }
 

@@ -94,21 +94,54 @@ int App::main(int argc, char** argv) {
                    "Recorded longer ago than (10m, 2h)");
   list->add_option("--limit", deferred_command.limit, "Messages per page (1-1000, default 50)");
   list->add_option("--after", deferred_command.after, "The cursor the previous page printed");
+  list->add_option("--group", deferred_command.group, "Only this failure group's messages");
+  auto* show = deferred->add_subcommand("show", "One message: body, handler runs, errors");
+  show->add_option("topic", deferred_command.topic, "Topic")->required();
+  show->add_option("subscription", deferred_command.subscription, "Subscription")->required();
+  show->add_option("sequence-number", deferred_command.sequence_number, "Sequence number")
+      ->required();
+  // With a sequence number: that message. Without: every message the filters match, as a job
+  // (TOPIC and SUBSCRIPTION, when given, filter too).
+  std::vector<std::pair<CLI::App*, CLI::Option*>> sequence_options;
   for (auto [name, help] :
-       {std::pair{"show", "One message: body, handler runs, errors"},
-        std::pair{"retry", "Run the handlers that have not succeeded again"},
-        std::pair{"complete", "Complete the message in Service Bus"},
-        std::pair{"dead-letter", "Move the message to the dead-letter queue"}}) {
+       {std::pair{"retry",
+                  "Run the handlers that have not succeeded again (one message, or in "
+                  "bulk by filter or failure group)"},
+        std::pair{"complete", "Complete the message(s) in Service Bus"},
+        std::pair{"dead-letter", "Move the message(s) to the dead-letter queue"}}) {
     auto* sub = deferred->add_subcommand(name, help);
-    sub->add_option("topic", deferred_command.topic, "Topic")->required();
-    sub->add_option("subscription", deferred_command.subscription, "Subscription")->required();
-    sub->add_option("sequence-number", deferred_command.sequence_number, "Sequence number")
-        ->required();
+    sub->add_option("topic", deferred_command.topic, "Topic (in bulk: a filter)");
+    sub->add_option("subscription", deferred_command.subscription,
+                    "Subscription (in bulk: a filter)");
+    sequence_options.emplace_back(
+        sub, sub->add_option("sequence-number", deferred_command.sequence_number,
+                             "Sequence number; without it, every message the filters match"));
+    sub->add_option("--state", deferred_command.state,
+                    "Bulk: deferred, retrying, failed or orphaned (default: all four)");
+    sub->add_option("--subject", deferred_command.subject,
+                    "Bulk: a subject prefix, or a glob with * ?");
+    sub->add_option("--older-than", deferred_command.older_than,
+                    "Bulk: recorded longer ago than this (10m, 2h)");
+    sub->add_option("--group", deferred_command.group,
+                    "Bulk: a failure group's id (metro deferred groups)");
+    sub->add_flag("--dry-run", deferred_command.dry_run,
+                  "Bulk: count the messages it would act on, and do nothing");
+    sub->add_flag("--detach", deferred_command.detach,
+                  "Bulk: print the job and return (metro deferred job ID follows it)");
     if (std::string(name) == "dead-letter") {
       sub->add_option("--reason", deferred_command.reason, "Dead-letter reason");
       sub->add_option("--description", deferred_command.description, "Dead-letter description");
     }
   }
+  auto* groups = deferred->add_subcommand(
+      "groups", "Failure groups: failed and retrying messages by subscription, handler and error");
+  groups->add_option("--topic", deferred_command.topic, "Only this topic");
+  groups->add_option("--subscription", deferred_command.subscription, "Only this subscription");
+  deferred->add_subcommand("jobs", "Bulk jobs, newest first");
+  auto* job = deferred->add_subcommand("job", "One bulk job: its progress and failures");
+  job->add_option("id", deferred_command.job_id, "The job's id")->required();
+  auto* cancel = deferred->add_subcommand("cancel", "Cancel a bulk job");
+  cancel->add_option("id", deferred_command.job_id, "The job's id")->required();
 
   metro::cli::EmulatorCommand emulator_command;
   auto* emulator = app.add_subcommand(
@@ -140,6 +173,8 @@ int App::main(int argc, char** argv) {
   publish->add_option("-s,--subject", publish_command.subject, "The AMQP subject property");
   publish->add_option("-b,--body", publish_command.body, "The body (JSON text)")->required();
   publish->add_option("--correlation-id", publish_command.correlation_id, "The correlation id");
+  publish->add_option("--traceparent", publish_command.traceparent,
+                      "A W3C traceparent the message continues (default: a new trace each)");
   publish->add_option("-n,--count", publish_command.count, "How many copies to send (default 1)")
       ->check(CLI::Range(1, 1000000));
 
@@ -189,6 +224,9 @@ int App::main(int argc, char** argv) {
     if (run->parsed()) return metro::cli::run_service(run_command, functions_);
     if (deferred->parsed()) {
       for (auto* sub : deferred->get_subcommands()) deferred_command.action = sub->get_name();
+      for (auto [sub, option] : sequence_options) {
+        if (sub->parsed() && option->count() == 0) deferred_command.bulk = true;
+      }
       return metro::cli::run_deferred(deferred_command);
     }
     if (ledger->parsed()) {

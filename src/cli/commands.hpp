@@ -31,7 +31,14 @@ int run_service(const RunCommand& command,
                 const std::map<std::string, dispatch::Function>& functions);
 
 struct DeferredCommand {
-  std::string action;  ///< list, show, retry, complete, dead-letter
+  /// list, show, retry, complete, dead-letter, groups, jobs, job, cancel. retry, complete and
+  /// dead-letter without a sequence number act in bulk on what the filters match (a job).
+  std::string action;
+  bool bulk = false;
+  std::string group;  ///< A failure group's id (bulk actions, list).
+  bool dry_run = false;
+  bool detach = false;  ///< Bulk: print the job and return instead of following it.
+  std::string job_id;   ///< job, cancel.
   std::string url = "http://127.0.0.1:8080";
   std::string token;
   bool json = false;
@@ -68,6 +75,7 @@ struct PublishCommand {
   std::string subject;
   std::string body;
   std::string correlation_id;
+  std::string traceparent;  ///< Empty: each message starts a trace.
   int count = 1;
 };
 

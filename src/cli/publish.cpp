@@ -5,6 +5,7 @@
 #include <metro/config/config.hpp>
 #include <metro/sb/client.hpp>
 
+#include "../dispatch/trace.hpp"
 #include "commands.hpp"
 
 namespace metro::cli {
@@ -43,12 +44,22 @@ int run_publish(const PublishCommand& command) {
   if (!command.subject.empty()) message.subject = command.subject;
   if (!command.correlation_id.empty()) message.correlation_id = command.correlation_id;
   message.content_type = "application/json";
+  if (!command.traceparent.empty() && !dispatch::parse_traceparent(command.traceparent)) {
+    std::cerr << "metro publish: --traceparent must be a W3C traceparent "
+                 "(00-<32 hex digits>-<16 hex digits>-<2 hex digits>)\n";
+    return kExitUsage;
+  }
   try {
     sb::ClientOptions options;
     options.operation_timeout = std::chrono::seconds(30);
     sb::Client client(connection_string, options);
     auto sender = client.create_sender(command.topic);
-    for (int i = 0; i < command.count; ++i) sender.send(message);
+    for (int i = 0; i < command.count; ++i) {
+      // Each message starts a trace of its own, unless one was given to continue.
+      message.application_properties["traceparent"] =
+          command.traceparent.empty() ? dispatch::new_traceparent() : command.traceparent;
+      sender.send(message);
+    }
     std::cout << "published " << command.count << (command.count == 1 ? " message" : " messages")
               << " to " << command.topic
               << (command.subject.empty() ? "" : " with subject " + command.subject) << '\n';

@@ -433,6 +433,7 @@ void read_subscription(TableReader& r, const MetroOptions& defaults, Subscriptio
 
 void read_admin(TableReader& r, AdminOptions& a) {
   if (auto v = r.boolean("enabled")) a.enabled = *v;
+  if (auto v = r.integer("bulk_rate", 1, 100000)) a.bulk_rate = static_cast<int>(*v);
   if (auto v = r.string("listen")) {
     auto colon = v->rfind(':');
     bool valid = colon != std::string::npos && colon > 0 && colon + 1 < v->size();

@@ -120,7 +120,7 @@ class ExecHandler : public Handler {
     }
     auto json = to_json(task);
     SigpipeBlock no_sigpipe;  // Before the spawn: the child gets an empty mask (below).
-    pid_t pid = spawn(in.read.get(), err.write.get());
+    pid_t pid = spawn(in.read.get(), err.write.get(), task.trace_parent);
     in.read.reset();
     err.write.reset();
     if (pid < 0) {
@@ -220,7 +220,7 @@ class ExecHandler : public Handler {
  private:
   /// Starts the command with `stdin_fd` as stdin and `stderr_fd` as stderr, in a process group of
   /// its own (to kill it whole) and with no signal blocked. The pid, or -errno.
-  pid_t spawn(int stdin_fd, int stderr_fd) {
+  pid_t spawn(int stdin_fd, int stderr_fd, const std::string& trace_parent) {
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_adddup2(&actions, stdin_fd, 0);
@@ -240,8 +240,16 @@ class ExecHandler : public Handler {
     std::vector<char*> argv;
     for (auto& a : command_) argv.push_back(a.data());
     argv.push_back(nullptr);
+    // metro's environment, with TRACEPARENT the task's (never one metro itself was given).
+    std::string traceparent = "TRACEPARENT=" + trace_parent;
+    std::vector<char*> env;
+    for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+      if (std::strncmp(*e, "TRACEPARENT=", 12) != 0) env.push_back(*e);
+    }
+    if (!trace_parent.empty()) env.push_back(traceparent.data());
+    env.push_back(nullptr);
     pid_t pid = 0;
-    int rc = posix_spawnp(&pid, argv[0], &actions, &attributes, argv.data(), environ);
+    int rc = posix_spawnp(&pid, argv[0], &actions, &attributes, argv.data(), env.data());
     posix_spawn_file_actions_destroy(&actions);
     posix_spawnattr_destroy(&attributes);
     return rc == 0 ? pid : -rc;

@@ -46,6 +46,7 @@ class HttpHandler : public Handler {
     httplib::Headers headers = {{"X-Correlation-Id", task.correlation_id},
                                 {"X-Metro-Sequence-Number", std::to_string(task.sequence_number)},
                                 {"X-Metro-Attempt", std::to_string(task.attempt)}};
+    if (!task.trace_parent.empty()) headers.emplace("traceparent", task.trace_parent);
     {
       MutexLock lock(mutex_);
       if (interrupted_) return {Outcome::kRetry, "interrupted: metro was stopping", elapsed()};

@@ -5,6 +5,7 @@
 
 #include "../common/json_bounds.hpp"
 #include "naming.hpp"
+#include "trace.hpp"
 
 namespace metro::dispatch {
 
@@ -56,6 +57,7 @@ Classification classify(const sb::ReceivedMessage& m, const config::Subscription
   c.base.subscription_name = options.subscription_name;
   c.base.sequence_number = m.sequence_number;
   c.base.message_id = m.message_id.value_or("");
+  c.base.trace_parent = trace_context_of(m.application_properties);
   c.enqueued_time = m.enqueued_time;
   if (m.locked_until && *m.locked_until <= now) {
     c.kind = Classification::Kind::kLockExpired;
@@ -123,6 +125,7 @@ ledger::DeferredMessage row_of(const Task& base, SysClock::time_point enqueued, 
   }
   row.enqueued_time = enqueued;
   row.state = state;
+  row.trace_parent = base.trace_parent;
   return row;
 }
 

@@ -10,6 +10,7 @@
 #include "../common/json_bounds.hpp"
 #include "intake.hpp"
 #include "naming.hpp"
+#include "trace.hpp"
 
 namespace metro::dispatch {
 
@@ -180,6 +181,8 @@ bool Reconciler::resume(Route& route, const ledger::DeferredMessage& row, bool f
   base.message_id = row.message_id;
   base.correlation_id = row.correlation_id;
   base.body = row.body;
+  // Recorded by an older metro without one: the message starts a trace now.
+  base.trace_parent = row.trace_parent.empty() ? new_traceparent() : row.trace_parent;
   auto key = key_of(base);
   if (row.body_truncated) {
     auto peeked = route.receiver->peek(row.key.sequence_number, 1);

@@ -26,6 +26,7 @@
 #include "heartbeat.hpp"
 #include "in_flight.hpp"
 #include "intake.hpp"
+#include "jobs.hpp"
 #include "ledger_health.hpp"
 #include "listener.hpp"
 #include "naming.hpp"
@@ -34,6 +35,7 @@
 #include "route.hpp"
 #include "settler.hpp"
 #include "task_runner.hpp"
+#include "trace.hpp"
 
 namespace metro::dispatch {
 
@@ -131,6 +133,7 @@ struct Service::Impl : Completer {
   Listener listener;
   Reaper reaper;
   Heartbeat heartbeat;
+  JobRunner jobs;
   Mutex lifecycle_mutex;  // start and stop.
   bool started GUARDED_BY(lifecycle_mutex) = false;
   bool stopped GUARDED_BY(lifecycle_mutex) = false;
@@ -150,7 +153,9 @@ struct Service::Impl : Completer {
         intake(*ledger, runner, in_flight, counters, health, config.metro.ledger_body_limit),
         listener(routes, intake, in_flight, health, *ledger, counters),
         reaper(routes, reconciler, *ledger, health, config.metro, reaper_interval()),
-        heartbeat(*ledger, in_flight, health, config.metro.lease) {
+        heartbeat(*ledger, in_flight, health, config.metro.lease),
+        jobs(*ledger, job_actions(),
+             {options.bulk_rate > 0 ? options.bulk_rate : config.admin.bulk_rate}) {
     in_flight.on_room([this] { listener.wake(); });
     health.on_recovered([this] { listener.wake(); });
   }
@@ -162,6 +167,55 @@ struct Service::Impl : Completer {
     // Often enough that a dead instance's messages are taken over within a lease or two.
     return std::clamp<milliseconds>(std::min(config.metro.deferred_deadline / 4, config.metro.lease),
                                     milliseconds(1000), std::chrono::minutes(1));
+  }
+
+  JobActions job_actions() {
+    JobActions a;
+    a.retry = [this](const MessageKey& key) { retry(key); };
+    // A message already in the state the job asks for counts as done: a job stopped before a
+    // settlement was confirmed acts on it again after the restart.
+    a.complete = [this](const MessageKey& key) {
+      if (already(key, State::kCompleted)) return settled_future();
+      // Says why it cannot be completed.
+      refuse_if_held_elsewhere(row_or_throw(canonical(route_or_throw(key), key)));
+      return complete(key);
+    };
+    a.dead_letter = [this](const MessageKey& key, const std::string& reason,
+                           const std::string& description) {
+      if (already(key, State::kDeadLettered)) return settled_future();
+      refuse_if_held_elsewhere(row_or_throw(canonical(route_or_throw(key), key)));
+      return dead_letter(key, reason, description);
+    };
+    // The listener keeps at least half of the room in flight.
+    a.room_for_retry = [this] { return 2 * in_flight.room() > 4 * queue->workers(); };
+    return a;
+  }
+
+  /// Throws when another live instance is working on the message (its owner, in a state some
+  /// instance works on): a bulk job leaves it alone, as a retry does (`claim_one`).
+  void refuse_if_held_elsewhere(const ledger::DeferredMessage& row) {
+    bool worked_on = row.state == State::kDeferring || row.state == State::kDeferred ||
+                     row.state == State::kRunning || row.state == State::kRetrying;
+    if (!worked_on || row.owner.empty() || row.owner == me.id) return;
+    for (const auto& i : ledger->instances()) {
+      if (i.id == row.owner && i.live) {
+        throw ConflictError(name_of(row.key) + " is being handled right now by instance '" +
+                            log_value(row.owner) + "'");
+      }
+    }
+  }
+
+  /// Whether the current record of `key` (generation 0) is in `state`.
+  bool already(const MessageKey& key, State state) {
+    if (key.generation != 0) return false;
+    auto row = ledger->find(canonical(route_or_throw(key), key));
+    return row && row->state == state;
+  }
+
+  static std::future<void> settled_future() {
+    std::promise<void> done;
+    done.set_value();
+    return done.get_future();
   }
 
   bool consumes(std::string_view topic, std::string_view subscription) const override {
@@ -205,6 +259,7 @@ struct Service::Impl : Completer {
     }
     listener.start();
     reaper.start();  // Resumes unfinished messages as room allows, then scans for orphans.
+    jobs.start();    // Bulk jobs a previous run left unfinished go on.
     spdlog::info("metro is consuming {} subscription(s) with {} workers as instance '{}'",
                  routes.size(), queue->workers(), log_value(me.id));
   }
@@ -265,6 +320,7 @@ struct Service::Impl : Completer {
       return true;
     }
     // A start that failed half-way (a subscription that cannot be reached) stops here too.
+    jobs.stop();      // Between two messages; a job under way goes on at the next start.
     listener.stop();  // Nothing new comes in; what was received and not recorded is given back.
     reaper.stop();
     in_flight.notify();
@@ -329,11 +385,7 @@ struct Service::Impl : Completer {
     if (key.generation != 0) row_or_throw(key);  // Throws the reason.
     in_flight.mark_completed(key);
     auto row = ledger->find(key);
-    if (row && row->state == State::kCompleted) {
-      std::promise<void> done;
-      done.set_value();
-      return done.get_future();
-    }
+    if (row && row->state == State::kCompleted) return settled_future();
     return settler.enqueue(route, key, sb::Disposition::kComplete, {}, {},
                            row ? row->correlation_id : std::string());
   }
@@ -361,11 +413,16 @@ struct Service::Impl : Completer {
                           log_value(now.owner) + "'; retry it there, or once its lease lapses");
     }
     auto row = *claimed;
+    // Recorded before the handlers are queued: a stop before they run leaves the message to be
+    // resumed at the next start rather than parked as it was.
+    ledger->set_state(key, State::kRetrying);
     if (!reconciler.resume(route, row, true)) {
+      ledger->set_state(key, row.state);
       throw ConflictError("no handler of the current config matches " + name_of(key) +
                           "'s subject '" + log_value(row.subject) + "'");
     }
-    spdlog::info("{}: retried by request", name_of(key, row.correlation_id));
+    spdlog::info("{}{}: retried by request", name_of(key, row.correlation_id),
+                 trace_suffix(row.trace_parent));
   }
 
   std::future<void> dead_letter(const MessageKey& k, const std::string& reason,
@@ -447,7 +504,61 @@ void Service::publish(const std::string& topic, const sb::Message& message) {
     throw UnknownMessageError("no subscription of this metro is on the topic '" + log_value(topic) +
                               "'");
   }
-  route->sender().send(message);
+  auto sent = message;
+  auto it = sent.application_properties.find("traceparent");
+  const auto* given =
+      it == sent.application_properties.end() ? nullptr : std::get_if<std::string>(&it->second);
+  if (given == nullptr || !parse_traceparent(*given)) {
+    sent.application_properties["traceparent"] = new_traceparent();
+  }
+  route->sender().send(sent);
+}
+
+namespace {
+
+/// The states a bulk action takes: messages waiting in Service Bus, not being handled.
+constexpr std::array<State, 4> kBulkStates = {State::kDeferred, State::kRetrying, State::kFailed,
+                                              State::kOrphaned};
+
+ledger::Query bulk_query(const JobRequest& request) {
+  auto q = request.filter;
+  if (q.state && std::find(kBulkStates.begin(), kBulkStates.end(), *q.state) == kBulkStates.end()) {
+    throw InvalidArgument(
+        "a bulk action acts on deferred, retrying, failed and orphaned messages, "
+        "not on " +
+        std::string(to_string(*q.state)) + " ones");
+  }
+  if (!q.state && !q.failure_group) q.any_state.assign(kBulkStates.begin(), kBulkStates.end());
+  q.current_only = true;
+  q.after.reset();
+  return q;
+}
+
+}  // namespace
+
+std::size_t Service::count_for_job(const JobRequest& request) {
+  return impl_->ledger->count(bulk_query(request));
+}
+
+ledger::Job Service::start_job(const JobRequest& request) {
+  {
+    MutexLock lock(impl_->lifecycle_mutex);
+    if (impl_->stopped) throw ConflictError("metro is shutting down");
+  }
+  ledger::Job job;
+  job.id = new_job_id();
+  job.action = request.action;
+  job.filter = request.filter_text;
+  job.reason = clip(request.reason, 256);
+  job.description = clip(request.description, kDescriptionLimit);
+  job.created_by = request.requested_by;
+  job = impl_->ledger->create_job(job, bulk_query(request));
+  impl_->jobs.wake();
+  return job;
+}
+
+bool Service::cancel_job(const std::string& id, const std::string& requested_by) {
+  return impl_->jobs.cancel(id, requested_by);
 }
 
 ledger::Ledger& Service::ledger() { return *impl_->ledger; }

@@ -25,6 +25,7 @@ std::string to_json(const Task& task) {
   out["correlation_id"] = task.correlation_id;
   out["attempt"] = task.attempt;
   out["handler"] = task.handler;
+  out["trace_parent"] = task.trace_parent;
   // Invalid UTF-8 in a body is replaced rather than failing the run.
   return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }

@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include "naming.hpp"
+#include "trace.hpp"
 
 namespace metro::dispatch {
 
@@ -194,7 +195,9 @@ void TaskRunner::run(const Task& task) {
     return;
   }
   write(key, correlation, "the start of a run", [&] { ledger_.begin_run(key, run); });
-  spdlog::debug("{}: {} attempt {} started", name_of(key, correlation), task.handler, task.attempt);
+  // Lines about a run name the message and its trace.
+  const auto who = name_of(key, correlation) + trace_suffix(task.trace_parent);
+  spdlog::debug("{}: {} attempt {} started", who, task.handler, task.attempt);
   Result result;
   try {
     result = route->handlers[*index]->run(task, handler.timeout);
@@ -239,6 +242,7 @@ void TaskRunner::finish(Route& route, std::size_t index, const Task& task, ledge
                         const Result& result) {
   auto key = key_of(task);
   const auto& correlation = task.correlation_id;
+  const auto who = name_of(key, correlation) + trace_suffix(task.trace_parent);
   run.finished = SysClock::now();
   route.record_duration(index, result.duration);
   run.outcome = run_outcome(result.outcome);
@@ -247,10 +251,9 @@ void TaskRunner::finish(Route& route, std::size_t index, const Task& task, ledge
   run.retries = std::max(run.retries, result.retries);
   write(key, correlation, "the end of a run", [&] { ledger_.record_run(key, run); });
   if (result.outcome == Outcome::kSuccess) {
-    spdlog::debug("{}: {} succeeded in {} ms", name_of(key, correlation), task.handler,
-                  result.duration.count());
+    spdlog::debug("{}: {} succeeded in {} ms", who, task.handler, result.duration.count());
   } else {
-    spdlog::warn("{}: {} attempt {} {}: {}", name_of(key, correlation), task.handler, task.attempt,
+    spdlog::warn("{}: {} attempt {} {}: {}", who, task.handler, task.attempt,
                  result.outcome == Outcome::kRetry ? "asked to retry" : "failed",
                  log_value(result.error, 1024));
   }
@@ -293,7 +296,8 @@ void TaskRunner::act(Route& route, const Task& task, const Decision& d) {
     case Decision::Kind::kPark:
       ++counters_.failed;
       spdlog::warn("{}: parked as failed (it stays deferred; retry it by sequence number): {}",
-                   name_of(key, correlation), log_value(d.error, 1024));
+                   name_of(key, correlation) + trace_suffix(task.trace_parent),
+                   log_value(d.error, 1024));
       write(key, correlation, "parking", [&] { ledger_.set_state(key, State::kFailed, d.error); });
       return;
     case Decision::Kind::kAwaitExplicit:

@@ -26,6 +26,19 @@ std::string_view to_string(HandlerRun::Outcome outcome) {
   return kOutcomes[static_cast<std::size_t>(outcome)];
 }
 
+std::string_view to_string(JobAction action) {
+  return kJobActions[static_cast<std::size_t>(action)];
+}
+
+std::optional<JobAction> job_action_from_string(std::string_view text) {
+  for (std::size_t i = 0; i < kJobActions.size(); ++i) {
+    if (kJobActions[i] == text) return static_cast<JobAction>(i);
+  }
+  return std::nullopt;
+}
+
+std::string_view to_string(JobState state) { return kJobStates[static_cast<std::size_t>(state)]; }
+
 namespace detail {
 
 std::optional<HandlerRun::Outcome> outcome_from_string(std::string_view text) {

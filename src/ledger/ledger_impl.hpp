@@ -21,6 +21,10 @@ inline constexpr std::array<std::string_view, 8> kStates = {
     "orphaned"};
 inline constexpr std::array<std::string_view, 4> kOutcomes = {"running", "succeeded", "failed",
                                                               "retry"};
+inline constexpr std::array<std::string_view, 5> kJobStates = {"queued", "running", "completed",
+                                                               "cancelled", "failed"};
+inline constexpr std::array<std::string_view, 3> kJobActions = {"retry", "complete",
+                                                                "dead-letter"};
 
 /// States of a message some instance is working on: their rows carry a lease it renews.
 inline constexpr const char* kLeasedStates = "('deferring', 'deferred', 'running', 'retrying')";

@@ -14,6 +14,7 @@
 #include "../common/fresh_exception.hpp"
 #include "../common/thread_annotations.hpp"
 #include "../postgres/postgres.hpp"
+#include "failure_groups.hpp"
 #include "ledger_impl.hpp"
 #include "postgres_migrations.hpp"
 
@@ -39,7 +40,15 @@ std::string lapsed() {
 
 constexpr const char* kColumns =
     "topic, subscription, sequence_number, generation, subject, message_id, correlation_id, "
-    "body, body_truncated, state, created, updated, last_error, enqueued, owner, lease_until";
+    "body, body_truncated, state, created, updated, last_error, enqueued, owner, lease_until, "
+    "trace_parent, failure_group";
+
+constexpr const char* kJobColumns =
+    "id, action, filter, reason, description, created_by, state, total, done, failed, created,"
+    " updated, finished, error";
+
+/// Current rows in a failure group.
+constexpr const char* kGroupMembers = " generation = 0 AND state IN ('failed', 'retrying')";
 
 constexpr const char* kKeyWhere =
     " WHERE topic = $1 AND subscription = $2 AND sequence_number = $3 AND generation = $4";
@@ -63,7 +72,37 @@ DeferredMessage read_message(const Result& r, int row) {
   m.enqueued_time = from_ms(r.integer(row, 13));
   m.owner = r.bytes(row, 14);
   m.lease_until = from_ms(r.integer(row, 15));
+  m.trace_parent = r.bytes(row, 16);
+  m.failure_group = r.bytes(row, 17);
   return m;
+}
+
+Job read_job(const Result& r, int row) {
+  Job j;
+  j.id = r.bytes(row, 0);
+  j.action = job_action_from_string(r.bytes(row, 1)).value_or(JobAction::kRetry);
+  j.filter = r.bytes(row, 2);
+  j.reason = r.bytes(row, 3);
+  j.description = r.bytes(row, 4);
+  j.created_by = r.bytes(row, 5);
+  auto state = r.bytes(row, 6);
+  for (std::size_t i = 0; i < kJobStates.size(); ++i) {
+    if (kJobStates[i] == state) j.state = static_cast<JobState>(i);
+  }
+  j.total = static_cast<std::size_t>(r.integer(row, 7));
+  j.done = static_cast<std::size_t>(r.integer(row, 8));
+  j.failed = static_cast<std::size_t>(r.integer(row, 9));
+  j.created = from_ms(r.integer(row, 10));
+  j.updated = from_ms(r.integer(row, 11));
+  if (!r.is_null(row, 12)) j.finished = from_ms(r.integer(row, 12));
+  j.error = r.bytes(row, 13);
+  return j;
+}
+
+/// Whether `id` (a job or failure group id from a request) can be sent as text: printable ASCII.
+/// Ids metro makes always are; any other matches nothing.
+bool plain_id(std::string_view id) {
+  return std::all_of(id.begin(), id.end(), [](char c) { return c > ' ' && c < 0x7F; });
 }
 
 /// The subject as valid UTF-8 without NUL (each invalid byte and NUL becomes U+FFFD), for the
@@ -188,6 +227,80 @@ class PgExclusive : public Exclusive {
   std::int64_t key_;
 };
 
+/// The WHERE clause of a query with its parameters ($1 … in order, after `p`'s own). Shared by
+/// list, count and create_job.
+std::string where_of(const Query& q, Params& p, bool paged) {
+  std::optional<MessageKey> after;
+  if (paged && q.after) {
+    after = parse_cursor(*q.after);
+    if (!after) {
+      throw InvalidArgument("the cursor '" + *q.after + "' is not one this API gave out");
+    }
+  }
+  std::string sql = " WHERE true";
+  // Not `"$" + string`: GCC 12 warns (-Wrestrict) on that form.
+  auto next = [&p] { return std::string("$").append(std::to_string(p.size() + 1)); };
+  if (q.topic) {
+    sql += " AND topic = " + next();
+    p.text(*q.topic);
+  }
+  if (q.subscription) {
+    sql += " AND subscription = " + next();
+    p.text(*q.subscription);
+  }
+  if (q.state) {
+    sql += " AND state = " + next();
+    p.text(to_string(*q.state));
+  }
+  if (q.subject_prefix) {
+    auto i = next();
+    sql += " AND substr(subject, 1, length(" + i + ")) = " + i;
+    p.bytes(*q.subject_prefix);
+  }
+  if (q.updated_before) {
+    sql += " AND updated < " + next();
+    p.int8(to_ms(*q.updated_before));
+  }
+  if (q.subject_glob) {
+    sql += " AND subject_text ~ " + next();
+    p.text(glob_to_regex(utf8_text(*q.subject_glob)));
+  }
+  if (q.created_before) {
+    sql += " AND created < " + next();
+    p.int8(to_ms(*q.created_before));
+  }
+  if (q.current_only) sql += " AND generation = 0";
+  if (q.failure_group) {
+    if (plain_id(*q.failure_group)) {
+      sql += " AND failure_group = " + next() + " AND" + kGroupMembers;
+      p.text(*q.failure_group);
+    } else {
+      sql += " AND false";
+    }
+  }
+  if (!q.any_state.empty()) {
+    sql += " AND state IN (";
+    for (std::size_t i = 0; i < q.any_state.size(); ++i) {
+      // The states' own names: constants, never text from outside.
+      sql += (i == 0 ? "'" : ", '") + std::string(to_string(q.any_state[i])) + "'";
+    }
+    sql += ")";
+  }
+  if (after) {
+    auto a = next();
+    p.text(after->topic);
+    auto b = next();
+    p.text(after->subscription);
+    auto c = next();
+    p.int8(after->sequence_number);
+    auto d = next();
+    p.int8(after->generation);
+    sql += " AND (topic, subscription, sequence_number, generation) > (" + a + ", " + b + ", " +
+           c + ", " + d + ")";
+  }
+  return sql;
+}
+
 class PostgresLedger : public Ledger {
  public:
   PostgresLedger(const std::string& url, const OpenOptions& options)
@@ -197,7 +310,14 @@ class PostgresLedger : public Ledger {
         committers_(std::max<std::size_t>(1, std::max<std::size_t>(2, options.connections) - 2)) {
     try {
       auto c = pool_.acquire();
-      if (options.migrate) migrate_postgres(*c, where_);
+      if (options.migrate) {
+        migrate_postgres(*c, where_);
+        try {
+          file_unfiled(*c);
+        } catch (const PgError&) {
+          // A database that cannot be written now: filed at the next open.
+        }
+      }
     } catch (const PgError& e) {
       throw Error("cannot open the ledger at " + where_ + ": " + redact_ledger_url(e.what()),
                   e.is_transient());
@@ -285,55 +405,10 @@ class PostgresLedger : public Ledger {
   }
 
   Page list(const Query& q) override {
-    std::optional<MessageKey> after;
-    if (q.after) {
-      after = parse_cursor(*q.after);
-      if (!after) {
-        throw InvalidArgument("the cursor '" + *q.after + "' is not one this API gave out");
-      }
-    }
-    std::string sql = std::string("SELECT ") + kColumns + " FROM deferred_messages WHERE true";
     Params p;
-    int n = 0;
-    // Not `"$" + string`: GCC 12 warns (-Wrestrict) on that form.
-    auto next = [&n] { return std::string("$").append(std::to_string(++n)); };
-    if (q.topic) {
-      sql += " AND topic = " + next();
-      p.text(*q.topic);
-    }
-    if (q.subscription) {
-      sql += " AND subscription = " + next();
-      p.text(*q.subscription);
-    }
-    if (q.state) {
-      sql += " AND state = " + next();
-      p.text(to_string(*q.state));
-    }
-    if (q.subject_prefix) {
-      auto i = next();
-      sql += " AND substr(subject, 1, length(" + i + ")) = " + i;
-      p.bytes(*q.subject_prefix);
-    }
-    if (q.updated_before) {
-      sql += " AND updated < " + next();
-      p.int8(to_ms(*q.updated_before));
-    }
-    if (q.subject_glob) {
-      sql += " AND subject_text ~ " + next();
-      p.text(glob_to_regex(utf8_text(*q.subject_glob)));
-    }
-    if (q.created_before) {
-      sql += " AND created < " + next();
-      p.int8(to_ms(*q.created_before));
-    }
-    if (q.current_only) sql += " AND generation = 0";
-    if (after) {
-      auto a = next(), b = next(), c = next(), d = next();
-      sql += " AND (topic, subscription, sequence_number, generation) > (" + a + ", " + b + ", " +
-             c + ", " + d + ")";
-      p.text(after->topic).text(after->subscription).int8(after->sequence_number);
-      p.int8(after->generation);
-    }
+    std::string sql =
+        std::string("SELECT ") + kColumns + " FROM deferred_messages" + where_of(q, p, true);
+    auto next = [&p] { return std::string("$").append(std::to_string(p.size() + 1)); };
     auto limit = std::max<std::size_t>(1, std::min<std::size_t>(q.limit, 1000));
     sql += " ORDER BY topic, subscription, sequence_number, generation LIMIT " + next();
     p.int8(static_cast<std::int64_t>(limit + 1));
@@ -390,6 +465,10 @@ class PostgresLedger : public Ledger {
               Params().int8(to_ms(before)));
       auto r = c.query(std::string("DELETE FROM deferred_messages WHERE ") + kPrunable,
                        Params().int8(to_ms(before)));
+      // Finished jobs go with the same retention, with the keys they kept.
+      c.query("DELETE FROM job_items WHERE job IN (SELECT id FROM jobs WHERE finished < $1)",
+              Params().int8(to_ms(before)));
+      c.query("DELETE FROM jobs WHERE finished < $1", Params().int8(to_ms(before)));
       // Instances gone for a day (no heartbeat, nothing of theirs left leased) are forgotten.
       c.query(std::string("DELETE FROM instances WHERE heartbeat < ") + kNow +
               " - 86400000 AND NOT EXISTS (SELECT 1 FROM deferred_messages WHERE owner = "
@@ -413,6 +492,199 @@ class PostgresLedger : public Ledger {
       return std::string(e.what());
     }
   }
+
+  // ---- failure groups and bulk jobs --------------------------------------------------------
+
+  std::vector<FailureGroup> failure_groups(const FailureQuery& q) override {
+    // Counted from the partial index; then one indexed look-up per group for its names and the
+    // member that failed last.
+    std::string sql = std::string(
+                          "SELECT failure_group, count(*), sum(CASE WHEN state = 'failed' THEN 1"
+                          " ELSE 0 END), min(failure_at), max(failure_at) FROM deferred_messages"
+                          " WHERE") +
+                      kGroupMembers + " AND failure_group <> ''";
+    Params p;
+    auto next = [&p] { return std::string("$").append(std::to_string(p.size() + 1)); };
+    if (q.topic) {
+      sql += " AND topic = " + next();
+      p.text(*q.topic);
+    }
+    if (q.subscription) {
+      sql += " AND subscription = " + next();
+      p.text(*q.subscription);
+    }
+    sql += " GROUP BY failure_group ORDER BY count(*) DESC, failure_group LIMIT " + next();
+    p.int8(static_cast<std::int64_t>(std::clamp<std::size_t>(q.limit, 1, 1000)));
+    return read([&](postgres::Connection& c) {
+      auto r = c.query(sql, p);
+      std::vector<FailureGroup> out;
+      for (int i = 0; i < r.rows(); ++i) {
+        FailureGroup g;
+        g.id = r.bytes(i, 0);
+        g.count = static_cast<std::size_t>(r.integer(i, 1));
+        g.failed = static_cast<std::size_t>(r.integer(i, 2));
+        g.retrying = g.count - g.failed;
+        g.first_seen = from_ms(r.integer(i, 3));
+        g.last_seen = from_ms(r.integer(i, 4));
+        out.push_back(std::move(g));
+      }
+      for (auto& g : out) {
+        auto m = c.query(
+            std::string("SELECT topic, subscription, sequence_number, generation,"
+                        " failure_handler, failure_error, last_error, subject"
+                        " FROM deferred_messages WHERE failure_group = $1 AND") +
+                kGroupMembers + " ORDER BY failure_at DESC LIMIT 1",
+            Params().text(g.id));
+        if (m.rows() == 0) continue;
+        g.topic = m.bytes(0, 0);
+        g.subscription = m.bytes(0, 1);
+        g.sample = {g.topic, g.subscription, m.integer(0, 2), m.integer(0, 3)};
+        g.handler = m.bytes(0, 4);
+        g.error = m.bytes(0, 5);
+        g.sample_error = m.bytes(0, 6);
+        g.sample_subject = m.bytes(0, 7);
+      }
+      return out;
+    });
+  }
+
+  std::size_t count(const Query& q) override {
+    Params p;
+    auto sql = "SELECT count(*) FROM deferred_messages" + where_of(q, p, false);
+    return read([&](postgres::Connection& c) {
+      return static_cast<std::size_t>(c.query(sql, p).integer(0, 0));
+    });
+  }
+
+  Job create_job(const Job& job, const Query& q) override {
+    Params items;
+    items.text(job.id);
+    auto sql = std::string(
+                   "INSERT INTO job_items (job, topic, subscription, sequence_number, generation)"
+                   " SELECT $1, topic, subscription, sequence_number, generation"
+                   " FROM deferred_messages") +
+               where_of(q, items, false) + " AND generation = 0";
+    Job out = job;
+    out.created = out.updated = from_ms(to_ms(Clock::now()));
+    out.state = JobState::kQueued;
+    write([&](postgres::Connection& c) {
+      out.total = static_cast<std::size_t>(c.query(sql, items).affected());
+      c.query(std::string("INSERT INTO jobs (") + kJobColumns +
+                  ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, $9, $9, NULL, ''::bytea)",
+              Params()
+                  .text(out.id)
+                  .text(to_string(out.action))
+                  .bytes(out.filter)
+                  .bytes(out.reason)
+                  .bytes(out.description)
+                  .bytes(out.created_by)
+                  .text(to_string(out.state))
+                  .int8(static_cast<std::int64_t>(out.total))
+                  .int8(to_ms(out.created)));
+      return std::size_t{0};
+    });
+    return out;
+  }
+
+  std::optional<Job> find_job(const std::string& id) override {
+    if (!plain_id(id)) return std::nullopt;
+    return read([&](postgres::Connection& c) -> std::optional<Job> {
+      auto r = c.query(std::string("SELECT ") + kJobColumns + " FROM jobs WHERE id = $1",
+                       Params().text(id));
+      if (r.rows() == 0) return std::nullopt;
+      return read_job(r, 0);
+    });
+  }
+
+  std::vector<Job> jobs(std::size_t limit, bool unfinished_only) override {
+    return read([&](postgres::Connection& c) {
+      auto r = c.query(std::string("SELECT ") + kJobColumns + " FROM jobs" +
+                           (unfinished_only
+                                ? " WHERE state IN ('queued', 'running') ORDER BY created, id"
+                                : " ORDER BY created DESC, id DESC") +
+                           " LIMIT $1",
+                       Params().int8(
+                           static_cast<std::int64_t>(std::clamp<std::size_t>(limit, 1, 1000))));
+      std::vector<Job> out;
+      for (int i = 0; i < r.rows(); ++i) out.push_back(read_job(r, i));
+      return out;
+    });
+  }
+
+  std::vector<MessageKey> job_pending(const std::string& id, std::size_t limit) override {
+    if (!plain_id(id)) return {};
+    return read([&](postgres::Connection& c) {
+      auto r = c.query(
+          "SELECT topic, subscription, sequence_number, generation FROM job_items"
+          " WHERE job = $1 AND ok IS NULL"
+          " ORDER BY topic, subscription, sequence_number, generation LIMIT $2",
+          Params().text(id).int8(static_cast<std::int64_t>(std::max<std::size_t>(limit, 1))));
+      std::vector<MessageKey> out;
+      for (int i = 0; i < r.rows(); ++i) {
+        out.push_back({r.bytes(i, 0), r.bytes(i, 1), r.integer(i, 2), r.integer(i, 3)});
+      }
+      return out;
+    });
+  }
+
+  void record_job_items(const std::string& id, const std::vector<JobItem>& items) override {
+    if (!plain_id(id)) return;
+    write([&](postgres::Connection& c) {
+      std::int64_t done = 0, failed = 0;
+      for (const auto& item : items) {
+        Params p;
+        key_params(p, item.key).text(id).int8(item.ok ? 1 : 0).bytes(item.error);
+        auto r = c.query(
+            "UPDATE job_items SET ok = $6, error = $7 WHERE job = $5 AND topic = $1"
+            " AND subscription = $2 AND sequence_number = $3 AND generation = $4 AND ok IS NULL",
+            p);
+        if (r.affected() == 0) continue;  // Recorded before (a resumed job).
+        (item.ok ? done : failed) += 1;
+      }
+      c.query(
+          "UPDATE jobs SET done = done + $2, failed = failed + $3, updated = $4 WHERE id = $1",
+          Params().text(id).int8(done).int8(failed).int8(to_ms(Clock::now())));
+      return std::size_t{0};
+    });
+  }
+
+  std::vector<JobItem> job_failures(const std::string& id, std::size_t limit) override {
+    if (!plain_id(id)) return {};
+    return read([&](postgres::Connection& c) {
+      auto r = c.query(
+          "SELECT topic, subscription, sequence_number, generation, error FROM job_items"
+          " WHERE job = $1 AND ok = 0"
+          " ORDER BY topic, subscription, sequence_number, generation LIMIT $2",
+          Params().text(id).int8(static_cast<std::int64_t>(std::max<std::size_t>(limit, 1))));
+      std::vector<JobItem> out;
+      for (int i = 0; i < r.rows(); ++i) {
+        out.push_back(
+            {{r.bytes(i, 0), r.bytes(i, 1), r.integer(i, 2), r.integer(i, 3)}, false, r.bytes(i, 4)});
+      }
+      return out;
+    });
+  }
+
+  bool set_job_state(const std::string& id, JobState state, const std::string& error) override {
+    if (!plain_id(id)) return false;
+    return 0 != write([&](postgres::Connection& c) {
+             bool final = state != JobState::kQueued && state != JobState::kRunning;
+             auto r = c.query(
+                 "UPDATE jobs SET state = $2, updated = $3,"
+                 " finished = CASE WHEN $4 = 1 THEN $3 ELSE finished END,"
+                 " error = CASE WHEN $5 = ''::bytea THEN error ELSE $5 END"
+                 " WHERE id = $1 AND state IN ('queued', 'running')",
+                 Params()
+                     .text(id)
+                     .text(to_string(state))
+                     .int8(to_ms(Clock::now()))
+                     .int8(final ? 1 : 0)
+                     .bytes(error));
+             return static_cast<std::size_t>(r.affected());
+           });
+  }
+
+  // ---- instances sharing the ledger --------------------------------------------------------
 
   void join(const InstanceInfo& me) override {
     write([&me](postgres::Connection& c) {
@@ -521,7 +793,8 @@ class PostgresLedger : public Ledger {
               " AND t.sequence_number = c.sequence_number AND t.generation = c.generation"
               " RETURNING t.topic, t.subscription, t.sequence_number, t.generation, t.subject,"
               " t.message_id, t.correlation_id, t.body, t.body_truncated, t.state, t.created,"
-              " t.updated, t.last_error, t.enqueued, c.owner, t.lease_until",
+              " t.updated, t.last_error, t.enqueued, c.owner, t.lease_until, t.trace_parent,"
+              " t.failure_group",
           Params()
               .text(cl.topic)
               .text(cl.subscription)
@@ -594,20 +867,25 @@ class PostgresLedger : public Ledger {
             .bytes(m.last_error)
             .int8(to_ms(m.enqueued_time))
             .text(m.owner)
-            .int8(to_ms(m.lease_until));
+            .int8(to_ms(m.lease_until))
+            .bytes(m.trace_parent);
         c.query(
             "INSERT INTO deferred_messages (topic, subscription, sequence_number, generation,"
             " subject, subject_text, message_id, correlation_id, body, body_truncated, state,"
-            " created, updated, last_error, enqueued, owner, lease_until) VALUES ($1, $2, $3,"
-            " $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+            " created, updated, last_error, enqueued, owner, lease_until, trace_parent)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,"
+            " $18)"
             " ON CONFLICT (topic, subscription, sequence_number, generation) DO UPDATE SET"
             " subject = excluded.subject, subject_text = excluded.subject_text,"
             " message_id = excluded.message_id, correlation_id = excluded.correlation_id,"
             " body = excluded.body, body_truncated = excluded.body_truncated,"
             " state = excluded.state, created = excluded.created, updated = excluded.updated,"
             " last_error = excluded.last_error, enqueued = excluded.enqueued,"
-            " owner = excluded.owner, lease_until = excluded.lease_until",
+            " owner = excluded.owner, lease_until = excluded.lease_until,"
+            " trace_parent = excluded.trace_parent",
             p);
+        // The runs file the row under its failure group again (a row without runs: at the next
+        // open).
         for (const auto& run : runs) insert_run(c, m.key, run);
       }
       return rows.size();
@@ -683,18 +961,21 @@ class PostgresLedger : public Ledger {
         .bytes(m.last_error)
         .int8(to_ms(m.enqueued_time))
         .text(self.id)
-        .int8(self.id.empty() || releases_lease(m.state) ? 0 : self.lease.count());
+        .int8(self.id.empty() || releases_lease(m.state) ? 0 : self.lease.count())
+        .bytes(m.trace_parent);
     c.query(std::string(
                 "INSERT INTO deferred_messages (topic, subscription, sequence_number, generation,"
                 " subject, subject_text, message_id, correlation_id, body, body_truncated,"
-                " state, created, updated, last_error, enqueued, owner, lease_until) VALUES ($1,"
-                " $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,"
-                " CASE WHEN $17 = 0 THEN 0 ELSE ") +
+                " state, created, updated, last_error, enqueued, owner, lease_until,"
+                " trace_parent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
+                " $14, $15, $16, CASE WHEN $17 = 0 THEN 0 ELSE ") +
                 kNow +
-                " + $17 END)"
+                " + $17 END, $18)"
                 " ON CONFLICT (topic, subscription, sequence_number, generation) DO UPDATE SET"
                 " state = excluded.state, updated = excluded.updated, owner = excluded.owner,"
                 " lease_until = excluded.lease_until,"
+                " trace_parent = CASE WHEN deferred_messages.trace_parent = ''::bytea"
+                " THEN excluded.trace_parent ELSE deferred_messages.trace_parent END,"
                 " enqueued = CASE WHEN deferred_messages.enqueued = 0 THEN excluded.enqueued"
                 " ELSE deferred_messages.enqueued END,"
                 " message_id = CASE WHEN deferred_messages.message_id = ''::bytea"
@@ -766,6 +1047,57 @@ class PostgresLedger : public Ledger {
         " started = excluded.started, finished = excluded.finished, error = excluded.error,"
         " task_id = excluded.task_id, retries = excluded.retries",
         p);
+    bool failed =
+        run.outcome == HandlerRun::Outcome::kFailed || run.outcome == HandlerRun::Outcome::kRetry;
+    if (failed && run.finished) file_failure(c, key, run.handler, run.error, to_ms(*run.finished));
+  }
+
+  /// Files a message under the failure group of a run that failed.
+  static void file_failure(postgres::Connection& c, const MessageKey& key,
+                           const std::string& handler, const std::string& error, std::int64_t at) {
+    auto normalised = normalise_error(error);
+    auto name = utf8_text(handler);  // Sent as text: from a message's last error it may not be.
+    Params p;
+    key_params(p, key)
+        .text(failure_group_id(key.topic, key.subscription, name, normalised))
+        .text(name)
+        .bytes(normalised)
+        .int8(at);
+    c.query(std::string("UPDATE deferred_messages SET failure_group = $5, failure_handler = $6,"
+                        " failure_error = $7, failure_at = $8") +
+                kKeyWhere,
+            p);
+  }
+
+  /// Files the failed and retrying rows that have no group yet (parked by a metro before
+  /// failure groups, or copied from another ledger without runs) under the group of their last
+  /// failed run. Instances opening at once file the same rows the same way.
+  static void file_unfiled(postgres::Connection& c) {
+    auto rows = c.query(std::string("SELECT topic, subscription, sequence_number, generation,"
+                                    " last_error, updated FROM deferred_messages WHERE") +
+                        kGroupMembers + " AND failure_group = ''");
+    if (rows.rows() == 0) return;
+    postgres::Transaction tx(c);
+    for (int i = 0; i < rows.rows(); ++i) {
+      MessageKey key{rows.bytes(i, 0), rows.bytes(i, 1), rows.integer(i, 2), rows.integer(i, 3)};
+      Params k;
+      auto run = c.query(std::string("SELECT handler, error, coalesce(finished, started)"
+                                     " FROM handler_runs") +
+                             kKeyWhere +
+                             " AND outcome IN ('failed', 'retry') ORDER BY started DESC LIMIT 1",
+                         key_params(k, key));
+      if (run.rows() > 0) {
+        file_failure(c, key, run.bytes(0, 0), run.bytes(0, 1), run.integer(0, 2));
+      } else {
+        // No run recorded: the error as the message has it (`handler: why`).
+        auto last_error = rows.bytes(i, 4);
+        auto colon = last_error.find(": ");
+        auto handler = colon == std::string::npos ? std::string() : last_error.substr(0, colon);
+        auto why = colon == std::string::npos ? last_error : last_error.substr(colon + 2);
+        file_failure(c, key, handler, why, rows.integer(i, 5));
+      }
+    }
+    tx.commit();
   }
 
   /// Queues `apply`, waits until the transaction holding it has committed, returns its answer.

@@ -46,6 +46,41 @@ const std::vector<PostgresMigration>& postgres_migrations() {
       {2, "handler runs: Celery task id and retries",
        "ALTER TABLE handler_runs ADD COLUMN task_id text NOT NULL DEFAULT '';"
        "ALTER TABLE handler_runs ADD COLUMN retries bigint NOT NULL DEFAULT 0;"},
+      // The message's W3C trace context (empty when it came before there was one); bytea as it
+      // comes from Service Bus.
+      {3, "trace context",
+       "ALTER TABLE deferred_messages ADD COLUMN trace_parent bytea NOT NULL DEFAULT ''::bytea;"},
+      // Failure groups: the last failed run's handler, its normalised error and the group's id,
+      // written by record_run (rows parked before are filed at every open). The partial index
+      // counts the groups without reading rows of other states.
+      {4, "failure groups",
+       "ALTER TABLE deferred_messages ADD COLUMN failure_group text COLLATE \"C\" NOT NULL"
+       " DEFAULT '';"
+       "ALTER TABLE deferred_messages ADD COLUMN failure_handler text COLLATE \"C\" NOT NULL"
+       " DEFAULT '';"
+       "ALTER TABLE deferred_messages ADD COLUMN failure_error bytea NOT NULL DEFAULT ''::bytea;"
+       "ALTER TABLE deferred_messages ADD COLUMN failure_at bigint NOT NULL DEFAULT 0;"
+       "CREATE INDEX deferred_messages_failures ON deferred_messages"
+       " (failure_group, state, failure_at) WHERE generation = 0"
+       " AND state IN ('failed', 'retrying');"},
+      // Bulk jobs: the job, and the keys it acts on with each one's outcome (ok NULL: pending).
+      // Filters, reasons and errors come from requests and handlers: bytea.
+      {5, "bulk jobs",
+       "CREATE TABLE jobs ("
+       " id text COLLATE \"C\" PRIMARY KEY, action text NOT NULL, filter bytea NOT NULL,"
+       " reason bytea NOT NULL, description bytea NOT NULL, created_by bytea NOT NULL,"
+       " state text NOT NULL, total bigint NOT NULL, done bigint NOT NULL,"
+       " failed bigint NOT NULL, created bigint NOT NULL, updated bigint NOT NULL,"
+       " finished bigint, error bytea NOT NULL);"
+       "CREATE INDEX jobs_created ON jobs (created);"
+       "CREATE TABLE job_items ("
+       " job text COLLATE \"C\" NOT NULL, topic text COLLATE \"C\" NOT NULL,"
+       " subscription text COLLATE \"C\" NOT NULL, sequence_number bigint NOT NULL,"
+       " generation bigint NOT NULL, ok bigint, error bytea NOT NULL DEFAULT ''::bytea,"
+       " PRIMARY KEY (job, topic, subscription, sequence_number, generation));"
+       // The keys not acted on yet, in key order, without reading those done.
+       "CREATE INDEX job_items_pending ON job_items"
+       " (job, topic, subscription, sequence_number, generation) WHERE ok IS NULL;"},
   };
   return kMigrations;
 }

@@ -2,6 +2,7 @@
 // comes from numbered migrations (sqlite_migrations.cpp), run at open. One metro process uses a
 // file: `join` refuses a second live instance.
 
+#include <algorithm>
 #include <array>
 #include <functional>
 #include <map>
@@ -14,6 +15,7 @@
 
 #include "../common/thread_annotations.hpp"
 #include "../sqlite/sqlite.hpp"
+#include "failure_groups.hpp"
 #include "ledger_impl.hpp"
 #include "sqlite_migrations.hpp"
 
@@ -35,7 +37,8 @@ constexpr const char* kKeyWhere =
 
 constexpr const char* kColumns =
     "topic, subscription, sequence_number, generation, subject, message_id, correlation_id, "
-    "body, body_truncated, state, created, updated, last_error, enqueued, owner, lease_until";
+    "body, body_truncated, state, created, updated, last_error, enqueued, owner, lease_until, "
+    "trace_parent, failure_group";
 
 DeferredMessage read_message(const Statement& s) {
   DeferredMessage m;
@@ -52,8 +55,90 @@ DeferredMessage read_message(const Statement& s) {
   m.enqueued_time = from_ms(s.integer(13));
   m.owner = s.text(14);
   m.lease_until = from_ms(s.integer(15));
+  m.trace_parent = s.text(16);
+  m.failure_group = s.text(17);
   return m;
 }
+
+constexpr const char* kJobColumns =
+    "id, action, filter, reason, description, created_by, state, total, done, failed, created,"
+    " updated, finished, error";
+
+Job read_job(const Statement& s) {
+  Job j;
+  j.id = s.text(0);
+  j.action = job_action_from_string(s.text(1)).value_or(JobAction::kRetry);
+  j.filter = s.text(2);
+  j.reason = s.text(3);
+  j.description = s.text(4);
+  j.created_by = s.text(5);
+  auto state = s.text(6);
+  for (std::size_t i = 0; i < kJobStates.size(); ++i) {
+    if (kJobStates[i] == state) j.state = static_cast<JobState>(i);
+  }
+  j.total = static_cast<std::size_t>(s.integer(7));
+  j.done = static_cast<std::size_t>(s.integer(8));
+  j.failed = static_cast<std::size_t>(s.integer(9));
+  j.created = from_ms(s.integer(10));
+  j.updated = from_ms(s.integer(11));
+  if (!s.is_null(12)) j.finished = from_ms(s.integer(12));
+  j.error = s.text(13);
+  return j;
+}
+
+/// The WHERE clause of a query (from parameter ?20 on, so that callers can add their own
+/// below it), and how to bind it. Shared by list, count and create_job.
+struct Filter {
+  std::string where = " WHERE 1 = 1";
+  std::optional<MessageKey> after;
+
+  explicit Filter(const Query& q, bool paged) {
+    if (q.topic) where += " AND topic = ?20";
+    if (q.subscription) where += " AND subscription = ?21";
+    if (q.state) where += " AND state = ?22";
+    // Compared as bytes: a NUL in a subject does not end it.
+    if (q.subject_prefix) {
+      where +=
+          " AND substr(CAST(subject AS BLOB), 1, length(CAST(?23 AS BLOB))) = CAST(?23 AS BLOB)";
+    }
+    if (q.updated_before) where += " AND updated < ?24";
+    if (q.subject_glob) where += " AND subject GLOB ?25";
+    if (q.created_before) where += " AND created < ?26";
+    if (q.current_only) where += " AND generation = 0";
+    if (q.failure_group) {
+      where += " AND failure_group = ?27 AND generation = 0 AND state IN ('failed', 'retrying')";
+    }
+    if (!q.any_state.empty()) {
+      where += " AND state IN (";
+      for (std::size_t i = 0; i < q.any_state.size(); ++i) {
+        // The states' own names: constants, never text from outside.
+        where += (i == 0 ? "'" : ", '") + std::string(to_string(q.any_state[i])) + "'";
+      }
+      where += ")";
+    }
+    if (paged && q.after) {
+      after = parse_cursor(*q.after);
+      if (!after)
+        throw InvalidArgument("the cursor '" + *q.after + "' is not one this API gave out");
+      where += " AND (topic, subscription, sequence_number, generation) > (?28, ?29, ?30, ?31)";
+    }
+  }
+
+  void bind(const Query& q, Statement& s) const {
+    if (q.topic) s.bind(20, *q.topic);
+    if (q.subscription) s.bind(21, *q.subscription);
+    if (q.state) s.bind(22, to_string(*q.state));
+    if (q.subject_prefix) s.bind(23, *q.subject_prefix);
+    if (q.updated_before) s.bind(24, to_ms(*q.updated_before));
+    if (q.subject_glob) s.bind(25, *q.subject_glob);
+    if (q.created_before) s.bind(26, to_ms(*q.created_before));
+    if (q.failure_group) s.bind(27, *q.failure_group);
+    if (after) {
+      s.bind(28, after->topic).bind(29, after->subscription).bind(30, after->sequence_number);
+      s.bind(31, after->generation);
+    }
+  }
+};
 
 std::int64_t now_ms() { return to_ms(Clock::now()); }
 
@@ -169,41 +254,14 @@ class SqliteLedger : public Ledger {
   }
 
   Page list(const Query& q) override {
-    std::string sql = std::string("SELECT ") + kColumns + " FROM deferred_messages WHERE 1 = 1";
-    if (q.topic) sql += " AND topic = ?1";
-    if (q.subscription) sql += " AND subscription = ?2";
-    if (q.state) sql += " AND state = ?3";
-    // Compared as bytes: a NUL in a subject does not end it.
-    if (q.subject_prefix) {
-      sql += " AND substr(CAST(subject AS BLOB), 1, length(CAST(?4 AS BLOB))) = CAST(?4 AS BLOB)";
-    }
-    if (q.updated_before) sql += " AND updated < ?5";
-    if (q.subject_glob) sql += " AND subject GLOB ?10";
-    if (q.created_before) sql += " AND created < ?11";
-    if (q.current_only) sql += " AND generation = 0";
-    std::optional<MessageKey> after;
-    if (q.after) {
-      after = parse_cursor(*q.after);
-      if (!after)
-        throw InvalidArgument("the cursor '" + *q.after + "' is not one this API gave out");
-      sql += " AND (topic, subscription, sequence_number, generation) > (?6, ?7, ?8, ?12)";
-    }
-    sql += " ORDER BY topic, subscription, sequence_number, generation LIMIT ?9";
+    Filter filter(q, true);
+    auto sql = std::string("SELECT ") + kColumns + " FROM deferred_messages" + filter.where +
+               " ORDER BY topic, subscription, sequence_number, generation LIMIT ?1";
     MutexLock lock(db_mutex_);
     auto s = db_->statement(sql);
-    if (q.topic) s.bind(1, *q.topic);
-    if (q.subscription) s.bind(2, *q.subscription);
-    if (q.state) s.bind(3, to_string(*q.state));
-    if (q.subject_prefix) s.bind(4, *q.subject_prefix);
-    if (q.updated_before) s.bind(5, to_ms(*q.updated_before));
-    if (q.subject_glob) s.bind(10, *q.subject_glob);
-    if (q.created_before) s.bind(11, to_ms(*q.created_before));
-    if (after) {
-      s.bind(6, after->topic).bind(7, after->subscription).bind(8, after->sequence_number);
-      s.bind(12, after->generation);
-    }
+    filter.bind(q, s);
     auto limit = std::max<std::size_t>(1, std::min<std::size_t>(q.limit, 1000));
-    s.bind(9, static_cast<std::int64_t>(limit + 1));
+    s.bind(1, static_cast<std::int64_t>(limit + 1));
     Page page;
     while (s.step()) page.items.push_back(read_message(s));
     if (page.items.size() > limit) {
@@ -257,7 +315,16 @@ class SqliteLedger : public Ledger {
       auto s = db_->statement(std::string("DELETE FROM deferred_messages WHERE ") + kPrunable);
       s.bind(1, to_ms(before));
       s.run();
-      return static_cast<std::size_t>(db_->changes());
+      auto pruned = static_cast<std::size_t>(db_->changes());
+      // Finished jobs go with the same retention, with the keys they kept.
+      auto items = db_->statement(
+          "DELETE FROM job_items WHERE job IN (SELECT id FROM jobs WHERE finished < ?1)");
+      items.bind(1, to_ms(before));
+      items.run();
+      auto jobs = db_->statement("DELETE FROM jobs WHERE finished < ?1");
+      jobs.bind(1, to_ms(before));
+      jobs.run();
+      return pruned;
     });
   }
 
@@ -280,6 +347,179 @@ class SqliteLedger : public Ledger {
       return std::string(e.what());
     }
   }
+
+  // ---- failure groups and bulk jobs --------------------------------------------------------
+
+  std::vector<FailureGroup> failure_groups(const FailureQuery& q) override {
+    // Counted from the partial index alone (named: without statistics the planner takes the
+    // state index and reads every row, five times slower at 100,000); then one indexed look-up
+    // per group for its names and the member that failed last.
+    constexpr const char* kMembers = " generation = 0 AND state IN ('failed', 'retrying')";
+    std::string sql = std::string(
+                          "SELECT failure_group, count(*), sum(state = 'failed'),"
+                          " min(failure_at), max(failure_at) FROM deferred_messages"
+                          " INDEXED BY deferred_messages_failures WHERE") +
+                      kMembers + " AND failure_group <> ''";
+    if (q.topic) sql += " AND topic = ?1";
+    if (q.subscription) sql += " AND subscription = ?2";
+    sql += " GROUP BY failure_group ORDER BY count(*) DESC, failure_group LIMIT ?3";
+    MutexLock lock(db_mutex_);
+    std::vector<FailureGroup> out;
+    {
+      auto s = db_->statement(sql);
+      if (q.topic) s.bind(1, *q.topic);
+      if (q.subscription) s.bind(2, *q.subscription);
+      s.bind(3, static_cast<std::int64_t>(std::clamp<std::size_t>(q.limit, 1, 1000)));
+      while (s.step()) {
+        FailureGroup g;
+        g.id = s.text(0);
+        g.count = static_cast<std::size_t>(s.integer(1));
+        g.failed = static_cast<std::size_t>(s.integer(2));
+        g.retrying = g.count - g.failed;
+        g.first_seen = from_ms(s.integer(3));
+        g.last_seen = from_ms(s.integer(4));
+        out.push_back(std::move(g));
+      }
+    }
+    for (auto& g : out) {
+      auto s = db_->statement(
+          std::string("SELECT topic, subscription, sequence_number, generation, failure_handler,"
+                      " failure_error, last_error, subject FROM deferred_messages"
+                      " WHERE failure_group = ?1 AND") +
+          kMembers + " ORDER BY failure_at DESC LIMIT 1");
+      s.bind(1, g.id);
+      if (!s.step()) continue;
+      g.topic = s.text(0);
+      g.subscription = s.text(1);
+      g.sample = {g.topic, g.subscription, s.integer(2), s.integer(3)};
+      g.handler = s.text(4);
+      g.error = s.text(5);
+      g.sample_error = s.text(6);
+      g.sample_subject = s.text(7);
+    }
+    return out;
+  }
+
+  std::size_t count(const Query& q) override {
+    Filter filter(q, false);
+    MutexLock lock(db_mutex_);
+    auto s = db_->statement("SELECT count(*) FROM deferred_messages" + filter.where);
+    filter.bind(q, s);
+    return s.step() ? static_cast<std::size_t>(s.integer(0)) : 0;
+  }
+
+  Job create_job(const Job& job, const Query& q) override {
+    Filter filter(q, false);
+    Job out = job;
+    out.created = out.updated = Clock::now();
+    out.state = JobState::kQueued;
+    write([&]() REQUIRES(db_mutex_) {
+      {
+        auto s = db_->statement(
+            "INSERT INTO job_items (job, topic, subscription, sequence_number, generation)"
+            " SELECT ?1, topic, subscription, sequence_number, generation FROM deferred_messages" +
+            filter.where + " AND generation = 0");
+        filter.bind(q, s);
+        s.bind(1, job.id);
+        s.run();
+        out.total = static_cast<std::size_t>(db_->changes());
+      }
+      auto s = db_->statement(std::string("INSERT INTO jobs (") + kJobColumns +
+                              ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 0, ?9, ?9, NULL, '')");
+      s.bind(1, out.id).bind(2, to_string(out.action)).bind(3, out.filter).bind(4, out.reason);
+      s.bind(5, out.description).bind(6, out.created_by).bind(7, to_string(out.state));
+      s.bind(8, static_cast<std::int64_t>(out.total)).bind(9, to_ms(out.created));
+      s.run();
+      return std::size_t{0};
+    });
+    out.created = out.updated = from_ms(to_ms(out.created));
+    return out;
+  }
+
+  std::optional<Job> find_job(const std::string& id) override {
+    MutexLock lock(db_mutex_);
+    auto s = db_->statement(std::string("SELECT ") + kJobColumns + " FROM jobs WHERE id = ?1");
+    s.bind(1, id);
+    if (!s.step()) return std::nullopt;
+    return read_job(s);
+  }
+
+  std::vector<Job> jobs(std::size_t limit, bool unfinished_only) override {
+    MutexLock lock(db_mutex_);
+    auto s = db_->statement(std::string("SELECT ") + kJobColumns + " FROM jobs" +
+                            (unfinished_only
+                                 ? " WHERE state IN ('queued', 'running') ORDER BY created, id"
+                                 : " ORDER BY created DESC, id DESC") +
+                            " LIMIT ?1");
+    s.bind(1, static_cast<std::int64_t>(std::clamp<std::size_t>(limit, 1, 1000)));
+    std::vector<Job> out;
+    while (s.step()) out.push_back(read_job(s));
+    return out;
+  }
+
+  std::vector<MessageKey> job_pending(const std::string& id, std::size_t limit) override {
+    MutexLock lock(db_mutex_);
+    auto s = db_->statement(
+        "SELECT topic, subscription, sequence_number, generation FROM job_items"
+        " WHERE job = ?1 AND ok IS NULL"
+        " ORDER BY topic, subscription, sequence_number, generation LIMIT ?2");
+    s.bind(1, id).bind(2, static_cast<std::int64_t>(std::max<std::size_t>(limit, 1)));
+    std::vector<MessageKey> out;
+    while (s.step()) out.push_back({s.text(0), s.text(1), s.integer(2), s.integer(3)});
+    return out;
+  }
+
+  void record_job_items(const std::string& id, const std::vector<JobItem>& items) override {
+    write([&]() REQUIRES(db_mutex_) {
+      std::int64_t done = 0, failed = 0;
+      for (const auto& item : items) {
+        auto s = db_->statement(
+            "UPDATE job_items SET ok = ?6, error = ?7 WHERE job = ?5 AND topic = ?1"
+            " AND subscription = ?2 AND sequence_number = ?3 AND generation = ?4 AND ok IS NULL");
+        bind_key(s, item.key);
+        s.bind(5, id).bind(6, std::int64_t{item.ok ? 1 : 0}).bind(7, item.error);
+        s.run();
+        if (db_->changes() == 0) continue;  // Recorded before (a resumed job).
+        (item.ok ? done : failed) += 1;
+      }
+      auto s = db_->statement(
+          "UPDATE jobs SET done = done + ?2, failed = failed + ?3, updated = ?4 WHERE id = ?1");
+      s.bind(1, id).bind(2, done).bind(3, failed).bind(4, to_ms(Clock::now()));
+      s.run();
+      return std::size_t{0};
+    });
+  }
+
+  std::vector<JobItem> job_failures(const std::string& id, std::size_t limit) override {
+    MutexLock lock(db_mutex_);
+    auto s = db_->statement(
+        "SELECT topic, subscription, sequence_number, generation, error FROM job_items"
+        " WHERE job = ?1 AND ok = 0"
+        " ORDER BY topic, subscription, sequence_number, generation LIMIT ?2");
+    s.bind(1, id).bind(2, static_cast<std::int64_t>(std::max<std::size_t>(limit, 1)));
+    std::vector<JobItem> out;
+    while (s.step()) {
+      out.push_back({{s.text(0), s.text(1), s.integer(2), s.integer(3)}, false, s.text(4)});
+    }
+    return out;
+  }
+
+  bool set_job_state(const std::string& id, JobState state, const std::string& error) override {
+    return 0 != write([&]() REQUIRES(db_mutex_) {
+             bool final = state != JobState::kQueued && state != JobState::kRunning;
+             auto s = db_->statement(
+                 "UPDATE jobs SET state = ?2, updated = ?3,"
+                 " finished = CASE WHEN ?4 THEN ?3 ELSE finished END,"
+                 " error = CASE WHEN ?5 = '' THEN error ELSE ?5 END"
+                 " WHERE id = ?1 AND state IN ('queued', 'running')");
+             s.bind(1, id).bind(2, to_string(state)).bind(3, to_ms(Clock::now()));
+             s.bind(4, std::int64_t{final ? 1 : 0}).bind(5, error);
+             s.run();
+             return static_cast<std::size_t>(db_->changes());
+           });
+  }
+
+  // ---- instances sharing the ledger --------------------------------------------------------
 
   void join(const InstanceInfo& me) override {
     // One transaction that waits for any other writer: of two processes joining at once, the
@@ -449,13 +689,16 @@ class SqliteLedger : public Ledger {
         auto s = db_->statement(std::string("INSERT OR REPLACE INTO deferred_messages (") +
                                 kColumns +
                                 ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12,"
-                                " ?13, ?14, ?15, ?16)");
+                                " ?13, ?14, ?15, ?16, ?17, '')");
         bind_key(s, m.key);
         s.bind(5, m.subject).bind(6, m.message_id).bind(7, m.correlation_id).bind(8, m.body);
         s.bind(9, std::int64_t{m.body_truncated ? 1 : 0}).bind(10, to_string(m.state));
         s.bind(11, to_ms(m.created)).bind(12, to_ms(m.updated)).bind(13, m.last_error);
         s.bind(14, to_ms(m.enqueued_time)).bind(15, m.owner).bind(16, to_ms(m.lease_until));
+        s.bind(17, m.trace_parent);
         s.run();
+        // The runs file the row under its failure group again (a row without runs: at the next
+        // open).
         for (const auto& r : runs) insert_run(m.key, r);
       }
       return rows.size();
@@ -485,7 +728,13 @@ class SqliteLedger : public Ledger {
     db_ = std::make_unique<sqlite::Database>(path_);
     db_->exec("PRAGMA journal_mode=WAL");
     db_->exec("PRAGMA synchronous=NORMAL");
-    if (migrate_) sqlite::migrate(*db_, sqlite_migrations());
+    if (!migrate_) return;  // Opened to read its migrations: nothing written.
+    sqlite::migrate(*db_, sqlite_migrations());
+    try {
+      file_unfiled();
+    } catch (const sqlite::SqliteError&) {
+      // A file that cannot be written now: filed at the next open.
+    }
   }
 
   void reopen() {
@@ -536,10 +785,13 @@ class SqliteLedger : public Ledger {
     }
     auto s = db_->statement(
         std::string("INSERT INTO deferred_messages (") + kColumns +
-        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,"
+        " '')"
         " ON CONFLICT (topic, subscription, sequence_number, generation) DO UPDATE SET"
         " state = excluded.state, updated = excluded.updated, owner = excluded.owner,"
         " lease_until = excluded.lease_until,"
+        " trace_parent = CASE WHEN trace_parent = '' THEN excluded.trace_parent"
+        " ELSE trace_parent END,"
         " enqueued = CASE WHEN enqueued = 0 THEN excluded.enqueued ELSE enqueued END,"
         " message_id = CASE WHEN message_id = '' THEN excluded.message_id ELSE message_id END");
     MessageKey key = m.key;
@@ -550,6 +802,7 @@ class SqliteLedger : public Ledger {
     s.bind(11, m.created.time_since_epoch().count() != 0 ? to_ms(m.created) : now);
     s.bind(12, now).bind(13, m.last_error).bind(14, to_ms(m.enqueued_time));
     s.bind(15, me_.id).bind(16, me_.id.empty() || releases_lease(m.state) ? 0 : now + me_.lease.count());
+    s.bind(17, m.trace_parent);
     s.run();
   }
 
@@ -614,6 +867,62 @@ class SqliteLedger : public Ledger {
     }
     s.bind(10, run.error).bind(11, run.task_id).bind(12, std::int64_t{run.retries});
     s.run();
+    bool failed =
+        run.outcome == HandlerRun::Outcome::kFailed || run.outcome == HandlerRun::Outcome::kRetry;
+    if (failed && run.finished) file_failure(key, run.handler, run.error, to_ms(*run.finished));
+  }
+
+  /// Files a message under the failure group of a run that failed.
+  void file_failure(const MessageKey& key, const std::string& handler, const std::string& error,
+                    std::int64_t at) REQUIRES(db_mutex_) {
+    auto normalised = normalise_error(error);
+    auto s = db_->statement(
+        std::string("UPDATE deferred_messages SET failure_group = ?5, failure_handler = ?6,"
+                    " failure_error = ?7, failure_at = ?8") +
+        kKeyWhere);
+    bind_key(s, key);
+    s.bind(5, failure_group_id(key.topic, key.subscription, handler, normalised));
+    s.bind(6, handler).bind(7, normalised).bind(8, at);
+    s.run();
+  }
+
+  /// Files the failed and retrying rows that have no group yet (parked by a metro before
+  /// failure groups, or by a ledger of another kind) under the group of their last failed run.
+  void file_unfiled() REQUIRES(db_mutex_) {
+    struct Unfiled {
+      MessageKey key;
+      std::string last_error;
+      std::int64_t updated;
+    };
+    std::vector<Unfiled> rows;
+    {
+      auto s = db_->statement(
+          "SELECT topic, subscription, sequence_number, generation, last_error, updated"
+          " FROM deferred_messages WHERE generation = 0 AND state IN ('failed', 'retrying')"
+          " AND failure_group = ''");
+      while (s.step()) {
+        rows.push_back(
+            {{s.text(0), s.text(1), s.integer(2), s.integer(3)}, s.text(4), s.integer(5)});
+      }
+    }
+    if (rows.empty()) return;
+    sqlite::Transaction tx(*db_);
+    for (const auto& r : rows) {
+      auto run = db_->statement(
+          std::string("SELECT handler, error, coalesce(finished, started) FROM handler_runs") +
+          kKeyWhere + " AND outcome IN ('failed', 'retry') ORDER BY started DESC LIMIT 1");
+      bind_key(run, r.key);
+      if (run.step()) {
+        file_failure(r.key, run.text(0), run.text(1), run.integer(2));
+      } else {
+        // No run recorded: the error as the message has it (`handler: why`).
+        auto colon = r.last_error.find(": ");
+        auto handler = colon == std::string::npos ? std::string() : r.last_error.substr(0, colon);
+        auto why = colon == std::string::npos ? r.last_error : r.last_error.substr(colon + 2);
+        file_failure(r.key, handler, why, r.updated);
+      }
+    }
+    tx.commit();
   }
 
   /// Queues `apply`, waits until the transaction holding it has committed, returns its answer.

@@ -69,6 +69,35 @@ const std::vector<sqlite::Migration>& sqlite_migrations() {
       {4, "handler runs: Celery task id and retries",
        "ALTER TABLE handler_runs ADD COLUMN task_id TEXT NOT NULL DEFAULT '';"
        "ALTER TABLE handler_runs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;"},
+      // The message's W3C trace context ('' when it came before there was one).
+      {5, "trace context",
+       "ALTER TABLE deferred_messages ADD COLUMN trace_parent TEXT NOT NULL DEFAULT '';"},
+      // Failure groups: the last failed run's handler, its normalised error and the group's id,
+      // written by record_run (rows parked before are filed at every open).
+      {6, "failure groups",
+       "ALTER TABLE deferred_messages ADD COLUMN failure_group TEXT NOT NULL DEFAULT '';"
+       "ALTER TABLE deferred_messages ADD COLUMN failure_handler TEXT NOT NULL DEFAULT '';"
+       "ALTER TABLE deferred_messages ADD COLUMN failure_error TEXT NOT NULL DEFAULT '';"
+       "ALTER TABLE deferred_messages ADD COLUMN failure_at INTEGER NOT NULL DEFAULT 0;"
+       // Covers the groups' listing (generation too: SQLite does not count a partial index's
+       // predicate as covering its columns).
+       "CREATE INDEX deferred_messages_failures ON deferred_messages"
+       " (failure_group, state, failure_at, generation, topic, subscription)"
+       " WHERE generation = 0 AND state IN ('failed', 'retrying');"},
+      // Bulk jobs: the job, and the keys it acts on with each one's outcome (NULL: pending).
+      {7, "bulk jobs",
+       "CREATE TABLE jobs ("
+       " id TEXT PRIMARY KEY, action TEXT NOT NULL, filter TEXT NOT NULL,"
+       " reason TEXT NOT NULL, description TEXT NOT NULL, created_by TEXT NOT NULL,"
+       " state TEXT NOT NULL, total INTEGER NOT NULL, done INTEGER NOT NULL,"
+       " failed INTEGER NOT NULL, created INTEGER NOT NULL, updated INTEGER NOT NULL,"
+       " finished INTEGER, error TEXT NOT NULL);"
+       "CREATE INDEX jobs_created ON jobs (created);"
+       "CREATE TABLE job_items ("
+       " job TEXT NOT NULL, topic TEXT NOT NULL, subscription TEXT NOT NULL,"
+       " sequence_number INTEGER NOT NULL, generation INTEGER NOT NULL,"
+       " ok INTEGER, error TEXT NOT NULL DEFAULT '',"
+       " PRIMARY KEY (job, topic, subscription, sequence_number, generation));"},
   };
   return kMigrations;
 }

@@ -375,6 +375,11 @@ TEST(CeleryHandlerTest, ARunIsOneTaskWithTheOriginalsKeywordArguments) {
   EXPECT_EQ(envelope["headers"]["metro_attempt"], 3);
   EXPECT_EQ(envelope["headers"]["metro_handler"], "my_func");
   EXPECT_EQ(envelope["headers"]["argsrepr"], "('demoproj.demoapp.services.my_func',)");
+  EXPECT_FALSE(envelope["headers"].contains("traceparent"));  // None: no header.
+  // The message's trace context, for the task to continue (self.request.traceparent).
+  task.trace_parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+  envelope = json::parse(encode_task_message(task_message_for(task, spec)).payload);
+  EXPECT_EQ(envelope["headers"]["traceparent"], task.trace_parent);
 
   task.body = "not json \xff";  // Handed over as a string, as exec and http handlers get it.
   spec.kind = HandlerSpec::Kind::kCelery;

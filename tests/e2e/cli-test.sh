@@ -39,13 +39,19 @@ out=$(CONNECTION_STRING_METRO_DEMO='Endpoint=sb://h/;SharedAccessKeyName=k;Share
 for args in "deferred list --json --url http://127.0.0.1:1" \
             "deferred --json list --url http://127.0.0.1:1" \
             "deferred show orders billing 1 --url http://127.0.0.1:1 --token t --json" \
-            "deferred dead-letter orders billing 1 --reason R --url http://127.0.0.1:1"; do
+            "deferred dead-letter orders billing 1 --reason R --url http://127.0.0.1:1" \
+            "deferred retry --state failed --subject Orders/ --dry-run --url http://127.0.0.1:1" \
+            "deferred groups --url http://127.0.0.1:1" \
+            "deferred cancel 0123456789abcdef --url http://127.0.0.1:1"; do
   # shellcheck disable=SC2086
   out=$(expect_code 1 "metro $args" "$metro" $args)
   [[ $out == *"cannot reach http://127.0.0.1:1"* ]] || fail "metro $args: $out"
 done
 expect_code 0 "--log-level after the subcommand" "$metro" check --config examples/metro.toml --log-level warn >/dev/null
 expect_code 2 "an unknown option after the subcommand" "$metro" deferred list --bogus >/dev/null
+# A bulk action needs a filter: a forgotten sequence number never means every message.
+out=$(expect_code 2 "a bulk retry without a filter" "$metro" deferred retry orders billing --url http://127.0.0.1:1)
+[[ $out == *"give a sequence number, or a filter"* ]] || fail "bulk without a filter: $out"
 
 if ((failures)); then echo "$failures failed"; exit 1; fi
 echo "cli: all passed"

@@ -5,6 +5,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -301,3 +302,96 @@ TEST_F(RunTest, TheExampleProgramCompletesExplicitlyFromItsCppHandler) {
 #endif
 
 }  // namespace
+
+namespace {
+
+/// The first `"name": <digits or "text">` of a JSON text, as text; empty when there is none.
+std::string json_field(const std::string& text, const std::string& name) {
+  std::smatch m;
+  if (!std::regex_search(text, m, std::regex("\"" + name + "\": \"?([^\",\\n]*)"))) return {};
+  return m[1];
+}
+
+}  // namespace
+
+TEST_F(RunTest, ABulkJobGoesOnAfterSigtermAndARestartThenFinishes) {
+  constexpr int kMessages = 60;
+  start_emulator(0);
+  // Fails until the file `fixed` exists; parked after one attempt.
+  auto failing = dir_ / "failing.sh";
+  std::ofstream(failing) << "#!/bin/sh\ncat >/dev/null\n[ -e " << (dir_ / "fixed").string()
+                         << " ] && exit 0\necho \"order $$ not found\" >&2\nexit 1\n";
+  fs::permissions(failing, fs::perms::owner_all);
+  auto config = dir_ / "bulk.toml";
+  std::ofstream(config)
+      << "[metro]\nworkers = 4\nledger = \"sqlite://" << (dir_ / "ledger.db").string()
+      << "\"\n[[subscriptions]]\ntopic_name = \"orders\"\n"
+         "subscription_name = \"billing\"\nconnection_string = \""
+      << connection_ << "\"\n[[subscriptions.handlers]]\nsubject = \"s\"\nexec = [\""
+      << failing.string()
+      << "\"]\nmax_attempts = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+         "tokens = [{ name = \"ops\", token = \"e2e-admin\", role = \"admin\" }]\n"
+         "bulk_rate = 20\n";  // 60 messages take 3 s: SIGTERM comes mid-way.
+  std::string url;
+  auto start = [&] {
+    metro_ = std::make_unique<Process>(
+        std::vector<std::string>{METRO_BIN, "run", "--config", config.string()},
+        dir_ / ("metro-" + std::to_string(++metro_starts_) + ".log"));
+    ASSERT_TRUE(metro_->wait_for("metro running")) << metro_->output();
+    std::smatch m;
+    auto out = metro_->output();
+    ASSERT_TRUE(std::regex_search(out, m, std::regex("metro admin listening: (http://\\S+)/")));
+    url = m[1];
+  };
+  auto cli = [&](const std::string& args) {
+    return metro::test::run_command(std::string(METRO_BIN) + " deferred --url " + url +
+                                    " --token e2e-admin " + args);
+  };
+  start();
+  publish(kMessages);
+  ASSERT_TRUE(
+      wait_until([&] { return json_field(cli("groups --json").second, "count") == "60"; }, 60s))
+      << cli("groups").second;
+  std::ofstream(dir_ / "fixed") << "";
+  auto [dry_code, dry] = cli("retry --state failed --dry-run");
+  EXPECT_EQ(dry_code, 0);
+  EXPECT_NE(dry.find("retry: 60 message(s) match (dry run: nothing was done)"), std::string::npos)
+      << dry;
+  auto [code, started] = cli("retry --state failed --detach --json");
+  ASSERT_EQ(code, 0) << started;
+  auto id = json_field(started, "id");
+  ASSERT_EQ(id.size(), 16u) << started;
+  auto done = [&] {
+    auto text = cli("job " + id + " --json").second;
+    auto n = json_field(text, "done");
+    return n.empty() ? -1 : std::stoi(n);
+  };
+  ASSERT_TRUE(wait_until([&] { return done() >= 10; }, 30s));
+  metro_->signal(SIGTERM);
+  EXPECT_EQ(metro_->wait(), 0) << metro_->output();
+  {
+    auto ledger = metro::ledger::open_ledger("sqlite://" + (dir_ / "ledger.db").string());
+    auto job = ledger->find_job(id);
+    ASSERT_TRUE(job);
+    EXPECT_EQ(job->state, metro::ledger::JobState::kRunning);
+    EXPECT_LT(job->done, static_cast<std::size_t>(kMessages))
+        << "stopped too late to mean anything";
+  }
+
+  start();
+  // (The job's own "state"; its filter's comes first.)
+  ASSERT_TRUE(wait_until(
+      [&] {
+        return cli("job " + id + " --json").second.find("\"state\": \"completed\"") !=
+               std::string::npos;
+      },
+      60s))
+      << cli("job " + id).second << metro_->output();
+  EXPECT_EQ(done(), kMessages);
+  EXPECT_TRUE(wait_until([&] { return left() == 0; }, 60s)) << left() << " left";
+  auto [list_code, list] = cli("list --state failed");
+  EXPECT_EQ(list.find("failed  "), std::string::npos) << list;
+  metro_->signal(SIGTERM);
+  EXPECT_EQ(metro_->wait(), 0) << metro_->output();
+  expect_ledger_all_completed(kMessages);
+}

@@ -197,6 +197,50 @@ TEST_F(InstancesTest, AMessageAnotherLiveInstanceIsHandlingIsNotRetriedHere) {
   ASSERT_TRUE(wait_until([&] { return completed() == 1; }, 30s));
 }
 
+TEST_F(InstancesTest, ABulkJobLeavesAMessageAnotherLiveInstanceIsHandlingAlone) {
+  // Instance "b" (live: its heartbeat is fresh and its lease a minute) is running message 1.
+  auto b = ledger();
+  b->join({"b", "another-host", 4242, 60s});
+  metro::ledger::DeferredMessage row;
+  row.key = {"orders", "billing", 1};
+  row.subject = "s";
+  row.body = "{}";
+  row.state = State::kRunning;
+  b->record(row);
+  ServiceOptions a_options;
+  a_options.functions = {{"f", [](const Task&) {}}};
+  start(config("a", kHandler), std::move(a_options));
+  // Jobs made when the message was parked, say, and run by A after B took it up again: each
+  // action records the message as failed, naming B, and leaves it as it is.
+  int n = 0;
+  for (auto action : {metro::ledger::JobAction::kComplete, metro::ledger::JobAction::kDeadLetter,
+                      metro::ledger::JobAction::kRetry}) {
+    metro::ledger::Job job;
+    job.id = "job" + std::to_string(++n);
+    job.action = action;
+    job.filter = "{}";
+    job.created_by = "ops";
+    metro::ledger::Query running_now;
+    running_now.state = State::kRunning;
+    job = ledger()->create_job(job, running_now);
+    ASSERT_EQ(job.total, 1u) << to_string(action);
+    ASSERT_TRUE(wait_until(
+        [&] {
+          auto now = ledger()->find_job(job.id);
+          return now && now->state == metro::ledger::JobState::kCompleted;
+        },
+        60s))
+        << to_string(action);
+    EXPECT_EQ(ledger()->find_job(job.id)->failed, 1u) << to_string(action);
+    auto failures = ledger()->job_failures(job.id, 10);
+    ASSERT_EQ(failures.size(), 1u);
+    EXPECT_NE(failures[0].error.find("instance 'b'"), std::string::npos) << failures[0].error;
+    auto now = ledger()->find({"orders", "billing", 1});
+    EXPECT_EQ(now->owner, "b");
+    EXPECT_EQ(now->state, State::kRunning);
+  }
+}
+
 TEST_F(InstancesTest, ADeadInstancesMessagesAreTakenOverWithinALeaseAndAReaperPeriod) {
   // Instance "dead" took 5 messages, recorded and deferred them, renewed its lease of 2 s, and
   // died: no heartbeat ever again.

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <regex>
 #include <set>
 #include <thread>
 
@@ -854,10 +855,14 @@ TEST_F(ServiceTest, LinesAboutAMessageCarryItsCorrelationId) {
   service_.reset();
   spdlog::set_default_logger(previous);
   auto log = stream->str();
-  EXPECT_NE(log.find("orders/billing#1 [order-9]: parked as failed"), std::string::npos) << log;
-  EXPECT_NE(log.find("orders/billing#1 [order-9]: retried by request"), std::string::npos) << log;
-  EXPECT_NE(log.find("orders/billing#1 [order-9]: f attempt 1 failed: down"), std::string::npos)
-      << log;
+  // The message, its correlation id and its trace id.
+  for (const char* what : {"parked as failed", "retried by request", "f attempt 1 failed: down"}) {
+    EXPECT_TRUE(std::regex_search(
+        log,
+        std::regex(std::string(R"(orders/billing#1 \[order-9\] trace=[0-9a-f]{32}: )") + what)))
+        << what << '\n'
+        << log;
+  }
 }
 
 }  // namespace

@@ -43,7 +43,7 @@ done
 echo "== control"
 dpkg-deb -f "$metro_deb" Version Depends | tee "$work/control"
 grep -qx "Version: $version" "$work/control" || fail "the version is not the project's ($version)"
-for dependency in adduser libqpid-proton11 libsystemd0 libssl3; do
+for dependency in adduser libqpid-proton11 libsystemd0 libssl3 libprometheus-cpp-core1.0; do
   grep -q "$dependency" "$work/control" || fail "metro does not depend on $dependency"
 done
 dpkg-deb -I "$metro_deb" postinst | grep -q "adduser" || fail "postinst creates no metro user"

@@ -138,6 +138,8 @@ struct AdminOptions {
   bool enabled = true;
   std::string listen = "127.0.0.1:8080";
   std::vector<AdminToken> tokens;
+  /// Messages a second a bulk job (retry, complete, dead-letter by filter) acts on, at most.
+  int bulk_rate = 100;
 };
 
 struct Config {

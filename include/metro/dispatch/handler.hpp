@@ -26,6 +26,10 @@ struct Task {
   std::string correlation_id;
   int attempt = 1;
   std::string body;  ///< The message body as received (JSON text when it is JSON).
+  /// The W3C trace context of the message (`00-<trace id>-<span id>-<flags>`): the publisher's
+  /// trace continued with metro's span, or a trace metro started. Handlers get it as the task
+  /// JSON's `trace_parent`, exec handlers as `TRACEPARENT`, http handlers as `traceparent`.
+  std::string trace_parent;
   /// Set when this run picks up a run an earlier metro started outside this process and did not
   /// see end (the Celery task id the ledger recorded): an asynchronous handler waits for that
   /// run's outcome instead of starting another.
@@ -34,7 +38,7 @@ struct Task {
 
 /// `{"message": <body as JSON, or a string when it is not JSON or exceeds the JSON bounds>,
 /// "topic_name": …, "subscription_name": …, "sequence_number": …, "subject": …, "message_id": …,
-/// "correlation_id": …, "attempt": …, "handler": …}`
+/// "correlation_id": …, "attempt": …, "handler": …, "trace_parent": …}`
 std::string to_json(const Task& task);
 
 enum class Outcome {
@@ -97,14 +101,16 @@ class Handler {
   virtual void interrupt() {}
 };
 
-/// Runs `command` (argv) with the task JSON on stdin. The exit status decides: 0 success, 75
+/// Runs `command` (argv) with the task JSON on stdin and the task's trace context as `TRACEPARENT`
+/// in its environment. The exit status decides: 0 success, 75
 /// (EX_TEMPFAIL) retry, anything else failure with the status and the end of stderr; pipes a
 /// background child keeps open do not delay it. The task is written as the child reads it (a
 /// child that never reads does not block the worker). A run that outlives its timeout is killed
 /// (its whole process group) and counts as a retry.
 std::unique_ptr<Handler> make_exec_handler(std::vector<std::string> command);
 
-/// POSTs the task JSON to `url` (http:// or https://) with an `X-Correlation-Id` header.
+/// POSTs the task JSON to `url` (http:// or https://) with `X-Correlation-Id` and (when the task
+/// has one) `traceparent` headers.
 /// 2xx: success; 5xx, a timeout or no connection: retry; anything else: failure.
 std::unique_ptr<Handler> make_http_handler(const std::string& url);
 

@@ -95,6 +95,21 @@ struct ServiceOptions {
   /// How often the reaper looks for stale deferrals (default: a quarter of deferred_deadline,
   /// at most a minute).
   std::chrono::milliseconds reaper_interval{0};
+  /// Bulk jobs act on at most this many messages a second; 0: `[admin] bulk_rate`.
+  double bulk_rate = 0;
+};
+
+/// A bulk action: what to do to every message a filter matches now (see `Service::start_job`).
+struct JobRequest {
+  ledger::JobAction action = ledger::JobAction::kRetry;
+  /// Topic, subscription, state, subject, age or failure group (`limit` and `after` are
+  /// ignored). Without a state or group it matches the `deferred`, `retrying`, `failed` and
+  /// `orphaned` messages; a state other than those is refused.
+  ledger::Query filter;
+  std::string filter_text;  ///< The filter as given, for people (the job's `filter`).
+  std::string reason = "DeadLetteredByOperator";  ///< Dead-letter only.
+  std::string description;
+  std::string requested_by;  ///< The token's name, for the audit lines.
 };
 
 /// What a subscription is doing, for the API and metrics.
@@ -197,8 +212,19 @@ class Service {
                          const std::string& description, std::chrono::milliseconds wait);
 
   /// Sends a message to a topic, with the connection of a subscription on it. Throws
-  /// `UnknownMessageError` when no subscription of the config is on that topic.
+  /// `UnknownMessageError` when no subscription of the config is on that topic. A message
+  /// without a valid `traceparent` application property gets one that starts a trace.
   void publish(const std::string& topic, const sb::Message& message);
+
+  /// How many messages a bulk action would act on now (a dry run). Throws `InvalidArgument` for
+  /// a state a bulk action does not take.
+  std::size_t count_for_job(const JobRequest& request);
+  /// Records a bulk job for the messages the filter matches now and starts it in the background
+  /// (see `JobRunner`: paced, one at a time, resumed after a restart). Returns the job (state
+  /// `queued`, `total` set).
+  ledger::Job start_job(const JobRequest& request);
+  /// Cancels a queued or running job; false when it is unknown or finished already.
+  bool cancel_job(const std::string& id, const std::string& requested_by);
 
   ledger::Ledger& ledger();
   const config::Config& config() const;

@@ -76,6 +76,12 @@ struct DeferredMessage {
   Clock::time_point created;
   Clock::time_point updated;
   std::string last_error;
+  /// The W3C trace context metro handles the message under (`00-<trace id>-<span id>-<flags>`):
+  /// the publisher's trace with metro's own span, or a trace metro started. Empty for records
+  /// written before metro kept it.
+  std::string trace_parent;
+  /// The failure group of the last failed run (see `failure_groups`); empty when none failed.
+  std::string failure_group;
   /// The instance handling it (its `[metro] instance_id`); empty when none has taken it.
   std::string owner;
   /// Until when `owner`'s claim holds unless renewed (the ledger's clock; the epoch when none).
@@ -112,6 +118,10 @@ struct Query {
   std::optional<Clock::time_point> updated_before;
   /// Only current records (generation 0), leaving out superseded ones.
   bool current_only = false;
+  /// Only `failed` and `retrying` messages of this failure group (`FailureGroup::id`).
+  std::optional<std::string> failure_group;
+  /// When not empty: only messages in one of these states (with `state`, both must hold).
+  std::vector<State> any_state;
   std::size_t limit = 50;
   std::optional<std::string> after;
 };
@@ -119,6 +129,64 @@ struct Query {
 struct Page {
   std::vector<DeferredMessage> items;
   std::optional<std::string> next;
+};
+
+/// Failed and retrying messages of one subscription and handler whose last errors are the same
+/// once their variable parts (numbers, ids, quoted values, paths …) are normalised away.
+struct FailureGroup {
+  /// Stable: 16 hex digits of a hash of topic, subscription, handler and normalised error.
+  std::string id;
+  std::string topic;
+  std::string subscription;
+  std::string handler;
+  std::string error;  ///< The normalised error (`order <n> not found`).
+  std::size_t count = 0;
+  std::size_t failed = 0;        ///< Of `count`, parked.
+  std::size_t retrying = 0;      ///< Of `count`, waiting for a retry.
+  Clock::time_point first_seen;  ///< The earliest last failure of a member.
+  Clock::time_point last_seen;   ///< The latest.
+  MessageKey sample;             ///< The member that failed last.
+  std::string sample_error;      ///< Its error as it was (`handler: why`).
+  std::string sample_subject;
+};
+
+struct FailureQuery {
+  std::optional<std::string> topic;
+  std::optional<std::string> subscription;
+  std::size_t limit = 100;  ///< Largest groups first.
+};
+
+/// What a bulk job does to each message.
+enum class JobAction { kRetry, kComplete, kDeadLetter };
+enum class JobState { kQueued, kRunning, kCompleted, kCancelled, kFailed };
+std::string_view to_string(JobAction action);
+std::optional<JobAction> job_action_from_string(std::string_view text);
+std::string_view to_string(JobState state);
+
+/// A bulk action on the messages a filter matched when it was created (their keys are kept with
+/// it, so that it acts on exactly those, and goes on after a restart).
+struct Job {
+  std::string id;
+  JobAction action = JobAction::kRetry;
+  std::string filter;  ///< The filter as the request gave it (JSON text), for people.
+  std::string reason;  ///< Dead-letter: the reason and description.
+  std::string description;
+  std::string created_by;  ///< The token's name.
+  JobState state = JobState::kQueued;
+  std::size_t total = 0;
+  std::size_t done = 0;    ///< Acted on.
+  std::size_t failed = 0;  ///< Could not be acted on (each with its error).
+  Clock::time_point created;
+  Clock::time_point updated;
+  std::optional<Clock::time_point> finished;
+  std::string error;  ///< Why the job itself failed or was cancelled.
+};
+
+/// The outcome of one message of a job.
+struct JobItem {
+  MessageKey key;
+  bool ok = true;
+  std::string error;
 };
 
 /// Who this process is among the instances sharing a ledger.
@@ -213,6 +281,30 @@ class Ledger {
   /// the file was deleted or replaced …); nullopt when it succeeded.
   virtual std::optional<std::string> write_problem() = 0;
 
+  // ---- failure groups and bulk jobs ------------------------------------------------------------
+
+  /// The failure groups of current `failed` and `retrying` messages, largest first. A run that
+  /// ends failed or asking for a retry (`record_run`) files its message under its group.
+  virtual std::vector<FailureGroup> failure_groups(const FailureQuery& query) = 0;
+  /// How many messages `query` matches (its `limit` and `after` are ignored).
+  virtual std::size_t count(const Query& query) = 0;
+  /// Records a job (its id, action, filter, reason, creator; state `queued`) with the keys of
+  /// the current messages `query` matches (its `limit` and `after` are ignored) in one commit;
+  /// returns it with `total`, `created` and `updated` set.
+  virtual Job create_job(const Job& job, const Query& query) = 0;
+  virtual std::optional<Job> find_job(const std::string& id) = 0;
+  /// Newest first; with `unfinished_only`, only `queued` and `running` ones (oldest first).
+  virtual std::vector<Job> jobs(std::size_t limit, bool unfinished_only) = 0;
+  /// Up to `limit` keys of the job not acted on yet, in key order.
+  virtual std::vector<MessageKey> job_pending(const std::string& id, std::size_t limit) = 0;
+  /// Records outcomes of a job's messages and adds them to its `done` and `failed`.
+  virtual void record_job_items(const std::string& id, const std::vector<JobItem>& items) = 0;
+  /// Up to `limit` of a job's messages that failed, with their errors.
+  virtual std::vector<JobItem> job_failures(const std::string& id, std::size_t limit) = 0;
+  /// Moves a job to `state` (setting `finished` for completed, cancelled and failed, and `error`
+  /// unless empty); false when it is unknown or already finished.
+  virtual bool set_job_state(const std::string& id, JobState state,
+                             const std::string& error = {}) = 0;
   // ---- instances sharing the ledger ------------------------------------------------------------
 
   /// Registers this process as `me` (its heartbeat row) and makes it the owner of what it

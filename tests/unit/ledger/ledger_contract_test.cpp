@@ -2,7 +2,9 @@
 // PostgreSQL ledger on a real server (a fresh database per test), so the two behave the same.
 // Backend-specific facts (a deleted SQLite file, an unreachable or read-only server) come after.
 #include <atomic>
+#include <chrono>
 #include <filesystem>
+#include <iostream>
 #include <set>
 #include <thread>
 
@@ -12,6 +14,7 @@
 
 #include <metro/ledger/ledger.hpp>
 
+#include "../../../src/ledger/failure_groups.hpp"
 #include "../../../src/ledger/postgres_migrations.hpp"
 #include "../../../src/ledger/sqlite_migrations.hpp"
 #include "../../support/postgres_server.hpp"
@@ -100,6 +103,27 @@ class LedgerContract : public ::testing::TestWithParam<Backend> {
     me.pid = ::getpid();
     me.lease = lease;
     return me;
+  }
+
+  /// Records a message that failed `error` in `handler` and is now in `state`.
+  void fail(std::int64_t seq, const std::string& handler, const std::string& error,
+            State state = State::kFailed, const std::string& sub = "billing") {
+    DeferredMessage m;
+    m.key = {"orders", sub, seq};
+    m.subject = "Orders/Created";
+    m.message_id = "m" + std::to_string(seq);
+    m.body = "{}";
+    m.state = State::kDeferred;
+    m.trace_parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    ledger_->record(m);
+    HandlerRun run;
+    run.handler = handler;
+    run.outcome = HandlerRun::Outcome::kFailed;
+    run.started = Clock::now();
+    run.finished = run.started;
+    run.error = error;
+    ledger_->record_run(m.key, run);
+    ledger_->set_state(m.key, state, handler + ": " + error);
   }
 
   std::filesystem::path path_;
@@ -523,6 +547,7 @@ TEST_P(LedgerContract, ClaimsOwnUnownedAndLapsedRowsInSequenceOrderNeverOthersLi
 TEST_P(LedgerContract, RestoreAndCopyKeepEveryFieldGenerationAndRun) {
   auto old = message("a", 7, "Old");
   old.message_id = "old";
+  old.trace_parent = std::string("00-trace\0\xff", 11);
   ledger_->record(old);
   ledger_->record_run(old.key, {"h", 1, HandlerRun::Outcome::kFailed, Clock::now(), Clock::now(),
                                 std::string("err\0or", 6), "task-7", 3});
@@ -546,15 +571,209 @@ TEST_P(LedgerContract, RestoreAndCopyKeepEveryFieldGenerationAndRun) {
       EXPECT_EQ(a->created, b->created);
       EXPECT_EQ(a->updated, b->updated);
       EXPECT_EQ(a->message_id, b->message_id);
+      EXPECT_EQ(a->trace_parent, b->trace_parent);
+      EXPECT_EQ(a->failure_group, b->failure_group);
       ASSERT_EQ(ledger_->runs(key).size(), target->runs(key).size());
     }
     EXPECT_EQ(target->runs({"metro-demo", "a", 7, 1}).at(0).error, std::string("err\0or", 6));
     EXPECT_EQ(target->runs({"metro-demo", "a", 7, 1}).at(0).task_id, "task-7");
     EXPECT_EQ(target->runs({"metro-demo", "a", 7, 1}).at(0).retries, 3);
+    EXPECT_EQ(target->find({"metro-demo", "a", 7, 1})->trace_parent,
+              std::string("00-trace\0\xff", 11));
+    EXPECT_FALSE(target->find({"metro-demo", "a", 7, 1})->failure_group.empty());
     EXPECT_EQ(copy_ledger(*ledger_, *target), 2u);  // Again: the same rows, replaced.
     EXPECT_EQ(target->counts()[State::kFailed], 1u);
   }
   for (auto suffix : {"", "-wal", "-shm"}) std::filesystem::remove(target_path.string() + suffix);
+}
+
+// ---- trace context, failure groups and bulk jobs ----------------------------------------------
+
+TEST_P(LedgerContract, GroupsFailedAndRetryingMessagesWithExactCounts) {
+  for (int i = 1; i <= 30; ++i) fail(i, "bill.sh", "order " + std::to_string(i * 7) + " unknown");
+  for (int i = 31; i <= 40; ++i) {
+    fail(i, "bill.sh", "db at 10.0.0." + std::to_string(i) + " refused", State::kRetrying);
+  }
+  fail(41, "ship.sh", "order 1 unknown");                     // Another handler: another group.
+  fail(42, "bill.sh", "order 2 unknown", State::kCompleted);  // Settled: in no group.
+  auto groups = ledger_->failure_groups({});
+  ASSERT_EQ(groups.size(), 3u);
+  EXPECT_EQ(groups[0].count, 30u);
+  EXPECT_EQ(groups[0].failed, 30u);
+  EXPECT_EQ(groups[0].handler, "bill.sh");
+  EXPECT_EQ(groups[0].error, "order <n> unknown");
+  EXPECT_EQ(groups[0].id, failure_group_id("orders", "billing", "bill.sh", "order <n> unknown"));
+  EXPECT_EQ(groups[0].topic, "orders");
+  EXPECT_EQ(groups[0].subscription, "billing");
+  EXPECT_EQ(groups[0].sample_error.rfind("bill.sh: order ", 0), 0u);
+  EXPECT_EQ(groups[0].sample_subject, "Orders/Created");
+  EXPECT_LE(groups[0].first_seen, groups[0].last_seen);
+  EXPECT_EQ(groups[1].count, 10u);
+  EXPECT_EQ(groups[1].retrying, 10u);
+  EXPECT_EQ(groups[2].handler, "ship.sh");
+
+  // The list and the count by group, as bulk actions take them.
+  Query q;
+  q.failure_group = groups[0].id;
+  q.limit = 1000;
+  EXPECT_EQ(ledger_->list(q).items.size(), 30u);
+  EXPECT_EQ(ledger_->count(q), 30u);
+  q.failure_group = "not a group \xff";
+  EXPECT_EQ(ledger_->count(q), 0u);
+  Query either;
+  either.any_state = {State::kRetrying, State::kCompleted};
+  EXPECT_EQ(ledger_->count(either), 11u);
+  either.topic = "orders";
+  either.state = State::kCompleted;
+  EXPECT_EQ(ledger_->count(either), 1u);
+  EXPECT_EQ(ledger_->find({"orders", "billing", 1})->failure_group, groups[0].id);
+  EXPECT_EQ(ledger_->find({"orders", "billing", 1})->trace_parent,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+  EXPECT_EQ(ledger_->list(Query{}).items.at(0).trace_parent,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+
+  FailureQuery other;
+  other.subscription = "shipping";
+  EXPECT_TRUE(ledger_->failure_groups(other).empty());
+  FailureQuery one;
+  one.topic = "orders";
+  one.limit = 1;
+  EXPECT_EQ(ledger_->failure_groups(one).size(), 1u);
+}
+
+TEST_P(LedgerContract, KeepsTheFirstTraceContextAndEveryByteOfIt) {
+  auto m = message("a", 1, "s");
+  m.trace_parent = std::string("00-\0\xff-01", 7);
+  ledger_->record(m);
+  m.trace_parent = "00-another";
+  m.state = State::kDeferred;
+  ledger_->record(m);  // The same message again: its trace context stays.
+  EXPECT_EQ(ledger_->find(m.key)->trace_parent, std::string("00-\0\xff-01", 7));
+}
+
+TEST_P(LedgerContract, ListsFailureGroupsWithAHundredThousandParkedRows) {
+  // Written straight into the store in one statement (record_run per row would take minutes):
+  // every tenth row settled (not counted), the rest in 32 groups.
+  constexpr int kRows = 100000;
+  const std::string group =
+      "(CASE WHEN i % 32 >= 16 THEN '1' ELSE '0' END) || '00000000000000' ||"
+      " substr('0123456789abcdef', i % 16 + 1, 1)";
+  const std::string state = "CASE WHEN i % 10 = 0 THEN 'completed' ELSE 'failed' END";
+  ledger_.reset();
+  raw_sql("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < " +
+              std::to_string(kRows) +
+              ") INSERT INTO deferred_messages (topic, subscription, sequence_number, generation,"
+              " subject, message_id, correlation_id, body, body_truncated, state, created,"
+              " updated, last_error, enqueued, failure_group, failure_handler, failure_error,"
+              " failure_at) SELECT 'orders', 'billing', i, 0, 'Orders/X', '', '', '{}', 0, " +
+              state + ", i, i, 'h: e', 0, " + group + ", 'h', 'e', i FROM n",
+          "INSERT INTO deferred_messages (topic, subscription, sequence_number, generation,"
+          " subject, subject_text, message_id, correlation_id, body, body_truncated, state,"
+          " created, updated, last_error, enqueued, failure_group, failure_handler,"
+          " failure_error, failure_at) SELECT 'orders', 'billing', i, 0, 'Orders/X'::bytea,"
+          " 'Orders/X', ''::bytea, ''::bytea, '{}'::bytea, 0, " +
+              state + ", i, i, 'h: e'::bytea, 0, " + group +
+              ", 'h', 'e'::bytea, i FROM generate_series(1, " + std::to_string(kRows) +
+              ") AS i; ANALYZE deferred_messages");
+  ledger_ = another();
+
+  auto start = std::chrono::steady_clock::now();
+  auto groups = ledger_->failure_groups({});
+  auto took = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start);
+  std::size_t total = 0;
+  for (const auto& g : groups) total += g.count;
+  EXPECT_EQ(groups.size(), 32u);
+  EXPECT_EQ(total, static_cast<std::size_t>(kRows - kRows / 10));
+  Query q;
+  q.failure_group = groups.front().id;
+  start = std::chrono::steady_clock::now();
+  auto counted = ledger_->count(q);
+  auto count_took =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start);
+  EXPECT_EQ(counted, groups.front().count);
+  // A job over every parked message keeps 90,000 keys, in one commit.
+  Job job;
+  job.id = "00000000000000aa";
+  job.filter = "{}";
+  Query parked;
+  parked.state = State::kFailed;
+  start = std::chrono::steady_clock::now();
+  auto created = ledger_->create_job(job, parked);
+  auto job_took =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start);
+  EXPECT_EQ(created.total, total);
+  EXPECT_EQ(ledger_->job_pending(job.id, 10).size(), 10u);
+  // Figures for the README, not assertions: the machine is shared.
+  std::cout << (postgres() ? "postgres" : "sqlite") << ": failure_groups over " << kRows
+            << " rows (" << total << " parked, " << groups.size() << " groups): " << took.count()
+            << " ms; count of one group: " << count_took.count()
+            << " ms; a job over all parked: " << job_took.count() << " ms\n";
+}
+
+TEST_P(LedgerContract, FilesRowsParkedBeforeGroupsExistedAtOpen) {
+  fail(1, "bill.sh", "order 5 unknown");
+  ledger_.reset();
+  raw_sql("UPDATE deferred_messages SET failure_group = ''",
+          "UPDATE deferred_messages SET failure_group = ''");
+  ledger_ = another();
+  auto groups = ledger_->failure_groups({});
+  ASSERT_EQ(groups.size(), 1u);
+  EXPECT_EQ(groups[0].id, failure_group_id("orders", "billing", "bill.sh", "order <n> unknown"));
+}
+
+TEST_P(LedgerContract, JobsKeepTheirKeysProgressAndStateAcrossReopening) {
+  for (int i = 1; i <= 5; ++i) fail(i, "bill.sh", "order 1 unknown");
+  fail(6, "bill.sh", "order 1 unknown", State::kCompleted);
+  Job job;
+  job.id = "0123456789abcdef";
+  job.action = JobAction::kDeadLetter;
+  job.filter = R"({"state":"failed"})";
+  job.reason = std::string("why\0\xff", 5);
+  job.created_by = "ops";
+  Query q;
+  q.state = State::kFailed;
+  auto created = ledger_->create_job(job, q);
+  EXPECT_EQ(created.total, 5u);
+  EXPECT_EQ(created.state, JobState::kQueued);
+  auto pending = ledger_->job_pending(job.id, 2);
+  ASSERT_EQ(pending.size(), 2u);
+  EXPECT_EQ(pending[0].sequence_number, 1);
+  ledger_->record_job_items(job.id,
+                            {{pending[0], true, {}}, {pending[1], false, std::string("bu\0sy", 5)}});
+  ledger_->record_job_items(job.id, {{pending[0], true, {}}});  // Twice: counted once.
+  EXPECT_TRUE(ledger_->set_job_state(job.id, JobState::kRunning));
+
+  ledger_.reset();
+  ledger_ = another();
+  auto found = ledger_->find_job(job.id);
+  ASSERT_TRUE(found);
+  EXPECT_EQ(found->action, JobAction::kDeadLetter);
+  EXPECT_EQ(found->reason, std::string("why\0\xff", 5));
+  EXPECT_EQ(found->filter, R"({"state":"failed"})");
+  EXPECT_EQ(found->created_by, "ops");
+  EXPECT_EQ(found->total, 5u);
+  EXPECT_EQ(found->done, 1u);
+  EXPECT_EQ(found->failed, 1u);
+  EXPECT_EQ(found->state, JobState::kRunning);
+  EXPECT_FALSE(found->finished);
+  EXPECT_EQ(ledger_->job_pending(job.id, 100).size(), 3u);
+  ASSERT_EQ(ledger_->job_failures(job.id, 10).size(), 1u);
+  EXPECT_EQ(ledger_->job_failures(job.id, 10)[0].error, std::string("bu\0sy", 5));
+  EXPECT_EQ(ledger_->jobs(10, true).size(), 1u);
+  EXPECT_FALSE(ledger_->find_job("no such job"));
+  EXPECT_FALSE(ledger_->find_job("\xff\x01"));
+  EXPECT_FALSE(ledger_->set_job_state("\xff\x01", JobState::kCancelled));
+  EXPECT_TRUE(ledger_->set_job_state(job.id, JobState::kCancelled, "cancelled by ops"));
+  EXPECT_FALSE(ledger_->set_job_state(job.id, JobState::kCompleted));  // Final states stay.
+  found = ledger_->find_job(job.id);
+  EXPECT_EQ(found->state, JobState::kCancelled);
+  EXPECT_TRUE(found->finished);
+  EXPECT_EQ(found->error, "cancelled by ops");
+  EXPECT_TRUE(ledger_->jobs(10, true).empty());
+  EXPECT_EQ(ledger_->jobs(10, false).size(), 1u);
+  // Retention: finished jobs go with settled rows.
+  ledger_->prune(Clock::now() + std::chrono::hours(1));
+  EXPECT_FALSE(ledger_->find_job(job.id));
 }
 
 TEST_P(LedgerContract, TheSchemaIsUpToDateAndSaysSo) {
