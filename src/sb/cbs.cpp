@@ -9,7 +9,6 @@
 
 #include <metro/sb/sas.hpp>
 
-#include "../common/fresh_exception.hpp"
 #include "engine.hpp"
 
 namespace metro::sb::detail {
@@ -140,25 +139,7 @@ void Cbs::on_delivery(pn_delivery_t* d) {
     return;
   }
   if (!pn_delivery_readable(d) || pn_delivery_partial(d)) return;
-  std::string bytes(pn_delivery_pending(d), '\0');
-  auto n = pn_link_recv(link, bytes.data(), bytes.size());
-  bytes.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
-  pn_link_advance(link);
-  pn_delivery_update(d, PN_ACCEPTED);
-  pn_delivery_settle(d);
-  pn_link_flow(link, 100 - pn_link_credit(link));
-  try {
-    auto reply = amqp::parse_message(bytes);
-    if (auto id = reply.property_text(amqp::kCorrelationId)) requests_.answer(*id, &reply, nullptr);
-  } catch (const amqp::DecodeError& e) {
-    if (auto id = codec::correlation_id_of(bytes)) {
-      requests_.answer(*id, nullptr, fresh_exception([&] {
-        return ServiceBusError("amqp:decode-error",
-                               std::string("the put-token reply could not be decoded: ") + e.what(),
-                               false);
-      }));
-    }
-  }
+  requests_.receive_reply(d, "the put-token reply");
 }
 
 }  // namespace metro::sb::detail

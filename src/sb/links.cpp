@@ -131,6 +131,29 @@ bool Requests::answer(const std::string& id, const amqp::Message* reply, std::ex
   return true;
 }
 
+void Requests::receive_reply(pn_delivery_t* d, const char* what) {
+  auto* link = pn_delivery_link(d);
+  std::string bytes(pn_delivery_pending(d), '\0');
+  auto n = pn_link_recv(link, bytes.data(), bytes.size());
+  bytes.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
+  pn_link_advance(link);
+  pn_delivery_update(d, PN_ACCEPTED);
+  pn_delivery_settle(d);
+  pn_link_flow(link, 100 - pn_link_credit(link));
+  try {
+    auto reply = amqp::parse_message(bytes);
+    if (auto id = reply.property_text(amqp::kCorrelationId)) answer(*id, &reply, nullptr);
+  } catch (const amqp::DecodeError& e) {
+    // Tell the request it answers, when the reply says which.
+    if (auto id = codec::correlation_id_of(bytes)) {
+      answer(*id, nullptr, fresh_exception([&] {
+        return ServiceBusError("amqp:decode-error",
+                               std::string(what) + " could not be decoded: " + e.what(), false);
+      }));
+    }
+  }
+}
+
 void Requests::fail_all(const std::exception_ptr& error) {
   auto entries = std::move(entries_);
   entries_.clear();
@@ -382,25 +405,7 @@ void ManagementLink::on_delivery(pn_delivery_t* d) {
     return (*done)(error);
   }
   if (!pn_delivery_readable(d) || pn_delivery_partial(d)) return;
-  std::string bytes(pn_delivery_pending(d), '\0');
-  auto n = pn_link_recv(link, bytes.data(), bytes.size());
-  bytes.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
-  pn_link_advance(link);
-  pn_delivery_update(d, PN_ACCEPTED);
-  pn_delivery_settle(d);
-  pn_link_flow(link, 100 - pn_link_credit(link));
-  try {
-    auto reply = amqp::parse_message(bytes);
-    if (auto id = reply.property_text(amqp::kCorrelationId)) requests_.answer(*id, &reply, nullptr);
-  } catch (const amqp::DecodeError& e) {
-    // Tell the request it answers, when the reply says which.
-    if (auto id = codec::correlation_id_of(bytes)) {
-      requests_.answer(*id, nullptr, fresh_exception([&] {
-        return ServiceBusError("amqp:decode-error",
-                               std::string("the reply could not be decoded: ") + e.what(), false);
-      }));
-    }
-  }
+  requests_.receive_reply(d, "the reply");
 }
 
 void ManagementLink::fail_pending(const std::exception_ptr& error) {

@@ -96,6 +96,10 @@ class Requests {
   std::string add(Answer answer, TimePoint deadline, std::string what);
   /// Hands the reply (or the error) to the request it answers; false when none waits for it.
   bool answer(const std::string& id, const amqp::Message* reply, std::exception_ptr error);
+  /// Takes a complete reply delivery off its receiving link (accepted, settled, credit topped up
+  /// to 100) and answers its request; one that cannot be decoded fails the request it names with
+  /// "`what` could not be decoded".
+  void receive_reply(pn_delivery_t* d, const char* what);
   bool empty() const { return entries_.empty(); }
   void fail_all(const std::exception_ptr& error);
   void expire(TimePoint now, milliseconds timeout, Unanswered& unanswered);
