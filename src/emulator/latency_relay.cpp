@@ -170,7 +170,6 @@ class Link : public std::enable_shared_from_this<Link> {
 struct LatencyRelay::Impl {
   asio::io_context io;
   std::vector<std::unique_ptr<tcp::acceptor>> acceptors;  // one per address the host names
-  asio::steady_timer accept_pause{io};
   tcp::endpoint target;
   std::chrono::milliseconds delay{0};
   std::uint16_t port = 0;
