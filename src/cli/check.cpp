@@ -107,7 +107,14 @@ int run_check(const std::string& config_path) {
               << ", malformed body: " << config::to_string(s.on_malformed_body) << ", prefetch "
               << (s.prefetch == 0 ? std::string("0 (as room allows, up to 100)")
                                   : std::to_string(s.prefetch))
-              << '\n';
+              << ", defer " << config::to_string(s.defer);
+    if (s.defer == config::DeferMode::kWhenSlow) {
+      std::cout << " (after "
+                << (s.defer_after ? std::to_string(s.defer_after->count()) + " ms"
+                                  : std::string("a quarter of the lock duration"))
+                << ")";
+    }
+    std::cout << '\n';
     for (const auto& h : s.handlers) {
       std::cout << "    - " << h.name << ": subject " << h.subject << " ("
                 << routing::to_string(h.match) << ") -> " << describe_run(h) << ", completion "

@@ -40,6 +40,10 @@ std::string_view to_string(FailurePolicy policy) {
   return policy == FailurePolicy::kPark ? "park" : "dead-letter";
 }
 
+std::string_view to_string(DeferMode mode) {
+  return mode == DeferMode::kAlways ? "always" : "when-slow";
+}
+
 std::string_view to_string(HandlerKind kind) {
   switch (kind) {
     case HandlerKind::kFunction:
@@ -96,6 +100,22 @@ void read_subject_source(TableReader& r, routing::SubjectSource& out) {
               out);
 }
 
+/// The longest `defer_after`: a held message's lock is renewed for five minutes after it
+/// arrived, and it must be deferred well before that.
+constexpr milliseconds kMaxDeferAfter{std::chrono::minutes(4)};
+
+void read_defer(TableReader& r, DeferMode& mode, std::optional<milliseconds>& after) {
+  read_choice(r, "defer", {"always", "when-slow"}, {DeferMode::kAlways, DeferMode::kWhenSlow},
+              mode);
+  if (auto v = r.duration("defer_after")) {
+    if (*v >= milliseconds(1) && *v <= kMaxDeferAfter) {
+      after = *v;
+    } else {
+      r.invalid("defer_after", "expected a duration from 1ms to 4m");
+    }
+  }
+}
+
 void read_metro(TableReader& r, MetroOptions& m) {
   if (auto v = r.integer("workers", 1, 4096)) m.workers = static_cast<int>(*v);
   if (auto v = r.string("ledger")) {
@@ -111,6 +131,7 @@ void read_metro(TableReader& r, MetroOptions& m) {
   read_no_match(r, m.on_no_match);
   read_malformed(r, m.on_malformed_body);
   if (auto v = r.integer("prefetch", 0, 100000)) m.prefetch = static_cast<int>(*v);
+  read_defer(r, m.defer, m.defer_after);
   if (auto v = r.duration("deferred_deadline")) m.deferred_deadline = *v;
   if (auto v = r.duration("shutdown_grace")) m.shutdown_grace = *v;
   if (auto v = r.duration("ledger_retention")) m.ledger_retention = *v;
@@ -364,6 +385,8 @@ void read_subscription(TableReader& r, const MetroOptions& defaults, Subscriptio
   s.on_no_match = defaults.on_no_match;
   s.on_malformed_body = defaults.on_malformed_body;
   s.prefetch = defaults.prefetch;
+  s.defer = defaults.defer;
+  s.defer_after = defaults.defer_after;
   auto topic = r.string("topic_name", true);
   auto subscription = r.string("subscription_name", true);
   auto connection = r.string("connection_string", true);
@@ -394,6 +417,7 @@ void read_subscription(TableReader& r, const MetroOptions& defaults, Subscriptio
   read_no_match(r, s.on_no_match);
   read_malformed(r, s.on_malformed_body);
   if (auto v = r.integer("prefetch", 0, 100000)) s.prefetch = static_cast<int>(*v);
+  read_defer(r, s.defer, s.defer_after);
 
   const auto* handlers = r.array("handlers", "an array of tables ([[subscriptions.handlers]])");
   if (handlers == nullptr && r.node("handlers") == nullptr) {

@@ -213,22 +213,48 @@ std::vector<Intake::Work> Intake::sort(Route& route, std::vector<sb::ReceivedMes
   return work;
 }
 
+namespace {
+
+/// An earlier message with this sequence number still in hand (the subscription's numbers started
+/// again) is gone from Service Bus: let it go (the ledger keeps its record apart).
+void let_go_of_earlier(InFlight& in_flight, const Task& base) {
+  auto key = key_of(base);
+  if (auto id = in_flight.message_id(key); id && *id != base.message_id) {
+    spdlog::warn(
+        "{}: a new message with this sequence number arrived; the earlier one in hand "
+        "is no longer in Service Bus and is let go",
+        name_of(key, base.correlation_id));
+    in_flight.drop(key);
+  }
+}
+
+}  // namespace
+
+void Intake::hold(Route& route, std::vector<Work>& work) {
+  auto now = SysClock::now();
+  auto steady_now = Held::Clock::now();
+  for (auto& w : work) {
+    const auto& c = w.classification;
+    let_go_of_earlier(in_flight_, c.base);
+    auto defer_at = steady_now + defer_after(route.options, *w.message, now);
+    if (held_.hold(route, std::move(*w.message), c.base, c.enqueued_time, defer_at) ==
+        Held::Hold::kHeld) {
+      runner_.dispatch(route, c.base, c.handlers, {}, false);
+    }
+  }
+}
+
 Intake::Recorded Intake::record_then_defer(Route& route, std::vector<Work>& work) {
   if (work.empty()) return Recorded::kYes;
+  if (route.options.defer == config::DeferMode::kWhenSlow) {
+    hold(route, work);
+    return Recorded::kYes;
+  }
   auto& receiver = *route.receiver;
   std::vector<ledger::DeferredMessage> rows;
   for (auto& w : work) {
     const auto& base = w.classification.base;
-    auto key = key_of(base);
-    // An earlier message with this sequence number still in hand (the subscription's numbers
-    // started again): it is gone from Service Bus, and its record is kept apart by the ledger.
-    if (auto id = in_flight_.message_id(key); id && *id != base.message_id) {
-      spdlog::warn(
-          "{}: a new message with this sequence number arrived; the earlier one in hand "
-          "is no longer in Service Bus and is let go",
-          name_of(key, base.correlation_id));
-      in_flight_.drop(key);
-    }
+    let_go_of_earlier(in_flight_, base);
     rows.push_back(row_of(base, w.classification.enqueued_time, State::kDeferring, body_limit_));
   }
   try {

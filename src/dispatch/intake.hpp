@@ -19,6 +19,7 @@
 #include <metro/sb/client.hpp>
 
 #include "counters.hpp"
+#include "held.hpp"
 #include "in_flight.hpp"
 #include "ledger_health.hpp"
 #include "route.hpp"
@@ -56,11 +57,12 @@ ledger::DeferredMessage row_of(const Task& base, std::chrono::system_clock::time
 
 class Intake {
  public:
-  Intake(ledger::Ledger& ledger, TaskRunner& runner, InFlight& in_flight, ServiceCounters& counters,
-         LedgerHealth& health, std::size_t body_limit)
+  Intake(ledger::Ledger& ledger, TaskRunner& runner, InFlight& in_flight, Held& held,
+         ServiceCounters& counters, LedgerHealth& health, std::size_t body_limit)
       : ledger_(ledger),
         runner_(runner),
         in_flight_(in_flight),
+        held_(held),
         counters_(counters),
         health_(health),
         body_limit_(body_limit) {}
@@ -78,12 +80,17 @@ class Intake {
   /// Records `work` in the ledger (`deferring`), defers each message, marks them `deferred` and
   /// dispatches their handlers. `kLedgerUnwritable` when the ledger refused the record: nothing
   /// was deferred, and the caller keeps the messages (their locks are renewed) to try again.
+  /// A `defer = "when-slow"` subscription's messages are held instead (they move to `Held`) and
+  /// their handlers dispatched at once: nothing is written.
   Recorded record_then_defer(Route& route, std::vector<Work>& work);
 
  private:
+  void hold(Route& route, std::vector<Work>& work);
+
   ledger::Ledger& ledger_;
   TaskRunner& runner_;
   InFlight& in_flight_;
+  Held& held_;
   ServiceCounters& counters_;
   LedgerHealth& health_;
   const std::size_t body_limit_;

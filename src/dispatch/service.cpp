@@ -5,6 +5,8 @@
 //   InFlight (in_flight.cpp)  what happens after each handler run (pure state machine);
 //   TaskRunner (task_runner.cpp) runs handlers on the task queue's workers;
 //   Settler (settler.cpp)     completes and dead-letters by sequence number, batched;
+//   Held (held.cpp)           `defer = "when-slow"`: messages handled under their lock, deferred
+//                             only when slow, failing or left to a handler to complete;
 //   Reconciler (reconciler.cpp) resolves and resumes what a previous run left;
 //   Reaper (reaper.cpp)       stale deferrals, orphans, lapsed leases, retention;
 //   Heartbeat (heartbeat.cpp) this instance's heartbeat and leases in the shared ledger;
@@ -23,6 +25,7 @@
 
 #include "completion_registry.hpp"
 #include "counters.hpp"
+#include "held.hpp"
 #include "heartbeat.hpp"
 #include "in_flight.hpp"
 #include "intake.hpp"
@@ -127,6 +130,7 @@ struct Service::Impl : Completer {
   InFlight in_flight;
   std::atomic<bool> stopping{false};
   Settler settler;
+  Held held;
   TaskRunner runner;
   Reconciler reconciler;
   Intake intake;
@@ -147,10 +151,12 @@ struct Service::Impl : Completer {
         queue(make_queue(config, options.queue)),
         in_flight(capacity(config, routes, *queue)),
         settler(*ledger, counters, health),
-        runner(routes, *ledger, in_flight, settler, *queue, counters, health, stopping),
+        held(*ledger, in_flight, counters, health, config.metro.ledger_body_limit),
+        runner(routes, *ledger, in_flight, held, settler, *queue, counters, health, stopping),
         reconciler(routes, *ledger, in_flight, runner, settler, health,
                    config.metro.ledger_body_limit),
-        intake(*ledger, runner, in_flight, counters, health, config.metro.ledger_body_limit),
+        intake(*ledger, runner, in_flight, held, counters, health,
+               config.metro.ledger_body_limit),
         listener(routes, intake, in_flight, health, *ledger, counters),
         reaper(routes, reconciler, *ledger, health, config.metro, reaper_interval()),
         heartbeat(*ledger, in_flight, health, config.metro.lease),
@@ -250,6 +256,7 @@ struct Service::Impl : Completer {
     connect();
     queue->start([this](const Task& task) { runner.run(task); });
     settler.start();
+    held.start();
     auto stop_now = [this] { return stopping.load(); };
     for (auto& route : routes) {
       auto n = reconciler.resolve_deferring(*route, std::nullopt, true, stop_now);
@@ -313,6 +320,7 @@ struct Service::Impl : Completer {
     unregister_completer(this);
     if (!started) {
       runner.stop();
+      held.stop();
       settler.stop();
       for (auto& route : routes) {
         if (route->client) route->client->close();
@@ -347,6 +355,7 @@ struct Service::Impl : Completer {
       }
     }
     runner.stop();   // Outcomes that arrived are recorded; nothing is waited for any more.
+    held.stop();     // Held messages whose handlers did not end are given back.
     settler.stop();  // Settles what is pending (retries get one last try).
     heartbeat.stop();
     try {
@@ -384,6 +393,8 @@ struct Service::Impl : Completer {
     auto key = canonical(route, k);
     if (key.generation != 0) row_or_throw(key);  // Throws the reason.
     in_flight.mark_completed(key);
+    // A held message (`defer = "when-slow"`, not deferred) is completed on its link.
+    if (auto on_link = held.complete(key)) return std::move(*on_link);
     auto row = ledger->find(key);
     if (row && row->state == State::kCompleted) return settled_future();
     return settler.enqueue(route, key, sb::Disposition::kComplete, {}, {},

@@ -51,8 +51,7 @@ class TaskRunner::AsyncRun final : public RunObserver,
       run_.task_id = task_id;
       run = run_;
     }
-    runner_.write(key_, task_.correlation_id, "the start of a run",
-                  [&] { runner_.ledger_.begin_run(key_, run); });
+    runner_.record(route_, key_, task_.correlation_id, run, true);
     spdlog::debug("{}: {} attempt {} sent as task {}", name_of(key_, task_.correlation_id),
                   task_.handler, task_.attempt, log_value(task_id, 64));
   }
@@ -91,8 +90,7 @@ class TaskRunner::AsyncRun final : public RunObserver,
     if (recorded_end_ || retries <= run_.retries) return;
     run_.retries = retries;
     auto run = run_;
-    runner_.write(key_, task_.correlation_id, "a run's progress",
-                  [&] { runner_.ledger_.record_run(key_, run); });
+    runner_.record(route_, key_, task_.correlation_id, run, false);
     spdlog::info("{}: {} attempt {}: task {} retries itself ({} so far)",
                  name_of(key_, task_.correlation_id), task_.handler, task_.attempt,
                  log_value(run_.task_id, 64), retries);
@@ -121,11 +119,12 @@ class TaskRunner::AsyncRun final : public RunObserver,
 };
 
 TaskRunner::TaskRunner(const Routes& routes, ledger::Ledger& ledger, InFlight& in_flight,
-                       Settler& settler, TaskQueue& queue, ServiceCounters& counters,
+                       Held& held, Settler& settler, TaskQueue& queue, ServiceCounters& counters,
                        LedgerHealth& health, const std::atomic<bool>& stopping)
     : routes_(routes),
       ledger_(ledger),
       in_flight_(in_flight),
+      held_(held),
       settler_(settler),
       queue_(queue),
       counters_(counters),
@@ -176,6 +175,16 @@ void TaskRunner::write(const ledger::MessageKey& key, const std::string& correla
   }
 }
 
+void TaskRunner::record(Route& route, const ledger::MessageKey& key, const std::string& correlation,
+                        const ledger::HandlerRun& run, bool begin) {
+  if (route.options.defer == config::DeferMode::kWhenSlow && held_.keep_run(key, run)) return;
+  if (begin) {
+    write(key, correlation, "the start of a run", [&] { ledger_.begin_run(key, run); });
+  } else {
+    write(key, correlation, "a run", [&] { ledger_.record_run(key, run); });
+  }
+}
+
 void TaskRunner::run(const Task& task) {
   auto key = key_of(task);
   // A task of a message settled meanwhile, or of an earlier message with this sequence number.
@@ -194,7 +203,7 @@ void TaskRunner::run(const Task& task) {
     start_async(*route, *index, task, std::move(run));
     return;
   }
-  write(key, correlation, "the start of a run", [&] { ledger_.begin_run(key, run); });
+  record(*route, key, correlation, run, true);
   // Lines about a run name the message and its trace.
   const auto who = name_of(key, correlation) + trace_suffix(task.trace_parent);
   spdlog::debug("{}: {} attempt {} started", who, task.handler, task.attempt);
@@ -249,7 +258,14 @@ void TaskRunner::finish(Route& route, std::size_t index, const Task& task, ledge
   run.error = result.error;
   if (!result.task_id.empty()) run.task_id = result.task_id;
   run.retries = std::max(run.retries, result.retries);
-  write(key, correlation, "the end of a run", [&] { ledger_.record_run(key, run); });
+  if (route.options.defer == config::DeferMode::kWhenSlow && result.outcome != Outcome::kSuccess) {
+    // A held message is deferred (recorded first) before a retry, a park or a dead-letter.
+    if (held_.defer(key, [this] { return stopping_.load(); }) == Held::Deferral::kGone) {
+      in_flight_.drop(key);  // Delivered again: this outcome is of no use.
+      return;
+    }
+  }
+  record(route, key, correlation, run, false);
   if (result.outcome == Outcome::kSuccess) {
     spdlog::debug("{}: {} succeeded in {} ms", who, task.handler, result.duration.count());
   } else {
@@ -286,6 +302,8 @@ void TaskRunner::act(Route& route, const Task& task, const Decision& d) {
             [&] { ledger_.set_state(key, State::kRetrying, d.error); });
       return;
     case Decision::Kind::kComplete:
+      // A held message is completed on its link: no deferral, no ledger write.
+      if (route.options.defer == config::DeferMode::kWhenSlow && held_.complete(key)) return;
       (void)settler_.enqueue(route, key, sb::Disposition::kComplete, {}, {}, correlation);
       return;
     case Decision::Kind::kDeadLetter:
@@ -301,7 +319,12 @@ void TaskRunner::act(Route& route, const Task& task, const Decision& d) {
       write(key, correlation, "parking", [&] { ledger_.set_state(key, State::kFailed, d.error); });
       return;
     case Decision::Kind::kAwaitExplicit:
-      // The handler completes it itself (perhaps asynchronously, still under way).
+      // The handler completes it itself (perhaps asynchronously, still under way): a held
+      // message is deferred first, so that it can be completed by sequence number.
+      if (route.options.defer == config::DeferMode::kWhenSlow &&
+          held_.defer(key, [this] { return stopping_.load(); }) == Held::Deferral::kGone) {
+        return;
+      }
       write(key, correlation, "the wait for an explicit completion", [&] {
         auto row = ledger_.find(key);
         if (row && row->state == State::kRunning) ledger_.set_state(key, State::kDeferred);

@@ -22,6 +22,7 @@
 
 #include "../common/thread_annotations.hpp"
 #include "counters.hpp"
+#include "held.hpp"
 #include "in_flight.hpp"
 #include "ledger_health.hpp"
 #include "route.hpp"
@@ -32,11 +33,11 @@ namespace metro::dispatch {
 
 class TaskRunner {
  public:
-  TaskRunner(const Routes& routes, ledger::Ledger& ledger, InFlight& in_flight, Settler& settler,
-             TaskQueue& queue, ServiceCounters& counters, LedgerHealth& health,
+  TaskRunner(const Routes& routes, ledger::Ledger& ledger, InFlight& in_flight, Held& held,
+             Settler& settler, TaskQueue& queue, ServiceCounters& counters, LedgerHealth& health,
              const std::atomic<bool>& stopping);
 
-  /// Queues a run of each of `handlers` for a deferred message of `route`. `attempts` gives the
+  /// Queues a run of each of `handlers` for a deferred (or held) message of `route`. `attempts` gives the
   /// attempts made so far per handler; `fresh_budget` does not count them against the retry
   /// policy. `resume` names, per handler, a run an earlier metro left out (its task id): that
   /// run's outcome is picked up rather than the handler run again. False when the message is
@@ -69,10 +70,15 @@ class TaskRunner {
   /// A ledger write that must not stop a worker: logged and reported to the health.
   template <class F>
   void write(const ledger::MessageKey& key, const std::string& correlation, const char* what, F f);
+  /// Records a run: kept with its message while that is held, else written to the ledger
+  /// (`begin`: as the start of a run).
+  void record(Route& route, const ledger::MessageKey& key, const std::string& correlation,
+              const ledger::HandlerRun& run, bool begin);
 
   const Routes& routes_;
   ledger::Ledger& ledger_;
   InFlight& in_flight_;
+  Held& held_;
   Settler& settler_;
   TaskQueue& queue_;
   ServiceCounters& counters_;

@@ -865,4 +865,169 @@ TEST_F(ServiceTest, LinesAboutAMessageCarryItsCorrelationId) {
   }
 }
 
+// ---- defer = "when-slow" -------------------------------------------------------------------------
+
+constexpr const char* kWhenSlow = "defer = \"when-slow\"\ndefer_after = \"%\"\n";
+
+std::string when_slow(const std::string& after) {
+  std::string text = kWhenSlow;
+  return text.replace(text.find('%'), 1, after);
+}
+
+TEST_F(ServiceTest, WhenSlowAFastHandlerCompletesOnTheLinkWithoutADeferralOrALedgerRow) {
+  std::atomic<int> ran{0};
+  ServiceOptions options;
+  options.functions = {{"fast", [&](const Task&) { ++ran; }}};
+  start(config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"fast\"\n", when_slow("30s")),
+        std::move(options));
+  publish(R"({"subject": "s"})", 50);
+  ASSERT_TRUE(wait_until([&] { return ran == 50 && counts().total() == 0; }));
+  ASSERT_TRUE(wait_until([&] { return service_->counters().completed == 50; }));
+  EXPECT_EQ(service_->counters().deferred, 0u);  // Not one deferral in Service Bus…
+  EXPECT_TRUE(service_->ledger().counts().empty());  // … and not one row in the ledger.
+  EXPECT_EQ(counts().dead_lettered, 0u);
+}
+
+TEST_F(ServiceTest, WhenSlowASlowHandlerIsDeferredAtDeferAfterThenCompletedBySequenceNumber) {
+  std::promise<void> release;
+  auto released = release.get_future().share();
+  std::atomic<bool> started{false};
+  ServiceOptions options;
+  options.functions = {{"slow", [&, released](const Task&) {
+                          started = true;
+                          released.wait();
+                        }}};
+  start(config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"slow\"\n",
+               when_slow("200ms")),
+        std::move(options));
+  publish(R"({"subject": "s"})");
+  // Still running at defer_after: deferred in Service Bus, recorded as running with its run.
+  ASSERT_TRUE(wait_until([&] { return counts().deferred == 1 && state_of(1) == State::kRunning; }));
+  EXPECT_TRUE(started);
+  auto runs = service_->ledger().runs({"orders", "billing", 1});
+  ASSERT_EQ(runs.size(), 1u);
+  EXPECT_FALSE(runs[0].finished.has_value());
+  // The deferred-message API sees it, as any deferred message.
+  EXPECT_EQ(service_->ledger().counts()[State::kRunning], 1u);
+  release.set_value();
+  ASSERT_TRUE(wait_until([&] { return all_completed(1); }));
+  runs = service_->ledger().runs({"orders", "billing", 1});
+  ASSERT_EQ(runs.size(), 1u);
+  EXPECT_EQ(runs[0].outcome, metro::ledger::HandlerRun::Outcome::kSucceeded);
+  EXPECT_EQ(service_->counters().deferred, 1u);
+}
+
+TEST_F(ServiceTest, WhenSlowAFailingHandlerIsDeferredForItsBackoffThenParked) {
+  std::atomic<int> attempts{0};
+  ServiceOptions options;
+  options.functions = {{"broken", [&](const Task& t) {
+                          ++attempts;
+                          throw std::runtime_error("attempt " + std::to_string(t.attempt));
+                        }}};
+  start(config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"broken\"\n"
+               "max_attempts = 3\nbackoff = \"20ms\"\nmax_backoff = \"50ms\"\n",
+               when_slow("30s")),
+        std::move(options));
+  publish(R"({"subject": "s"})");
+  ASSERT_TRUE(wait_until([&] { return state_of(1) == State::kFailed; }));
+  EXPECT_EQ(attempts, 3);
+  EXPECT_EQ(counts().deferred, 1u);  // Parked: deferred, retryable by sequence number.
+  auto runs = service_->ledger().runs({"orders", "billing", 1});
+  ASSERT_EQ(runs.size(), 3u);  // The first run (before the deferral) is recorded too.
+  EXPECT_EQ(runs[0].error, "attempt 1");
+  EXPECT_EQ(runs[2].outcome, metro::ledger::HandlerRun::Outcome::kFailed);
+  EXPECT_EQ(service_->counters().deferred, 1u);
+}
+
+TEST_F(ServiceTest, WhenSlowARetryThatSucceedsIsCompletedBySequenceNumber) {
+  std::atomic<int> attempts{0};
+  ServiceOptions options;
+  options.functions = {{"flaky", [&](const Task&) {
+                          if (++attempts == 1) throw std::runtime_error("first");
+                        }}};
+  start(config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"flaky\"\n"
+               "backoff = \"20ms\"\n",
+               when_slow("30s")),
+        std::move(options));
+  publish(R"({"subject": "s"})");
+  ASSERT_TRUE(wait_until([&] { return all_completed(1); }));
+  EXPECT_EQ(attempts, 2);
+  EXPECT_EQ(service_->ledger().runs({"orders", "billing", 1}).size(), 2u);
+}
+
+class ExplicitCompletionTest : public ServiceTest,
+                               public ::testing::WithParamInterface<const char*> {};
+
+TEST_P(ExplicitCompletionTest, AHandlerCompletesItsMessageItselfInEitherMode) {
+  ServiceOptions options;
+  options.functions = {
+      {"sync",
+       [](const Task& t) {
+         metro::complete_deferred_message(t.sequence_number, t.topic_name, t.subscription_name);
+       }},
+      {"later", [](const Task&) {}}};
+  bool slow = std::string(GetParam()) == "when-slow";
+  start(config(R"(
+[[subscriptions.handlers]]
+subject = "sync"
+handler = "sync"
+completion = "explicit"
+[[subscriptions.handlers]]
+subject = "later"
+handler = "later"
+completion = "explicit"
+)",
+               std::string("defer = \"") + GetParam() + "\"\n"),
+        std::move(options));
+  publish(R"({"subject": "sync"})", 3);
+  ASSERT_TRUE(wait_until([&] { return counts().total() == 0; }));
+  // Completed during the run: on the link when held (no row), by sequence number otherwise.
+  auto c = service_->ledger().counts();
+  EXPECT_EQ(c[State::kCompleted], slow ? 0u : 3u);
+  // A handler that leaves the completion for later: its message is deferred (and recorded)
+  // in both modes, and completed by sequence number afterwards.
+  publish(R"({"subject": "later"})");
+  ASSERT_TRUE(wait_until([&] { return state_of(4) == State::kDeferred; }));
+  EXPECT_EQ(counts().deferred, 1u);
+  metro::complete_deferred_message(4, "orders", "billing");
+  ASSERT_TRUE(wait_until([&] { return counts().total() == 0 && state_of(4) == State::kCompleted; }));
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, ExplicitCompletionTest, ::testing::Values("always", "when-slow"),
+                         [](const auto& mode) {
+                           return std::string(mode.param) == "always" ? "Always" : "WhenSlow";
+                         });
+
+TEST_F(ServiceTest, WhenSlowAStopGivesBackWhatIsHeldAndTheNextStartHandlesIt) {
+  std::atomic<int> ran{0};
+  std::promise<void> release;
+  auto released = release.get_future().share();
+  ServiceOptions options;
+  options.functions = {{"f", [&, released](const Task&) {
+                          ++ran;
+                          released.wait_for(std::chrono::seconds(60));
+                        }}};
+  auto c = config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"f\"\n",
+                  when_slow("30s"));
+  start(c, std::move(options));
+  publish(R"({"subject": "s"})", 6);
+  // Four runs under way (four workers), two waiting: the runs end within the grace and are
+  // completed on their link; the two that did not start go back to Service Bus.
+  ASSERT_TRUE(wait_until([&] { return ran == 4 && service_->in_flight() == 6; }));
+  std::thread later([&] {
+    std::this_thread::sleep_for(200ms);
+    release.set_value();
+  });
+  EXPECT_TRUE(service_->stop(10s));
+  later.join();
+  EXPECT_EQ(ran, 4);
+  EXPECT_EQ(counts().deferred, 0u);
+  EXPECT_EQ(counts().active, 2u);
+  ServiceOptions again;
+  again.functions = {{"f", [&](const Task&) { ++ran; }}};
+  start(c, std::move(again));
+  ASSERT_TRUE(wait_until([&] { return ran == 6 && counts().total() == 0; }));
+  EXPECT_TRUE(service_->ledger().counts().empty());
+}
+
 }  // namespace

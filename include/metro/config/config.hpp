@@ -30,6 +30,13 @@ enum class MalformedBodyPolicy { kDeadLetter, kComplete };
 enum class Completion { kAuto, kExplicit };
 /// What happens when a handler has used all its attempts.
 enum class FailurePolicy { kPark, kDeadLetter };
+/// When a message is deferred in Service Bus.
+enum class DeferMode {
+  kAlways,    ///< On receipt, recorded first, before its handlers run (the original's way).
+  kWhenSlow,  ///< Only when its handlers are not done within `defer_after`, need a retry with
+              ///< backoff, fail, or leave the completion to a handler; a run that ends well in
+              ///< time completes the message on its link, under its lock.
+};
 /// How a handler runs.
 enum class HandlerKind { kFunction, kExec, kHttp, kPython, kCelery };
 
@@ -37,6 +44,7 @@ std::string_view to_string(NoMatchPolicy policy);
 std::string_view to_string(MalformedBodyPolicy policy);
 std::string_view to_string(Completion completion);
 std::string_view to_string(FailurePolicy policy);
+std::string_view to_string(DeferMode mode);
 std::string_view to_string(HandlerKind kind);
 
 /// Retries of one handler: `immediate_retries` right away, then exponential backoff from
@@ -82,6 +90,10 @@ struct SubscriptionOptions {
   NoMatchPolicy on_no_match = NoMatchPolicy::kComplete;
   MalformedBodyPolicy on_malformed_body = MalformedBodyPolicy::kDeadLetter;
   int prefetch = 0;  ///< Upper bound on messages held unprocessed; 0 = as many as free workers.
+  DeferMode defer = DeferMode::kAlways;
+  /// `when-slow`: how long after receipt a message still being handled is deferred; unset: a
+  /// quarter of its lock's duration.
+  std::optional<milliseconds> defer_after;
   std::vector<HandlerOptions> handlers;
   int line = 0;
 
@@ -97,6 +109,8 @@ struct MetroOptions {
   NoMatchPolicy on_no_match = NoMatchPolicy::kComplete;
   MalformedBodyPolicy on_malformed_body = MalformedBodyPolicy::kDeadLetter;
   int prefetch = 0;
+  DeferMode defer = DeferMode::kAlways;  ///< The subscriptions' default.
+  std::optional<milliseconds> defer_after;  ///< The subscriptions' default.
   milliseconds deferred_deadline{std::chrono::hours(1)};  ///< Reaper: a deferral older is stale.
   milliseconds shutdown_grace{std::chrono::seconds(30)};  ///< In-flight handlers get this long.
   std::size_t ledger_body_limit = 256 * 1024;             ///< Bodies kept in the ledger, bytes.
