@@ -184,6 +184,58 @@ handler = "f"
   EXPECT_EQ(errors[1], "t.toml:3: metro.lease: expected a duration from 1s to 1h");
 }
 
+TEST(Config, DeferModeAndDeferAfterInheritedAndOverriddenPerSubscription) {
+  const char* text = R"([metro]
+defer = "when-slow"
+defer_after = "2s"
+[[subscriptions]]
+topic_name = "t"
+subscription_name = "inherits"
+connection_string = "${CS}"
+[[subscriptions.handlers]]
+subject = "x"
+handler = "f"
+[[subscriptions]]
+topic_name = "t"
+subscription_name = "overrides"
+connection_string = "${CS}"
+defer = "always"
+[[subscriptions.handlers]]
+subject = "x"
+handler = "f"
+[[subscriptions]]
+topic_name = "t"
+subscription_name = "own-time"
+connection_string = "${CS}"
+defer_after = "250ms"
+[[subscriptions.handlers]]
+subject = "x"
+handler = "f"
+)";
+  auto c = parse_config(text, "t.toml", kEnv);
+  EXPECT_EQ(c.metro.defer, metro::config::DeferMode::kWhenSlow);
+  EXPECT_EQ(c.subscriptions[0].defer, metro::config::DeferMode::kWhenSlow);
+  EXPECT_EQ(c.subscriptions[0].defer_after, 2s);
+  EXPECT_EQ(c.subscriptions[1].defer, metro::config::DeferMode::kAlways);
+  EXPECT_EQ(c.subscriptions[2].defer_after, 250ms);
+  // The default: always, and a quarter of each message's lock when when-slow.
+  auto defaults = parse_config(
+      "[[subscriptions]]\ntopic_name = \"t\"\nsubscription_name = \"s\"\n"
+      "connection_string = \"${CS}\"\ndefer = \"when-slow\"\n"
+      "[[subscriptions.handlers]]\nsubject = \"x\"\nhandler = \"f\"\n",
+      "t.toml", kEnv);
+  EXPECT_EQ(defaults.metro.defer, metro::config::DeferMode::kAlways);
+  EXPECT_EQ(defaults.subscriptions[0].defer, metro::config::DeferMode::kWhenSlow);
+  EXPECT_FALSE(defaults.subscriptions[0].defer_after.has_value());
+
+  auto errors = errors_of("[metro]\ndefer = \"sometimes\"\ndefer_after = \"10m\"\n" +
+                          std::string(text).substr(std::string(text).find("[[subscriptions]]")));
+  ASSERT_EQ(errors.size(), 2u);
+  EXPECT_NE(errors[0].find("t.toml:2: metro.defer: "), std::string::npos) << errors[0];
+  EXPECT_NE(errors[0].find("\"when-slow\""), std::string::npos) << errors[0];
+  EXPECT_EQ(errors[1], "t.toml:3: metro.defer_after: expected a duration from 1ms to 4m");
+}
+
 TEST(Config, DeduplicatesDefaultHandlerNames) {
   auto c = parse_config(R"(
 [[subscriptions]]
