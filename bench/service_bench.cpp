@@ -7,6 +7,7 @@
 // Prints one JSON line. bench/run runs it against bench/bus.toml.
 
 #include <algorithm>
+#include <cstdlib>
 #include <atomic>
 #include <filesystem>
 #include <iostream>
@@ -53,6 +54,10 @@ void publish(const std::string& topic, int n) {
 metro::config::Config config_for(int subscriptions, int workers, const std::string& ledger) {
   std::string text = "[metro]\nworkers = " + std::to_string(workers) + "\nledger = \"sqlite://" +
                      (g_dir / ledger).string() + "\"\n";
+  // METRO_BENCH_DEFER=when-slow measures adaptive deferral (a no-op handler is never slow).
+  if (const char* defer = std::getenv("METRO_BENCH_DEFER")) {
+    text += std::string("defer = \"") + defer + "\"\n";
+  }
   for (int s = 1; s <= subscriptions; ++s) {
     text += "[[subscriptions]]\ntopic_name = \"bench-t" + std::to_string(s) +
             "\"\nsubscription_name = \"metro\"\nconnection_string = \"" + g_connection +
