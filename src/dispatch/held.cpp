@@ -61,11 +61,15 @@ Held::Hold Held::hold(Route& route, sb::ReceivedMessage message, const Task& bas
   {
     MutexLock lock(mutex_);
     auto it = entries_.find(key);
-    if (!stopping_ && it != entries_.end() && it->second.stage == Stage::kLocked &&
-        it->second.base.message_id == base.message_id) {
-      // Delivered again while its handlers run (the lock had lapsed): settle with the new lock.
-      it->second.message = std::move(message);
-      return Hold::kRefreshed;
+    if (!stopping_ && it != entries_.end() && it->second.stage == Stage::kLocked) {
+      if (it->second.base.message_id == base.message_id) {
+        // Delivered again while its handlers run (the lock had lapsed): settle with the new lock.
+        it->second.message = std::move(message);
+        return Hold::kRefreshed;
+      }
+      // An earlier message with this number (the numbers started again) is gone from Service Bus.
+      entries_.erase(it);
+      it = entries_.end();
     }
     if (!stopping_ && (it == entries_.end() || it->second.stage == Stage::kGone)) {
       if (it != entries_.end()) entries_.erase(it);

@@ -2,6 +2,8 @@
 // correlation ids; and the task JSON built from whatever a body is.
 #include "../../../src/dispatch/intake.hpp"
 
+#include "../../../src/dispatch/held.hpp"
+
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -141,6 +143,27 @@ TEST(TaskJson, TheLedgerRowKeepsTheBodyLimitAndTheEnqueuedTime) {
   EXPECT_EQ(row.body.size(), 10u);
   EXPECT_TRUE(row.body_truncated);
   EXPECT_EQ(row.enqueued_time, at);
+}
+
+TEST(DeferAfter, AQuarterOfTheLockUnlessConfigured) {
+  using std::chrono::milliseconds;
+  config::SubscriptionOptions options;
+  sb::ReceivedMessage m;
+  auto now = std::chrono::system_clock::now();
+  m.locked_until = now + std::chrono::seconds(60);
+  EXPECT_EQ(defer_after(options, m, now), milliseconds(15000));
+  m.locked_until = now + std::chrono::seconds(5);
+  EXPECT_EQ(defer_after(options, m, now), milliseconds(1250));
+  // Without a lock time (or one already past): a quarter of Service Bus's default minute.
+  m.locked_until.reset();
+  EXPECT_EQ(defer_after(options, m, now), milliseconds(15000));
+  m.locked_until = now - std::chrono::seconds(1);
+  EXPECT_EQ(defer_after(options, m, now), milliseconds(15000));
+  // At most four minutes, well within the five its lock is renewed for.
+  m.locked_until = now + std::chrono::minutes(30);
+  EXPECT_EQ(defer_after(options, m, now), milliseconds(240000));
+  options.defer_after = milliseconds(300);
+  EXPECT_EQ(defer_after(options, m, now), milliseconds(300));
 }
 
 }  // namespace
