@@ -57,9 +57,11 @@ std::string metrics_text(dispatch::Service& service) {
   counter("metro_messages_received_total", "Messages received from Service Bus.", c.received);
   counter("metro_messages_routed_total", "Handler tasks created (one per matching handler).",
           c.routed);
-  counter("metro_messages_deferred_total", "Messages deferred while their handlers run.",
+  counter("metro_messages_deferred_total",
+          "Messages deferred while their handlers run (with defer = when-slow: the slow ones).",
           c.deferred);
-  counter("metro_messages_completed_total", "Deferred messages completed.", c.completed);
+  counter("metro_messages_completed_total",
+          "Messages completed (deferred ones, and held ones on their link).", c.completed);
   {
     auto f = family("metro_messages_dead_lettered_total",
                     "Messages dead-lettered, by reason (NoHandler, MalformedBody, HandlerFailed, "
