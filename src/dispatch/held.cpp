@@ -221,9 +221,8 @@ void Held::confirm(Settling& s) {
     spdlog::warn("{}: completing it on its link failed ({}); it is delivered again",
                  name_of(s.key, s.correlation), log_value(e.what()));
     s.done->set_exception(fresh_exception([&] {
-      return ConflictError(name_of(s.key, s.correlation) +
-                           " was not completed: " + std::string(e.what()) +
-                           "; it is delivered again");
+      return ConflictError(name_of(s.key, s.correlation) + " was not completed: " +
+                           std::string(e.what()) + "; it is delivered again");
     }));
   }
 }

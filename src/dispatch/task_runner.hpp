@@ -37,9 +37,9 @@ class TaskRunner {
              Settler& settler, TaskQueue& queue, ServiceCounters& counters, LedgerHealth& health,
              const std::atomic<bool>& stopping);
 
-  /// Queues a run of each of `handlers` for a deferred (or held) message of `route`. `attempts` gives the
-  /// attempts made so far per handler; `fresh_budget` does not count them against the retry
-  /// policy. `resume` names, per handler, a run an earlier metro left out (its task id): that
+  /// Queues a run of each of `handlers` for a deferred (or held) message of `route`. `attempts`
+  /// gives the attempts made so far per handler; `fresh_budget` does not count them against the
+  /// retry policy. `resume` names, per handler, a run an earlier metro left out (its task id): that
   /// run's outcome is picked up rather than the handler run again. False when the message is
   /// being handled already.
   bool dispatch(Route& route, const Task& base, const std::vector<std::size_t>& handlers,
