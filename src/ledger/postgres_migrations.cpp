@@ -81,6 +81,14 @@ const std::vector<PostgresMigration>& postgres_migrations() {
        // The keys not acted on yet, in key order, without reading those done.
        "CREATE INDEX job_items_pending ON job_items"
        " (job, topic, subscription, sequence_number, generation) WHERE ok IS NULL;"},
+      // Lean completed rows: the body dropped (body_dropped) and the handler runs collapsed into
+      // one field of the row (runs). Superseded records are found for pruning without a full
+      // scan.
+      {6, "lean completed rows",
+       "ALTER TABLE deferred_messages ADD COLUMN body_dropped bigint NOT NULL DEFAULT 0;"
+       "ALTER TABLE deferred_messages ADD COLUMN runs bytea NOT NULL DEFAULT ''::bytea;"
+       "CREATE INDEX deferred_messages_superseded ON deferred_messages (updated)"
+       " WHERE generation > 0;"},
   };
   return kMigrations;
 }
