@@ -388,7 +388,7 @@ class PostgresLedger : public Ledger {
     return read([&key](postgres::Connection& c) {
       auto out = table_runs(c, key);
       if (!out.empty()) return out;
-      // A lean completed message keeps the last run of each handler on its row.
+      // A lean completed message keeps its runs on its row.
       Params p;
       auto r = c.query(std::string("SELECT runs FROM deferred_messages") + kKeyWhere,
                        key_params(p, key));
@@ -1027,10 +1027,10 @@ class PostgresLedger : public Ledger {
 
   std::size_t update_state(postgres::Connection& c, const MessageKey& key, State state,
                            const std::string& error) {
-    // A lean completion drops the body and keeps the last run of each handler on the row.
+    // A lean completion drops the body and moves the runs onto the row.
     bool lean = lean_ && state == State::kCompleted;
     std::string runs;
-    if (lean) runs = encode_runs(last_run_of_each(table_runs(c, key)));
+    if (lean) runs = encode_runs(runs_to_keep(table_runs(c, key)));
     // Final states are never left: a late writer cannot revive a settled message. Any other
     // state is written only by the row's owner (the fencing token; $8 empty: not an instance).
     Params p;
@@ -1120,7 +1120,7 @@ class PostgresLedger : public Ledger {
       });
       runs.push_back(run);
       Params u;
-      key_params(u, key).bytes(encode_runs(last_run_of_each(runs)));
+      key_params(u, key).bytes(encode_runs(runs_to_keep(runs)));
       c.query(std::string("UPDATE deferred_messages SET runs = $5") + kKeyWhere, u);
       return;  // Settled: no failure group to file it under.
     }

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <tuple>
 
 #include "ledger_impl.hpp"
 
@@ -54,21 +55,42 @@ class Reader {
   std::size_t pos_ = 0;
 };
 
+/// Milliseconds a time point holds without overflow (its nanoseconds fit in 64 bits).
+constexpr std::int64_t kLatest = 9'000'000'000'000;
+
+bool in_range(std::int64_t v, std::int64_t low, std::int64_t high) { return v >= low && v <= high; }
+
 }  // namespace
 
-std::vector<HandlerRun> last_run_of_each(const std::vector<HandlerRun>& runs) {
-  std::map<std::string, const HandlerRun*> last;
-  for (const auto& r : runs) {
-    auto& kept = last[r.handler];
-    if (kept == nullptr || r.attempt > kept->attempt ||
-        (r.attempt == kept->attempt && r.started >= kept->started)) {
-      kept = &r;
+std::vector<HandlerRun> runs_to_keep(std::vector<HandlerRun> runs) {
+  // As the runs table lists them.
+  auto by_start = [](const HandlerRun& a, const HandlerRun& b) {
+    return std::tie(a.started, a.handler, a.attempt) < std::tie(b.started, b.handler, b.attempt);
+  };
+  std::stable_sort(runs.begin(), runs.end(), by_start);
+  if (runs.size() <= kKeptRuns) return runs;
+  // The last run of each handler stays; then the latest others, as room allows.
+  std::map<std::string, std::size_t> last;
+  for (std::size_t i = 0; i < runs.size(); ++i) {
+    auto [it, added] = last.try_emplace(runs[i].handler, i);
+    if (!added && runs[i].attempt >= runs[it->second].attempt) it->second = i;
+  }
+  std::vector<bool> keep(runs.size(), false);
+  std::size_t kept = 0;
+  for (const auto& [handler, i] : last) {
+    keep[i] = true;
+    ++kept;
+  }
+  for (std::size_t i = runs.size(); i-- > 0 && kept < kKeptRuns;) {
+    if (!keep[i]) {
+      keep[i] = true;
+      ++kept;
     }
   }
   std::vector<HandlerRun> out;
-  for (const auto& [handler, run] : last) out.push_back(*run);
-  std::stable_sort(out.begin(), out.end(),
-                   [](const HandlerRun& a, const HandlerRun& b) { return a.started < b.started; });
+  for (std::size_t i = 0; i < runs.size(); ++i) {
+    if (keep[i]) out.push_back(std::move(runs[i]));
+  }
   return out;
 }
 
@@ -101,7 +123,9 @@ std::vector<HandlerRun> decode_runs(std::string_view text) {
     auto error = in.text();
     auto task_id = in.text();
     if (!handler || !attempt || !outcome || !started || !took || !retries || !error ||
-        !task_id || *outcome < 0 || *outcome >= static_cast<std::int64_t>(kOutcomes.size())) {
+        !task_id || *outcome < 0 || *outcome >= static_cast<std::int64_t>(kOutcomes.size()) ||
+        !in_range(*attempt, 0, INT32_MAX) || !in_range(*retries, 0, INT32_MAX) ||
+        !in_range(*started, -kLatest, kLatest) || !in_range(*took, -1, kLatest - *started)) {
       break;  // Damaged: what was read so far.
     }
     r.handler = std::move(*handler);

@@ -1,7 +1,7 @@
 #pragma once
 
-// A lean completed message keeps its handler runs on its own row, collapsed to the last run of
-// each handler, in one compact field. What both ledgers write there and read back.
+// A lean completed message keeps its handler runs on its own row, in one compact field, instead
+// of a row of their own each. What both ledgers write there and read back.
 
 #include <string>
 #include <string_view>
@@ -11,9 +11,12 @@
 
 namespace metro::ledger::detail {
 
-/// The last run (highest attempt, then latest start) of each handler in `runs`, in the order of
-/// their start.
-std::vector<HandlerRun> last_run_of_each(const std::vector<HandlerRun>& runs);
+/// At most this many runs stay on a lean row (a message that retried many times).
+inline constexpr std::size_t kKeptRuns = 20;
+/// The runs a lean row keeps, in the order they started: every one, or when there are more than
+/// `kKeptRuns`, the last run (highest attempt) of each handler and the latest others up to
+/// `kKeptRuns`.
+std::vector<HandlerRun> runs_to_keep(std::vector<HandlerRun> runs);
 /// `runs` as the compact field: per run, its handler, attempt, outcome, start, duration, retries,
 /// error and task id; texts are length-prefixed, so any byte may be in them.
 std::string encode_runs(const std::vector<HandlerRun>& runs);

@@ -248,7 +248,7 @@ class SqliteLedger : public Ledger {
     MutexLock lock(db_mutex_);
     auto out = table_runs(key);
     if (!out.empty()) return out;
-    // A lean completed message keeps the last run of each handler on its row.
+    // A lean completed message keeps its runs on its row.
     auto row = db_->statement(std::string("SELECT runs FROM deferred_messages") + kKeyWhere);
     bind_key(row, key);
     if (row.step()) out = decode_runs(row.text(0));
@@ -872,10 +872,10 @@ class SqliteLedger : public Ledger {
 
   std::size_t update_state(const MessageKey& key, State state, const std::string& error)
       REQUIRES(db_mutex_) {
-    // A lean completion drops the body and keeps the last run of each handler on the row.
+    // A lean completion drops the body and moves the runs onto the row.
     bool lean = lean_ && state == State::kCompleted;
     std::string runs;
-    if (lean) runs = encode_runs(last_run_of_each(table_runs(key)));
+    if (lean) runs = encode_runs(runs_to_keep(table_runs(key)));
     // Final states are never left: a late writer cannot revive a settled message. Any other
     // state is written only by the row's owner (the fencing token; ?8 empty: not an instance).
     auto s = db_->statement(
@@ -956,7 +956,7 @@ class SqliteLedger : public Ledger {
       runs.push_back(run);
       auto u = db_->statement(std::string("UPDATE deferred_messages SET runs = ?5") + kKeyWhere);
       bind_key(u, key);
-      u.bind(5, encode_runs(last_run_of_each(runs)));
+      u.bind(5, encode_runs(runs_to_keep(runs)));
       u.run();
       return;  // Settled: no failure group to file it under.
     }

@@ -70,7 +70,7 @@ struct DeferredMessage {
   std::string body;  ///< Up to the configured limit.
   bool body_truncated = false;
   /// The body was dropped when the message completed (`completed_rows = "lean"`): `body` is
-  /// empty, and the handler runs are collapsed to the last run of each handler.
+  /// empty (and the handler runs were moved onto the row, at most 20 of them).
   bool body_dropped = false;
   /// When Service Bus enqueued it (the epoch when unknown). With `message_id` it tells a new
   /// message with a known sequence number from the one the ledger recorded.
@@ -366,8 +366,9 @@ std::optional<MessageKey> parse_cursor(std::string_view cursor);
 
 /// What stays of a message's row once it completed (`[metro] completed_rows`).
 enum class CompletedRows {
-  /// The body is dropped (`body_dropped`) and the handler runs are collapsed into the last run
-  /// of each handler, kept on the message's row: a few hundred bytes less per message.
+  /// The body is dropped (`body_dropped`) and the handler runs move from rows of their own into
+  /// one field of the message's row (at most 20: the last of each handler and the latest
+  /// others): about 150 bytes less per message.
   kLean,
   kFull,  ///< Everything is kept, as for every other state.
 };

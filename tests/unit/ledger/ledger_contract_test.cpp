@@ -803,7 +803,7 @@ void run_three(Ledger& ledger, const MessageKey& key, Clock::time_point t0) {
   ledger.record_run(key, {"b", 1, Outcome::kSucceeded, t0 + 20ms, t0 + 21ms, {}, {}, 0});
 }
 
-TEST_P(LedgerContract, ALeanCompletionDropsTheBodyAndKeepsTheLastRunOfEachHandler) {
+TEST_P(LedgerContract, ALeanCompletionDropsTheBodyAndMovesTheRunsOntoTheRow) {
   auto m = message("a", 1, "Orders/Created");
   m.trace_parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
   ledger_->record(m);
@@ -820,17 +820,22 @@ TEST_P(LedgerContract, ALeanCompletionDropsTheBodyAndKeepsTheLastRunOfEachHandle
   EXPECT_EQ(found->message_id, m.message_id);
   EXPECT_EQ(found->correlation_id, m.correlation_id);
   EXPECT_EQ(found->trace_parent, m.trace_parent);
+  // Every run stays, as it was recorded, in the order they started.
   auto runs = ledger_->runs(m.key);
-  ASSERT_EQ(runs.size(), 2u);
+  ASSERT_EQ(runs.size(), 3u);
   EXPECT_EQ(runs[0].handler, "a");
-  EXPECT_EQ(runs[0].attempt, 2);
-  EXPECT_EQ(runs[0].outcome, HandlerRun::Outcome::kSucceeded);
-  EXPECT_EQ(runs[0].started, t0 + 10ms);
-  EXPECT_EQ(runs[0].finished, t0 + 17ms);
-  EXPECT_EQ(runs[0].task_id, "task-2");
-  EXPECT_EQ(runs[0].retries, 1);
-  EXPECT_EQ(runs[1].handler, "b");
-  EXPECT_EQ(runs[1].attempt, 1);
+  EXPECT_EQ(runs[0].attempt, 1);
+  EXPECT_EQ(runs[0].outcome, HandlerRun::Outcome::kFailed);
+  EXPECT_EQ(runs[0].error, "a: boom 1");
+  EXPECT_EQ(runs[1].handler, "a");
+  EXPECT_EQ(runs[1].attempt, 2);
+  EXPECT_EQ(runs[1].outcome, HandlerRun::Outcome::kSucceeded);
+  EXPECT_EQ(runs[1].started, t0 + 10ms);
+  EXPECT_EQ(runs[1].finished, t0 + 17ms);
+  EXPECT_EQ(runs[1].task_id, "task-2");
+  EXPECT_EQ(runs[1].retries, 1);
+  EXPECT_EQ(runs[2].handler, "b");
+  EXPECT_EQ(runs[2].attempt, 1);
   // Listed and counted as before, flagged in the listing too.
   auto page = ledger_->list({});
   ASSERT_EQ(page.items.size(), 1u);
@@ -842,14 +847,14 @@ TEST_P(LedgerContract, ALeanCompletionDropsTheBodyAndKeepsTheLastRunOfEachHandle
   ledger_->record_run(m.key, {"b", 1, HandlerRun::Outcome::kSucceeded, t0 + 20ms, t0 + 25ms,
                               {}, {}, 0});
   runs = ledger_->runs(m.key);
-  ASSERT_EQ(runs.size(), 3u);
-  EXPECT_EQ(runs[1].handler, "b");
-  EXPECT_EQ(runs[1].finished, t0 + 25ms);
-  EXPECT_EQ(runs[2].handler, "c");
-  EXPECT_EQ(runs[2].error, std::string("x\0y", 3));
+  ASSERT_EQ(runs.size(), 4u);
+  EXPECT_EQ(runs[2].handler, "b");
+  EXPECT_EQ(runs[2].finished, t0 + 25ms);
+  EXPECT_EQ(runs[3].handler, "c");
+  EXPECT_EQ(runs[3].error, std::string("x\0y", 3));
   // Completing again changes nothing.
   EXPECT_FALSE(ledger_->set_state(m.key, State::kCompleted));
-  EXPECT_EQ(ledger_->runs(m.key).size(), 3u);
+  EXPECT_EQ(ledger_->runs(m.key).size(), 4u);
 }
 
 TEST_P(LedgerContract, RowsNotCompletedKeepTheirBodyAndEveryRun) {
@@ -899,7 +904,7 @@ TEST_P(LedgerContract, ALeanRowIsCopiedWithItsRunsAndItsFlag) {
     ASSERT_TRUE(copied);
     EXPECT_TRUE(copied->body_dropped);
     EXPECT_EQ(copied->body, "");
-    EXPECT_EQ(target->runs(m.key).size(), 2u);
+    EXPECT_EQ(target->runs(m.key).size(), 3u);
   }
   for (auto suffix : {"", "-wal", "-shm"}) std::filesystem::remove(target_path.string() + suffix);
 }
