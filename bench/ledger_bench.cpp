@@ -13,10 +13,6 @@
 //                approaches.
 //   commits/msg  transactions the ledger committed (its write_stats) divided by N.
 
-#include <libpq-fe.h>
-#include <sqlite3.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -27,6 +23,10 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <libpq-fe.h>
+#include <sqlite3.h>
+#include <unistd.h>
 
 #include <metro/ledger/ledger.hpp>
 
@@ -66,8 +66,7 @@ std::int64_t sqlite_size(const std::string& path, bool vacuum) {
   sqlite3_busy_timeout(db.get(), 10000);
   if (vacuum) sqlite3_exec(db.get(), "VACUUM", nullptr, nullptr, nullptr);
   sqlite3_exec(db.get(), "PRAGMA wal_checkpoint(TRUNCATE)", nullptr, nullptr, nullptr);
-  return sqlite_pragma(db.get(), "PRAGMA page_count") *
-         sqlite_pragma(db.get(), "PRAGMA page_size");
+  return sqlite_pragma(db.get(), "PRAGMA page_count") * sqlite_pragma(db.get(), "PRAGMA page_size");
 }
 
 // ---- PostgreSQL -----------------------------------------------------------------------------
@@ -79,7 +78,9 @@ PgConn pg_connect(const std::string& url) {
   if (PQstatus(c.get()) != CONNECTION_OK) {
     throw std::runtime_error(std::string("cannot connect: ") + PQerrorMessage(c.get()));
   }
-  PQsetNoticeProcessor(c.get(), [](void*, const char*) {}, nullptr);  // DROP … CASCADE's notes.
+  // Quiet: DROP … CASCADE's notices.
+  PQsetNoticeProcessor(
+      c.get(), [](void*, const char*) {}, nullptr);
   return c;
 }
 
@@ -96,10 +97,11 @@ std::string pg_value(PGconn* c, const std::string& sql) {
 std::int64_t pg_size(const std::string& url, bool vacuum_full) {
   auto c = pg_connect(url);
   pg_value(c.get(), vacuum_full ? "VACUUM FULL" : "VACUUM");
-  return std::stoll(pg_value(c.get(),
-                             "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c"
-                             " JOIN pg_namespace n ON n.oid = c.relnamespace"
-                             " WHERE n.nspname = current_schema() AND c.relkind = 'r'"));
+  return std::stoll(
+      pg_value(c.get(),
+               "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c"
+               " JOIN pg_namespace n ON n.oid = c.relnamespace"
+               " WHERE n.nspname = current_schema() AND c.relkind = 'r'"));
 }
 
 void pg_reset(const std::string& url) {
@@ -185,8 +187,7 @@ Figures measure(const std::string& url, ml::CompletedRows mode, std::int64_t n,
   flow(*ledger, n);
   Figures f;
   f.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  f.commits = static_cast<double>(ledger->write_stats().commits - commits) /
-              static_cast<double>(n);
+  f.commits = static_cast<double>(ledger->write_stats().commits - commits) / static_cast<double>(n);
   ledger.reset();
   f.bytes = static_cast<double>(size(false) - before) / static_cast<double>(n);
   f.compact = static_cast<double>(size(true) - before) / static_cast<double>(n);
@@ -221,8 +222,7 @@ int main(int argc, char** argv) {
       if (!pg.empty()) {
         pg_reset(pg);
         ml::open_ledger(pg).reset();
-        print("postgresql", name, n,
-              measure(pg, mode, n, [&](bool c) { return pg_size(pg, c); }));
+        print("postgresql", name, n, measure(pg, mode, n, [&](bool c) { return pg_size(pg, c); }));
       }
     }
     std::filesystem::remove_all(dir);

@@ -146,8 +146,8 @@ void read_metro(TableReader& r, MetroOptions& m) {
     m.completed_retention = *v;
   } else {
     auto day = std::chrono::milliseconds(std::chrono::hours(24));
-    m.completed_retention = m.ledger_retention.count() == 0 ? m.ledger_retention
-                                                            : std::min(day, m.ledger_retention);
+    m.completed_retention =
+        m.ledger_retention.count() == 0 ? m.ledger_retention : std::min(day, m.ledger_retention);
   }
   r.finish();
 }

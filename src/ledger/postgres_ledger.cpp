@@ -451,9 +451,9 @@ class PostgresLedger : public Ledger {
     // In batches, each a commit of its own: other writers wait for one batch at most. Each
     // condition has an index of its own (state, updated; superseded).
     constexpr std::int64_t kBatch = 2000;
-    static const std::array<const char*, 3> kPrunable = {
-        "state = 'completed' AND updated < $2", "state = 'dead-lettered' AND updated < $1",
-        "generation > 0 AND updated < $1"};
+    static const std::array<const char*, 3> kPrunable = {"state = 'completed' AND updated < $2",
+                                                         "state = 'dead-lettered' AND updated < $1",
+                                                         "generation > 0 AND updated < $1"};
     std::size_t pruned = 0;
     for (const char* prunable : kPrunable) {
       while (true) {
@@ -475,7 +475,7 @@ class PostgresLedger : public Ledger {
       }
     }
     write([before](postgres::Connection& c) {
-      // Finished jobs go with the longer retention, with the keys they kept.
+      // Finished jobs go with ledger_retention, with the keys they kept.
       c.query("DELETE FROM job_items WHERE job IN (SELECT id FROM jobs WHERE finished < $1)",
               Params().int8(to_ms(before)));
       c.query("DELETE FROM jobs WHERE finished < $1", Params().int8(to_ms(before)));
@@ -1055,9 +1055,8 @@ class PostgresLedger : public Ledger {
                   " AND ($10 = 1 OR $8 = '' OR owner IN ('', $8))";
     if (!lean) return static_cast<std::size_t>(c.query(update, p).affected());
     // The runs go with the update, in one round trip.
-    auto r = c.query("WITH u AS (" + update +
-                         " RETURNING 1), d AS (DELETE FROM handler_runs" + kKeyWhere +
-                         " AND EXISTS (SELECT 1 FROM u)) SELECT count(*) FROM u",
+    auto r = c.query("WITH u AS (" + update + " RETURNING 1), d AS (DELETE FROM handler_runs" +
+                         kKeyWhere + " AND EXISTS (SELECT 1 FROM u)) SELECT count(*) FROM u",
                      p);
     return static_cast<std::size_t>(r.integer(0, 0));
   }

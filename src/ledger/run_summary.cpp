@@ -122,8 +122,8 @@ std::vector<HandlerRun> decode_runs(std::string_view text) {
     auto retries = in.number(',');
     auto error = in.text();
     auto task_id = in.text();
-    if (!handler || !attempt || !outcome || !started || !took || !retries || !error ||
-        !task_id || *outcome < 0 || *outcome >= static_cast<std::int64_t>(kOutcomes.size()) ||
+    if (!handler || !attempt || !outcome || !started || !took || !retries || !error || !task_id ||
+        *outcome < 0 || *outcome >= static_cast<std::int64_t>(kOutcomes.size()) ||
         !in_range(*attempt, 0, INT32_MAX) || !in_range(*retries, 0, INT32_MAX) ||
         !in_range(*started, -kLatest, kLatest) || !in_range(*took, -1, kLatest - *started)) {
       break;  // Damaged: what was read so far.

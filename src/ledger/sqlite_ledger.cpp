@@ -237,8 +237,7 @@ class SqliteLedger : public Ledger {
 
   std::optional<DeferredMessage> find(const MessageKey& key) override {
     MutexLock lock(db_mutex_);
-    auto s =
-        db_->statement("SELECT " + kReadColumns + " FROM deferred_messages" + kKeyWhere);
+    auto s = db_->statement("SELECT " + kReadColumns + " FROM deferred_messages" + kKeyWhere);
     bind_key(s, key);
     if (!s.step()) return std::nullopt;
     return read_message(s);
@@ -292,10 +291,10 @@ class SqliteLedger : public Ledger {
   std::optional<Clock::time_point> oldest_deferred(const std::string& topic,
                                                    const std::string& subscription) override {
     MutexLock lock(db_mutex_);
-    auto s = db_->statement(
-        "SELECT min(created) FROM deferred_messages WHERE topic = ?1 AND subscription = ?2"
-        " AND generation = 0"
-        " AND " + std::string(kUnsettled));
+    auto s =
+        db_->statement(std::string("SELECT min(created) FROM deferred_messages WHERE topic = ?1"
+                                   " AND subscription = ?2 AND generation = 0 AND ") +
+                       kUnsettled);
     s.bind(1, topic).bind(2, subscription);
     if (!s.step() || s.is_null(0) || s.integer(0) == 0) return std::nullopt;
     return from_ms(s.integer(0));
@@ -305,9 +304,9 @@ class SqliteLedger : public Ledger {
     // In batches, each a commit of its own: other writers wait for one batch at most. Each
     // condition has an index of its own (state, updated; superseded).
     constexpr std::int64_t kBatch = 2000;
-    static const std::array<const char*, 3> kPrunable = {
-        "state = 'completed' AND updated < ?2", "state = 'dead-lettered' AND updated < ?1",
-        "generation > 0 AND updated < ?1"};
+    static const std::array<const char*, 3> kPrunable = {"state = 'completed' AND updated < ?2",
+                                                         "state = 'dead-lettered' AND updated < ?1",
+                                                         "generation > 0 AND updated < ?1"};
     std::size_t pruned = 0;
     for (const char* prunable : kPrunable) {
       while (true) {
@@ -338,7 +337,7 @@ class SqliteLedger : public Ledger {
       }
     }
     write([this, before]() REQUIRES(db_mutex_) {
-      // Finished jobs go with the longer retention, with the keys they kept.
+      // Finished jobs go with ledger_retention, with the keys they kept.
       auto items = db_->statement(
           "DELETE FROM job_items WHERE job IN (SELECT id FROM jobs WHERE finished < ?1)");
       items.bind(1, to_ms(before));
@@ -601,7 +600,8 @@ class SqliteLedger : public Ledger {
       d.run();
       // Leases are held on unfinished rows only (the owner index has those alone).
       auto s = db_->statement(
-          std::string("UPDATE deferred_messages SET lease_until = 0 WHERE owner = ?1 AND state IN ") +
+          std::string(
+              "UPDATE deferred_messages SET lease_until = 0 WHERE owner = ?1 AND state IN ") +
           kLeasedStates);
       s.bind(1, me_.id);
       s.run();
@@ -641,19 +641,23 @@ class SqliteLedger : public Ledger {
       auto now = now_ms();
       // The write transaction holds the file: no other connection claims at the same time.
       {
-      auto s = db_->statement(
-          "SELECT " + kReadColumns +
-          " FROM deferred_messages WHERE topic = ?1 AND subscription = ?2 AND generation = 0"
-          " AND sequence_number > ?3 AND state IN (" + states + ") AND ("
-          " (?4 AND owner = ?5 AND (?6 = 0 OR updated < ?6))"
-          " OR (?7 AND owner <> ?5 AND (owner = '' OR " + lapsed("?8") + ")))"
-          " ORDER BY sequence_number LIMIT ?9");
-      s.bind(1, c.topic).bind(2, c.subscription).bind(3, c.after);
-      s.bind(4, c.own ? 1 : 0).bind(5, me_.id);
-      s.bind(6, c.own_updated_before ? to_ms(*c.own_updated_before) : std::int64_t{0});
-      s.bind(7, c.lapsed ? 1 : 0).bind(8, now);
-      s.bind(9, static_cast<std::int64_t>(std::max<std::size_t>(1, c.limit)));
-      while (s.step()) out.push_back(read_message(s));
+        auto s = db_->statement(
+            "SELECT " + kReadColumns +
+            " FROM deferred_messages WHERE topic = ?1 AND subscription = ?2 AND generation = 0"
+            " AND sequence_number > ?3 AND state IN (" +
+            states +
+            ") AND ("
+            " (?4 AND owner = ?5 AND (?6 = 0 OR updated < ?6))"
+            " OR (?7 AND owner <> ?5 AND (owner = '' OR " +
+            lapsed("?8") +
+            ")))"
+            " ORDER BY sequence_number LIMIT ?9");
+        s.bind(1, c.topic).bind(2, c.subscription).bind(3, c.after);
+        s.bind(4, c.own ? 1 : 0).bind(5, me_.id);
+        s.bind(6, c.own_updated_before ? to_ms(*c.own_updated_before) : std::int64_t{0});
+        s.bind(7, c.lapsed ? 1 : 0).bind(8, now);
+        s.bind(9, static_cast<std::int64_t>(std::max<std::size_t>(1, c.limit)));
+        while (s.step()) out.push_back(read_message(s));
       }
       auto lease_until = me_.id.empty() ? 0 : now + me_.lease.count();
       for (auto& m : out) {
@@ -685,8 +689,7 @@ class SqliteLedger : public Ledger {
       u.bind(5, me_.id).bind(6, lease_until).bind(7, now);
       u.run();
       if (db_->changes() == 0) return std::size_t{0};
-      auto s = db_->statement("SELECT " + kReadColumns + " FROM deferred_messages" +
-                              kKeyWhere);
+      auto s = db_->statement("SELECT " + kReadColumns + " FROM deferred_messages" + kKeyWhere);
       bind_key(s, key);
       if (s.step()) out = read_message(s);
       return std::size_t{1};
@@ -878,16 +881,16 @@ class SqliteLedger : public Ledger {
     if (lean) runs = encode_runs(runs_to_keep(table_runs(key)));
     // Final states are never left: a late writer cannot revive a settled message. Any other
     // state is written only by the row's owner (the fencing token; ?8 empty: not an instance).
-    auto s = db_->statement(
-        std::string("UPDATE deferred_messages SET state = ?5, updated = ?6,"
-                    " last_error = CASE WHEN ?7 = '' THEN last_error ELSE ?7 END,"
-                    " lease_until = CASE WHEN ?9 THEN 0 ELSE lease_until END,"
-                    " body = CASE WHEN ?11 THEN X'' ELSE body END,"
-                    " body_dropped = CASE WHEN ?11 THEN 1 ELSE body_dropped END,"
-                    " runs = CASE WHEN ?11 THEN ?12 ELSE runs END") +
-        kKeyWhere +
-        " AND state NOT IN ('completed', 'dead-lettered')"
-        " AND (?10 OR ?8 = '' OR owner IN ('', ?8))");
+    auto s =
+        db_->statement(std::string("UPDATE deferred_messages SET state = ?5, updated = ?6,"
+                                   " last_error = CASE WHEN ?7 = '' THEN last_error ELSE ?7 END,"
+                                   " lease_until = CASE WHEN ?9 THEN 0 ELSE lease_until END,"
+                                   " body = CASE WHEN ?11 THEN X'' ELSE body END,"
+                                   " body_dropped = CASE WHEN ?11 THEN 1 ELSE body_dropped END,"
+                                   " runs = CASE WHEN ?11 THEN ?12 ELSE runs END") +
+                       kKeyWhere +
+                       " AND state NOT IN ('completed', 'dead-lettered')"
+                       " AND (?10 OR ?8 = '' OR owner IN ('', ?8))");
     bind_key(s, key);
     s.bind(5, to_string(state)).bind(6, to_ms(Clock::now())).bind(7, error);
     s.bind(8, me_.id).bind(9, releases_lease(state) ? 1 : 0).bind(10, is_final(state) ? 1 : 0);

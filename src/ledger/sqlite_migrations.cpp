@@ -101,7 +101,8 @@ const std::vector<sqlite::Migration>& sqlite_migrations() {
       // Lean completed rows: the body dropped (body_dropped) and the handler runs collapsed into
       // one field of the row (runs). The indexes only unsettled rows need leave settled ones
       // out (the age of the oldest unsettled message; the owner's, as leases are only held on
-      // unfinished rows): at high volume nearly every row is a completed one. Superseded records are found for pruning without a full scan.
+      // unfinished rows): at high volume nearly every row is a completed one. Superseded records
+      // are found for pruning without a full scan.
       {8, "lean completed rows, partial indexes",
        "ALTER TABLE deferred_messages ADD COLUMN body_dropped INTEGER NOT NULL DEFAULT 0;"
        "ALTER TABLE deferred_messages ADD COLUMN runs BLOB NOT NULL DEFAULT '';"

@@ -202,10 +202,8 @@ handler = "f"
   EXPECT_EQ(defaults.completed_retention, 24h);
   EXPECT_EQ(defaults.ledger_retention, 7 * 24h);
   EXPECT_EQ(with("workers = 2\n").completed_retention, 24h);
-  EXPECT_EQ(with("completed_rows = \"full\"\n").completed_rows,
-            MetroOptions::CompletedRows::kFull);
-  EXPECT_EQ(with("completed_rows = \"lean\"\n").completed_rows,
-            MetroOptions::CompletedRows::kLean);
+  EXPECT_EQ(with("completed_rows = \"full\"\n").completed_rows, MetroOptions::CompletedRows::kFull);
+  EXPECT_EQ(with("completed_rows = \"lean\"\n").completed_rows, MetroOptions::CompletedRows::kLean);
   EXPECT_EQ(with("completed_retention = \"3d\"\n").completed_retention, 72h);
   EXPECT_EQ(with("completed_retention = 0\n").completed_retention, 0ms);
   // Unset, it follows a shorter ledger_retention, and keeps completed rows when that does.
@@ -217,8 +215,9 @@ handler = "f"
                                       "completed_retention = \"soon\"\n") +
                           subscription);
   ASSERT_EQ(errors.size(), 2u);
-  EXPECT_EQ(errors[0], "t.toml:2: metro.completed_rows: expected one of \"lean\" or \"full\", "
-                       "got \"slim\"");
+  EXPECT_EQ(errors[0],
+            "t.toml:2: metro.completed_rows: expected one of \"lean\" or \"full\", "
+            "got \"slim\"");
   EXPECT_EQ(errors[1],
             "t.toml:3: metro.completed_retention: expected a duration such as \"250ms\", "
             "\"30s\", \"5m\", \"1h30m\", or whole seconds, got \"soon\"");

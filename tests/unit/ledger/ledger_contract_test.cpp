@@ -39,8 +39,8 @@ using namespace std::chrono_literals;
 
 /// A time as the ledger keeps it (whole milliseconds).
 Clock::time_point from_ms_for_test(Clock::time_point t) {
-  return Clock::time_point(std::chrono::duration_cast<std::chrono::milliseconds>(
-      t.time_since_epoch()));
+  return Clock::time_point(
+      std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()));
 }
 
 class LedgerContract : public ::testing::TestWithParam<Backend> {
@@ -842,10 +842,16 @@ TEST_P(LedgerContract, ALeanCompletionDropsTheBodyAndMovesTheRunsOntoTheRow) {
   EXPECT_TRUE(page.items[0].body_dropped);
   EXPECT_EQ(ledger_->counts()[State::kCompleted], 1u);
   // A run that ends after its message completed (explicit completion) joins the others.
-  ledger_->record_run(m.key, {"c", 1, HandlerRun::Outcome::kSucceeded, t0 + 30ms, t0 + 31ms,
-                              std::string("x\0y", 3), {}, 0});
-  ledger_->record_run(m.key, {"b", 1, HandlerRun::Outcome::kSucceeded, t0 + 20ms, t0 + 25ms,
-                              {}, {}, 0});
+  ledger_->record_run(m.key, {"c",
+                              1,
+                              HandlerRun::Outcome::kSucceeded,
+                              t0 + 30ms,
+                              t0 + 31ms,
+                              std::string("x\0y", 3),
+                              {},
+                              0});
+  ledger_->record_run(m.key,
+                      {"b", 1, HandlerRun::Outcome::kSucceeded, t0 + 20ms, t0 + 25ms, {}, {}, 0});
   runs = ledger_->runs(m.key);
   ASSERT_EQ(runs.size(), 4u);
   EXPECT_EQ(runs[2].handler, "b");
@@ -910,8 +916,8 @@ TEST_P(LedgerContract, ALeanRowIsCopiedWithItsRunsAndItsFlag) {
 }
 
 TEST_P(LedgerContract, CompletedRowsHaveARetentionOfTheirOwn) {
-  ledger_->record_all({message("a", 1, "s"), message("a", 2, "s"), message("a", 3, "s"),
-                       message("a", 4, "s")});
+  ledger_->record_all(
+      {message("a", 1, "s"), message("a", 2, "s"), message("a", 3, "s"), message("a", 4, "s")});
   ledger_->set_state({"metro-demo", "a", 1}, State::kCompleted);
   ledger_->set_state({"metro-demo", "a", 2}, State::kDeadLettered);
   ledger_->set_state({"metro-demo", "a", 3}, State::kFailed);
@@ -1030,8 +1036,8 @@ TEST_P(LedgerContract, TheFileStopsGrowingOncePruningKeepsUp) {
     }
     ledger_->record_all(rows);
     for (const auto& k : keys) {
-      ledger_->record_run(k, {"h", 1, HandlerRun::Outcome::kSucceeded, Clock::now(),
-                              Clock::now(), {}, {}, 0});
+      ledger_->record_run(
+          k, {"h", 1, HandlerRun::Outcome::kSucceeded, Clock::now(), Clock::now(), {}, {}, 0});
     }
     ledger_->set_state_all(keys, State::kCompleted);
     auto future = Clock::now() + std::chrono::seconds(1);

@@ -1,8 +1,8 @@
 // The field a lean completed row keeps its runs in: what is written is read back (at most
 // kKeptRuns of them), and a damaged field gives what could be read, never more.
-#include <gtest/gtest.h>
-
 #include "../../../src/ledger/run_summary.hpp"
+
+#include <gtest/gtest.h>
 
 namespace metro::ledger::detail {
 namespace {
