@@ -109,8 +109,8 @@ struct MetroOptions {
   milliseconds lease{std::chrono::seconds(30)};
 
   // ---- the ledger's size: what a completed message's row keeps, and for how long ----
-  /// `completed_rows`: kLean drops a completed message's body and collapses its handler runs
-  /// into the last run of each handler; kFull keeps everything.
+  /// `completed_rows`: kLean drops a completed message's body and moves its handler runs onto
+  /// its row (at most 20); kFull keeps everything.
   enum class CompletedRows { kLean, kFull };
   CompletedRows completed_rows = CompletedRows::kLean;
   /// Completed ledger rows older than this are deleted; 0 keeps them. When the file does not set

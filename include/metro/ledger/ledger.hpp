@@ -368,7 +368,8 @@ std::optional<MessageKey> parse_cursor(std::string_view cursor);
 enum class CompletedRows {
   /// The body is dropped (`body_dropped`) and the handler runs move from rows of their own into
   /// one field of the message's row (at most 20: the last of each handler and the latest
-  /// others): about 150 bytes less per message.
+  /// others): with a 55-byte body and one run, about 120 bytes less per message on SQLite and
+  /// 220 on PostgreSQL.
   kLean,
   kFull,  ///< Everything is kept, as for every other state.
 };
