@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A PostgreSQL server for the benchmarks: Debian's postgresql-15, a fresh cluster in a temporary
 # directory on a free loopback port (as the postgres user when run as root), with the databases
-# bench_instances uses.
+# bench_instances and bench_ledger use.
 #   bench/postgres.sh start | url | async | stop
 # `async` makes the role's commits stop waiting for the WAL flush (synchronous_commit = off) and
 # empties the three databases, for a second run of bench_instances.
@@ -21,7 +21,7 @@ case ${1:-} in
     # Durable as a real server is (fsync on): the figures include PostgreSQL's commits.
     "${as_user[@]}" "$bin/pg_ctl" -D "$state/data" -l "$state/log" -w -t 60 \
       -o "-p $port -k $state -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
-    for db in bench_pg1 bench_pg2 bench_pg3; do
+    for db in bench_pg1 bench_pg2 bench_pg3 bench_ledger; do
       "$bin/psql" -h "$state" -p "$port" -U metro -d postgres -qc "CREATE DATABASE $db"
     done
     ;;

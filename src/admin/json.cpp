@@ -59,6 +59,7 @@ json message_json(const ledger::DeferredMessage& m, bool body) {
     if (!json_bounds::check(m.body)) parsed = json::parse(m.body, nullptr, false);
     out["body"] = parsed.is_discarded() ? json(m.body) : std::move(parsed);
     out["body_truncated"] = m.body_truncated;
+    out["body_dropped"] = m.body_dropped;  // Completed with completed_rows = "lean".
   }
   return out;
 }

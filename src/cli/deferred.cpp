@@ -107,7 +107,9 @@ void print_message(const json& m) {
          {"recorded", field("created")},
          {"updated", field("updated")},
          {"last error", field("last_error")}});
-  if (m.contains("body")) {
+  if (m.value("body_dropped", false)) {
+    std::cout << "\nbody: dropped from the ledger when the message completed\n";
+  } else if (m.contains("body")) {
     const auto& body = m["body"];
     // metro shows a body too deep to format as text (see json_bounds).
     bool deep = body.is_string() && json_bounds::check(body.get_ref<const std::string&>());

@@ -159,6 +159,17 @@ void read_metro(TableReader& r, MetroOptions& m) {
       r.invalid("lease", "expected a duration from 1s to 1h");
     }
   }
+  // ---- the ledger's size: completed_rows, completed_retention ----
+  read_choice(r, "completed_rows", {"lean", "full"},
+              {MetroOptions::CompletedRows::kLean, MetroOptions::CompletedRows::kFull},
+              m.completed_rows);
+  if (auto v = r.duration("completed_retention")) {
+    m.completed_retention = *v;
+  } else {
+    auto day = std::chrono::milliseconds(std::chrono::hours(24));
+    m.completed_retention =
+        m.ledger_retention.count() == 0 ? m.ledger_retention : std::min(day, m.ledger_retention);
+  }
   r.finish();
 }
 

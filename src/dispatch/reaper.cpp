@@ -66,11 +66,21 @@ void Reaper::loop(const std::stop_token& stop) {
 }
 
 void Reaper::prune() {
-  auto retention = options_.ledger_retention;
-  if (retention.count() <= 0) return;
+  // Completed rows have a retention of their own (shorter by default: at high volume they are
+  // nearly all of the ledger); dead-lettered and superseded ones keep `ledger_retention`.
+  auto settled = options_.ledger_retention;
+  auto completed = options_.completed_retention;
+  if (settled.count() <= 0 && completed.count() <= 0) return;
+  auto now = std::chrono::system_clock::now();
+  auto cutoff = [now](std::chrono::milliseconds retention) {
+    return retention.count() <= 0 ? ledger::Clock::time_point{} : now - retention;
+  };
   try {
-    if (auto n = ledger_.prune(std::chrono::system_clock::now() - retention); n > 0) {
-      spdlog::info("ledger: deleted {} settled message(s) older than ledger_retention", n);
+    if (auto n = ledger_.prune(cutoff(settled), cutoff(completed)); n > 0) {
+      spdlog::info(
+          "ledger: deleted {} settled message(s) older than completed_retention (completed) or "
+          "ledger_retention (dead-lettered, superseded)",
+          n);
     }
   } catch (const Error& e) {
     spdlog::error("ledger: pruning: {}", log_value(e.what()));

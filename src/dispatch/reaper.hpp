@@ -5,7 +5,8 @@
 // interval takes up its stale deferrals (past `deferred_deadline`) and resolves its old
 // `deferring` rows. Among instances sharing a ledger, the one that holds the ledger's exclusive
 // right for the sweep also takes over the messages of instances whose lease lapsed and deletes
-// settled rows past `ledger_retention`.
+// completed rows past `completed_retention`, dead-lettered and superseded ones past
+// `ledger_retention`.
 // Thread-safety: `start`/`stop` from the service's thread.
 
 #include <chrono>

@@ -77,6 +77,9 @@ std::shared_ptr<ledger::Ledger> open_ledger(const config::Config& config) {
   // Writes share one commit at a time; reads (the API, resuming, the reaper's exclusive right)
   // take the other connections.
   options.connections = static_cast<std::size_t>(std::clamp(config.metro.workers / 2 + 3, 3, 12));
+  options.completed_rows = config.metro.completed_rows == config::MetroOptions::CompletedRows::kFull
+                               ? ledger::CompletedRows::kFull
+                               : ledger::CompletedRows::kLean;
   return ledger::open_ledger(config.metro.ledger, options);
 }
 

@@ -5,6 +5,8 @@
 // clock, so instances on hosts whose clocks differ agree on when a lease lapsed.
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
@@ -17,6 +19,7 @@
 #include "failure_groups.hpp"
 #include "ledger_impl.hpp"
 #include "postgres_migrations.hpp"
+#include "run_summary.hpp"
 
 namespace metro::ledger {
 namespace {
@@ -41,7 +44,7 @@ std::string lapsed() {
 constexpr const char* kColumns =
     "topic, subscription, sequence_number, generation, subject, message_id, correlation_id, "
     "body, body_truncated, state, created, updated, last_error, enqueued, owner, lease_until, "
-    "trace_parent, failure_group";
+    "trace_parent, failure_group, body_dropped";
 
 constexpr const char* kJobColumns =
     "id, action, filter, reason, description, created_by, state, total, done, failed, created,"
@@ -74,6 +77,7 @@ DeferredMessage read_message(const Result& r, int row) {
   m.lease_until = from_ms(r.integer(row, 15));
   m.trace_parent = r.bytes(row, 16);
   m.failure_group = r.bytes(row, 17);
+  m.body_dropped = r.integer(row, 18) != 0;
   return m;
 }
 
@@ -305,6 +309,7 @@ class PostgresLedger : public Ledger {
  public:
   PostgresLedger(const std::string& url, const OpenOptions& options)
       : where_(postgres::describe(url)),
+        lean_(options.completed_rows == CompletedRows::kLean),
         pool_(postgres::ConnectOptions{url}, std::max<std::size_t>(2, options.connections)),
         // Connections left over for reads and the exclusive right.
         committers_(std::max<std::size_t>(1, std::max<std::size_t>(2, options.connections) - 2)) {
@@ -381,25 +386,13 @@ class PostgresLedger : public Ledger {
 
   std::vector<HandlerRun> runs(const MessageKey& key) override {
     return read([&key](postgres::Connection& c) {
+      auto out = table_runs(c, key);
+      if (!out.empty()) return out;
+      // A lean completed message keeps its runs on its row.
       Params p;
-      auto r =
-          c.query(std::string("SELECT handler, attempt, outcome, started, finished, error, task_id,"
-                              " retries FROM handler_runs") +
-                      kKeyWhere + " ORDER BY started, handler, attempt",
-                  key_params(p, key));
-      std::vector<HandlerRun> out;
-      for (int i = 0; i < r.rows(); ++i) {
-        HandlerRun run;
-        run.handler = r.bytes(i, 0);
-        run.attempt = static_cast<int>(r.integer(i, 1));
-        run.outcome = outcome_from_string(r.bytes(i, 2)).value_or(HandlerRun::Outcome::kRunning);
-        run.started = from_ms(r.integer(i, 3));
-        if (!r.is_null(i, 4) && r.integer(i, 4) != 0) run.finished = from_ms(r.integer(i, 4));
-        run.error = r.bytes(i, 5);
-        run.task_id = r.bytes(i, 6);
-        run.retries = static_cast<int>(r.integer(i, 7));
-        out.push_back(std::move(run));
-      }
+      auto r = c.query(std::string("SELECT runs FROM deferred_messages") + kKeyWhere,
+                       key_params(p, key));
+      if (r.rows() > 0) out = decode_runs(r.bytes(0, 0));
       return out;
     });
   }
@@ -454,18 +447,35 @@ class PostgresLedger : public Ledger {
     });
   }
 
-  std::size_t prune(Clock::time_point before) override {
-    return write([before](postgres::Connection& c) {
-      constexpr const char* kPrunable =
-          "(state IN ('completed', 'dead-lettered') OR generation > 0) AND updated < $1";
-      c.query(std::string("DELETE FROM handler_runs WHERE (topic, subscription, sequence_number,"
-                          " generation) IN (SELECT topic, subscription, sequence_number,"
-                          " generation FROM deferred_messages WHERE ") +
-                  kPrunable + ")",
-              Params().int8(to_ms(before)));
-      auto r = c.query(std::string("DELETE FROM deferred_messages WHERE ") + kPrunable,
-                       Params().int8(to_ms(before)));
-      // Finished jobs go with the same retention, with the keys they kept.
+  std::size_t prune(Clock::time_point before, Clock::time_point completed_before) override {
+    // In batches, each a commit of its own: other writers wait for one batch at most. Each
+    // condition has an index of its own (state, updated; superseded).
+    constexpr std::int64_t kBatch = 2000;
+    static const std::array<const char*, 3> kPrunable = {"state = 'completed' AND updated < $2",
+                                                         "state = 'dead-lettered' AND updated < $1",
+                                                         "generation > 0 AND updated < $1"};
+    std::size_t pruned = 0;
+    for (const char* prunable : kPrunable) {
+      while (true) {
+        auto n = write([&](postgres::Connection& c) {
+          auto r = c.query(
+              std::string("WITH doomed AS (DELETE FROM deferred_messages WHERE ctid IN (SELECT"
+                          " ctid FROM deferred_messages WHERE ") +
+                  prunable +
+                  " LIMIT $3) RETURNING topic, subscription, sequence_number, generation),"
+                  " runs AS (DELETE FROM handler_runs h USING doomed d WHERE h.topic = d.topic"
+                  " AND h.subscription = d.subscription AND h.sequence_number ="
+                  " d.sequence_number AND h.generation = d.generation)"
+                  " SELECT count(*) FROM doomed",
+              Params().int8(to_ms(before)).int8(to_ms(completed_before)).int8(kBatch));
+          return static_cast<std::size_t>(r.integer(0, 0));
+        });
+        pruned += n;
+        if (n < static_cast<std::size_t>(kBatch)) break;
+      }
+    }
+    write([before](postgres::Connection& c) {
+      // Finished jobs go with ledger_retention, with the keys they kept.
       c.query("DELETE FROM job_items WHERE job IN (SELECT id FROM jobs WHERE finished < $1)",
               Params().int8(to_ms(before)));
       c.query("DELETE FROM jobs WHERE finished < $1", Params().int8(to_ms(before)));
@@ -474,8 +484,9 @@ class PostgresLedger : public Ledger {
               " - 86400000 AND NOT EXISTS (SELECT 1 FROM deferred_messages WHERE owner = "
               "instances.id AND lease_until > " +
               kNow + ")");
-      return static_cast<std::size_t>(r.affected());
+      return std::size_t{0};
     });
+    return pruned;
   }
 
   std::optional<std::string> write_problem() override {
@@ -738,7 +749,10 @@ class PostgresLedger : public Ledger {
     if (self.id.empty()) return;
     write([&self](postgres::Connection& c) {
       c.query("DELETE FROM instances WHERE id = $1", Params().text(self.id));
-      c.query("UPDATE deferred_messages SET lease_until = 0 WHERE owner = $1",
+      // Leases are held on unfinished rows only (the owner index has those alone).
+      c.query(std::string("UPDATE deferred_messages SET lease_until = 0 WHERE owner = $1"
+                          " AND state IN ") +
+                  kLeasedStates,
               Params().text(self.id));
       return std::size_t{0};
     });
@@ -794,7 +808,7 @@ class PostgresLedger : public Ledger {
               " RETURNING t.topic, t.subscription, t.sequence_number, t.generation, t.subject,"
               " t.message_id, t.correlation_id, t.body, t.body_truncated, t.state, t.created,"
               " t.updated, t.last_error, t.enqueued, c.owner, t.lease_until, t.trace_parent,"
-              " t.failure_group",
+              " t.failure_group, t.body_dropped",
           Params()
               .text(cl.topic)
               .text(cl.subscription)
@@ -868,13 +882,16 @@ class PostgresLedger : public Ledger {
             .int8(to_ms(m.enqueued_time))
             .text(m.owner)
             .int8(to_ms(m.lease_until))
-            .bytes(m.trace_parent);
+            .bytes(m.trace_parent)
+            .int8(m.body_dropped ? 1 : 0);
+        // The runs come as rows of their own (below): none stay collapsed on the row.
         c.query(
             "INSERT INTO deferred_messages (topic, subscription, sequence_number, generation,"
             " subject, subject_text, message_id, correlation_id, body, body_truncated, state,"
-            " created, updated, last_error, enqueued, owner, lease_until, trace_parent)"
+            " created, updated, last_error, enqueued, owner, lease_until, trace_parent,"
+            " body_dropped, runs)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,"
-            " $18)"
+            " $18, $19, ''::bytea)"
             " ON CONFLICT (topic, subscription, sequence_number, generation) DO UPDATE SET"
             " subject = excluded.subject, subject_text = excluded.subject_text,"
             " message_id = excluded.message_id, correlation_id = excluded.correlation_id,"
@@ -882,7 +899,8 @@ class PostgresLedger : public Ledger {
             " state = excluded.state, created = excluded.created, updated = excluded.updated,"
             " last_error = excluded.last_error, enqueued = excluded.enqueued,"
             " owner = excluded.owner, lease_until = excluded.lease_until,"
-            " trace_parent = excluded.trace_parent",
+            " trace_parent = excluded.trace_parent, body_dropped = excluded.body_dropped,"
+            " runs = excluded.runs",
             p);
         // The runs file the row under its failure group again (a row without runs: at the next
         // open).
@@ -890,6 +908,10 @@ class PostgresLedger : public Ledger {
       }
       return rows.size();
     });
+  }
+
+  WriteStats write_stats() const override {
+    return {writes_.load(std::memory_order_relaxed), commits_.load(std::memory_order_relaxed)};
   }
 
   std::vector<MigrationStatus> migrations() override {
@@ -1005,6 +1027,10 @@ class PostgresLedger : public Ledger {
 
   std::size_t update_state(postgres::Connection& c, const MessageKey& key, State state,
                            const std::string& error) {
+    // A lean completion drops the body and moves the runs onto the row.
+    bool lean = lean_ && state == State::kCompleted;
+    std::string runs;
+    if (lean) runs = encode_runs(runs_to_keep(table_runs(c, key)));
     // Final states are never left: a late writer cannot revive a settled message. Any other
     // state is written only by the row's owner (the fencing token; $8 empty: not an instance).
     Params p;
@@ -1014,16 +1040,48 @@ class PostgresLedger : public Ledger {
         .bytes(error)
         .text(me().id)
         .int8(releases_lease(state) ? 1 : 0)
-        .int8(is_final(state) ? 1 : 0);
-    auto r = c.query(std::string("UPDATE deferred_messages SET state = $5, updated = $6,"
-                                 " last_error = CASE WHEN $7 = ''::bytea THEN last_error ELSE"
-                                 " $7 END, lease_until = CASE WHEN $9 = 1 THEN 0 ELSE"
-                                 " lease_until END") +
-                         kKeyWhere +
-                         " AND state NOT IN ('completed', 'dead-lettered')"
-                         " AND ($10 = 1 OR $8 = '' OR owner IN ('', $8))",
+        .int8(is_final(state) ? 1 : 0)
+        .int8(lean ? 1 : 0)
+        .bytes(runs);
+    auto update = std::string(
+                      "UPDATE deferred_messages SET state = $5, updated = $6,"
+                      " last_error = CASE WHEN $7 = ''::bytea THEN last_error ELSE $7 END,"
+                      " lease_until = CASE WHEN $9 = 1 THEN 0 ELSE lease_until END,"
+                      " body = CASE WHEN $11 = 1 THEN ''::bytea ELSE body END,"
+                      " body_dropped = CASE WHEN $11 = 1 THEN 1 ELSE body_dropped END,"
+                      " runs = CASE WHEN $11 = 1 THEN $12 ELSE runs END") +
+                  kKeyWhere +
+                  " AND state NOT IN ('completed', 'dead-lettered')"
+                  " AND ($10 = 1 OR $8 = '' OR owner IN ('', $8))";
+    if (!lean) return static_cast<std::size_t>(c.query(update, p).affected());
+    // The runs go with the update, in one round trip.
+    auto r = c.query("WITH u AS (" + update + " RETURNING 1), d AS (DELETE FROM handler_runs" +
+                         kKeyWhere + " AND EXISTS (SELECT 1 FROM u)) SELECT count(*) FROM u",
                      p);
-    return static_cast<std::size_t>(r.affected());
+    return static_cast<std::size_t>(r.integer(0, 0));
+  }
+
+  /// The runs of a message in the runs table (not those collapsed on a lean row).
+  static std::vector<HandlerRun> table_runs(postgres::Connection& c, const MessageKey& key) {
+    Params p;
+    auto r = c.query(std::string("SELECT handler, attempt, outcome, started, finished, error,"
+                                 " task_id, retries FROM handler_runs") +
+                         kKeyWhere + " ORDER BY started, handler, attempt",
+                     key_params(p, key));
+    std::vector<HandlerRun> out;
+    for (int i = 0; i < r.rows(); ++i) {
+      HandlerRun run;
+      run.handler = r.bytes(i, 0);
+      run.attempt = static_cast<int>(r.integer(i, 1));
+      run.outcome = outcome_from_string(r.bytes(i, 2)).value_or(HandlerRun::Outcome::kRunning);
+      run.started = from_ms(r.integer(i, 3));
+      if (!r.is_null(i, 4) && r.integer(i, 4) != 0) run.finished = from_ms(r.integer(i, 4));
+      run.error = r.bytes(i, 5);
+      run.task_id = r.bytes(i, 6);
+      run.retries = static_cast<int>(r.integer(i, 7));
+      out.push_back(std::move(run));
+    }
+    return out;
   }
 
   static void insert_run(postgres::Connection& c, const MessageKey& key, const HandlerRun& run) {
@@ -1039,14 +1097,32 @@ class PostgresLedger : public Ledger {
       p.null_int8();
     }
     p.bytes(run.error).text(run.task_id).int8(run.retries);
-    c.query(
-        "INSERT INTO handler_runs (topic, subscription, sequence_number, generation, handler,"
-        " attempt, outcome, started, finished, error, task_id, retries) VALUES ($1, $2, $3, $4,"
-        " $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (topic, subscription, sequence_number,"
-        " generation, handler, attempt) DO UPDATE SET outcome = excluded.outcome,"
-        " started = excluded.started, finished = excluded.finished, error = excluded.error,"
-        " task_id = excluded.task_id, retries = excluded.retries",
+    // A run that ends after its message completed lean goes on the row with the others.
+    auto inserted = c.query(
+        std::string("INSERT INTO handler_runs (topic, subscription, sequence_number, generation,"
+                    " handler, attempt, outcome, started, finished, error, task_id, retries)"
+                    " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12"
+                    " WHERE NOT EXISTS (SELECT 1 FROM deferred_messages") +
+            kKeyWhere +
+            " AND body_dropped = 1) ON CONFLICT (topic, subscription, sequence_number,"
+            " generation, handler, attempt) DO UPDATE SET outcome = excluded.outcome,"
+            " started = excluded.started, finished = excluded.finished, error = excluded.error,"
+            " task_id = excluded.task_id, retries = excluded.retries",
         p);
+    if (inserted.affected() == 0) {
+      Params k;
+      auto row = c.query(std::string("SELECT runs FROM deferred_messages") + kKeyWhere,
+                         key_params(k, key));
+      auto runs = row.rows() > 0 ? decode_runs(row.bytes(0, 0)) : std::vector<HandlerRun>{};
+      std::erase_if(runs, [&](const HandlerRun& r) {
+        return r.handler == run.handler && r.attempt == run.attempt;
+      });
+      runs.push_back(run);
+      Params u;
+      key_params(u, key).bytes(encode_runs(runs_to_keep(runs)));
+      c.query(std::string("UPDATE deferred_messages SET runs = $5") + kKeyWhere, u);
+      return;  // Settled: no failure group to file it under.
+    }
     bool failed =
         run.outcome == HandlerRun::Outcome::kFailed || run.outcome == HandlerRun::Outcome::kRetry;
     if (failed && run.finished) file_failure(c, key, run.handler, run.error, to_ms(*run.finished));
@@ -1139,6 +1215,7 @@ class PostgresLedger : public Ledger {
         try {
           for (auto& p : group) p->result = p->apply(*c);
           tx.commit();
+          counted(group);
           return;
         } catch (const PgError& e) {
           if (e.connection_lost() || !c->ok()) throw;
@@ -1172,6 +1249,7 @@ class PostgresLedger : public Ledger {
         }
       }
       tx.commit();
+      counted(group);
     } catch (const PgError& e) {
       fail_all(group, explain(e, where_));
     } catch (const Error& e) {
@@ -1179,6 +1257,14 @@ class PostgresLedger : public Ledger {
     } catch (...) {
       auto failed = std::current_exception();
       for (auto& p : group) p->error = failed;
+    }
+  }
+
+  /// Counts a committed group (its writes that did not fail).
+  void counted(const std::vector<std::shared_ptr<Pending>>& group) {
+    commits_.fetch_add(1, std::memory_order_relaxed);
+    for (const auto& p : group) {
+      if (!p->error) writes_.fetch_add(1, std::memory_order_relaxed);
     }
   }
 
@@ -1191,6 +1277,9 @@ class PostgresLedger : public Ledger {
   }
 
   const std::string where_;
+  const bool lean_;  // completed_rows = "lean".
+  std::atomic<std::uint64_t> writes_{0};
+  std::atomic<std::uint64_t> commits_{0};
   postgres::Pool pool_;
   mutable Mutex me_mutex_;
   InstanceInfo me_ GUARDED_BY(me_mutex_);

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
@@ -17,6 +18,7 @@
 #include "../sqlite/sqlite.hpp"
 #include "failure_groups.hpp"
 #include "ledger_impl.hpp"
+#include "run_summary.hpp"
 #include "sqlite_migrations.hpp"
 
 namespace metro::ledger {
@@ -40,6 +42,9 @@ constexpr const char* kColumns =
     "body, body_truncated, state, created, updated, last_error, enqueued, owner, lease_until, "
     "trace_parent, failure_group";
 
+/// What a read of a message selects: the written columns, then those only reads take.
+const std::string kReadColumns = std::string(kColumns) + ", body_dropped";
+
 DeferredMessage read_message(const Statement& s) {
   DeferredMessage m;
   m.key = {s.text(0), s.text(1), s.integer(2), s.integer(3)};
@@ -57,6 +62,7 @@ DeferredMessage read_message(const Statement& s) {
   m.lease_until = from_ms(s.integer(15));
   m.trace_parent = s.text(16);
   m.failure_group = s.text(17);
+  m.body_dropped = s.integer(18) != 0;
   return m;
 }
 
@@ -85,6 +91,11 @@ Job read_job(const Statement& s) {
   j.error = s.text(13);
   return j;
 }
+
+/// The unsettled states, written exactly as the partial index deferred_messages_age has them:
+/// a query must name them in these words for SQLite to use the index.
+constexpr const char* kUnsettled =
+    "state IN ('deferring', 'deferred', 'running', 'retrying', 'failed', 'orphaned')";
 
 /// The WHERE clause of a query (from parameter ?20 on, so that callers can add their own
 /// below it), and how to bind it. Shared by list, count and create_job.
@@ -164,7 +175,10 @@ std::optional<std::pair<dev_t, ino_t>> identity_of(const std::string& path) {
 /// and each learns exactly whether its own change was committed.
 class SqliteLedger : public Ledger {
  public:
-  SqliteLedger(std::string path, bool migrate) : path_(std::move(path)), migrate_(migrate) {
+  SqliteLedger(std::string path, const OpenOptions& options)
+      : path_(std::move(path)),
+        migrate_(options.migrate),
+        lean_(options.completed_rows == CompletedRows::kLean) {
     MutexLock lock(db_mutex_);
     try {
       open();
@@ -223,8 +237,7 @@ class SqliteLedger : public Ledger {
 
   std::optional<DeferredMessage> find(const MessageKey& key) override {
     MutexLock lock(db_mutex_);
-    auto s =
-        db_->statement(std::string("SELECT ") + kColumns + " FROM deferred_messages" + kKeyWhere);
+    auto s = db_->statement("SELECT " + kReadColumns + " FROM deferred_messages" + kKeyWhere);
     bind_key(s, key);
     if (!s.step()) return std::nullopt;
     return read_message(s);
@@ -232,30 +245,18 @@ class SqliteLedger : public Ledger {
 
   std::vector<HandlerRun> runs(const MessageKey& key) override {
     MutexLock lock(db_mutex_);
-    auto s = db_->statement(
-        std::string("SELECT handler, attempt, outcome, started, finished, error, task_id, retries"
-                    " FROM handler_runs") +
-        kKeyWhere + " ORDER BY started, handler, attempt");
-    bind_key(s, key);
-    std::vector<HandlerRun> out;
-    while (s.step()) {
-      HandlerRun r;
-      r.handler = s.text(0);
-      r.attempt = static_cast<int>(s.integer(1));
-      r.outcome = outcome_from_string(s.text(2)).value_or(HandlerRun::Outcome::kRunning);
-      r.started = from_ms(s.integer(3));
-      if (!s.is_null(4) && s.integer(4) != 0) r.finished = from_ms(s.integer(4));
-      r.error = s.text(5);
-      r.task_id = s.text(6);
-      r.retries = static_cast<int>(s.integer(7));
-      out.push_back(std::move(r));
-    }
+    auto out = table_runs(key);
+    if (!out.empty()) return out;
+    // A lean completed message keeps its runs on its row.
+    auto row = db_->statement(std::string("SELECT runs FROM deferred_messages") + kKeyWhere);
+    bind_key(row, key);
+    if (row.step()) out = decode_runs(row.text(0));
     return out;
   }
 
   Page list(const Query& q) override {
     Filter filter(q, true);
-    auto sql = std::string("SELECT ") + kColumns + " FROM deferred_messages" + filter.where +
+    auto sql = "SELECT " + kReadColumns + " FROM deferred_messages" + filter.where +
                " ORDER BY topic, subscription, sequence_number, generation LIMIT ?1";
     MutexLock lock(db_mutex_);
     auto s = db_->statement(sql);
@@ -290,33 +291,53 @@ class SqliteLedger : public Ledger {
   std::optional<Clock::time_point> oldest_deferred(const std::string& topic,
                                                    const std::string& subscription) override {
     MutexLock lock(db_mutex_);
-    auto s = db_->statement(
-        "SELECT min(created) FROM deferred_messages WHERE topic = ?1 AND subscription = ?2"
-        " AND generation = 0"
-        " AND state IN ('deferring', 'deferred', 'running', 'retrying', 'failed', 'orphaned')");
+    auto s =
+        db_->statement(std::string("SELECT min(created) FROM deferred_messages WHERE topic = ?1"
+                                   " AND subscription = ?2 AND generation = 0 AND ") +
+                       kUnsettled);
     s.bind(1, topic).bind(2, subscription);
     if (!s.step() || s.is_null(0) || s.integer(0) == 0) return std::nullopt;
     return from_ms(s.integer(0));
   }
 
-  std::size_t prune(Clock::time_point before) override {
-    return write([this, before]() REQUIRES(db_mutex_) {
-      constexpr const char* kPrunable =
-          "(state IN ('completed', 'dead-lettered') OR generation > 0) AND updated < ?1";
-      {
-        auto runs = db_->statement(
-            std::string("DELETE FROM handler_runs WHERE (topic, subscription, sequence_number,"
-                        " generation) IN (SELECT topic, subscription, sequence_number, generation"
-                        " FROM deferred_messages WHERE ") +
-            kPrunable + ")");
-        runs.bind(1, to_ms(before));
-        runs.run();
+  std::size_t prune(Clock::time_point before, Clock::time_point completed_before) override {
+    // In batches, each a commit of its own: other writers wait for one batch at most. Each
+    // condition has an index of its own (state, updated; superseded).
+    constexpr std::int64_t kBatch = 2000;
+    static const std::array<const char*, 3> kPrunable = {"state = 'completed' AND updated < ?2",
+                                                         "state = 'dead-lettered' AND updated < ?1",
+                                                         "generation > 0 AND updated < ?1"};
+    std::size_t pruned = 0;
+    for (const char* prunable : kPrunable) {
+      while (true) {
+        auto n = write([&]() REQUIRES(db_mutex_) {
+          std::vector<std::pair<std::int64_t, MessageKey>> doomed;
+          {
+            auto s = db_->statement(
+                std::string("SELECT rowid, topic, subscription, sequence_number, generation"
+                            " FROM deferred_messages WHERE ") +
+                prunable + " LIMIT ?3");
+            s.bind(1, to_ms(before)).bind(2, to_ms(completed_before)).bind(3, kBatch);
+            while (s.step()) {
+              doomed.push_back({s.integer(0), {s.text(1), s.text(2), s.integer(3), s.integer(4)}});
+            }
+          }
+          for (const auto& [rowid, key] : doomed) {
+            auto runs = db_->statement(std::string("DELETE FROM handler_runs") + kKeyWhere);
+            bind_key(runs, key);
+            runs.run();
+            auto row = db_->statement("DELETE FROM deferred_messages WHERE rowid = ?1");
+            row.bind(1, rowid);
+            row.run();
+          }
+          return doomed.size();
+        });
+        pruned += n;
+        if (n < static_cast<std::size_t>(kBatch)) break;
       }
-      auto s = db_->statement(std::string("DELETE FROM deferred_messages WHERE ") + kPrunable);
-      s.bind(1, to_ms(before));
-      s.run();
-      auto pruned = static_cast<std::size_t>(db_->changes());
-      // Finished jobs go with the same retention, with the keys they kept.
+    }
+    write([this, before]() REQUIRES(db_mutex_) {
+      // Finished jobs go with ledger_retention, with the keys they kept.
       auto items = db_->statement(
           "DELETE FROM job_items WHERE job IN (SELECT id FROM jobs WHERE finished < ?1)");
       items.bind(1, to_ms(before));
@@ -324,8 +345,9 @@ class SqliteLedger : public Ledger {
       auto jobs = db_->statement("DELETE FROM jobs WHERE finished < ?1");
       jobs.bind(1, to_ms(before));
       jobs.run();
-      return pruned;
+      return std::size_t{0};
     });
+    return pruned;
   }
 
   std::optional<std::string> write_problem() override {
@@ -576,7 +598,11 @@ class SqliteLedger : public Ledger {
       auto d = db_->statement("DELETE FROM instances WHERE id = ?1");
       d.bind(1, me_.id);
       d.run();
-      auto s = db_->statement("UPDATE deferred_messages SET lease_until = 0 WHERE owner = ?1");
+      // Leases are held on unfinished rows only (the owner index has those alone).
+      auto s = db_->statement(
+          std::string(
+              "UPDATE deferred_messages SET lease_until = 0 WHERE owner = ?1 AND state IN ") +
+          kLeasedStates);
       s.bind(1, me_.id);
       s.run();
       return std::size_t{0};
@@ -615,19 +641,23 @@ class SqliteLedger : public Ledger {
       auto now = now_ms();
       // The write transaction holds the file: no other connection claims at the same time.
       {
-      auto s = db_->statement(
-          std::string("SELECT ") + kColumns +
-          " FROM deferred_messages WHERE topic = ?1 AND subscription = ?2 AND generation = 0"
-          " AND sequence_number > ?3 AND state IN (" + states + ") AND ("
-          " (?4 AND owner = ?5 AND (?6 = 0 OR updated < ?6))"
-          " OR (?7 AND owner <> ?5 AND (owner = '' OR " + lapsed("?8") + ")))"
-          " ORDER BY sequence_number LIMIT ?9");
-      s.bind(1, c.topic).bind(2, c.subscription).bind(3, c.after);
-      s.bind(4, c.own ? 1 : 0).bind(5, me_.id);
-      s.bind(6, c.own_updated_before ? to_ms(*c.own_updated_before) : std::int64_t{0});
-      s.bind(7, c.lapsed ? 1 : 0).bind(8, now);
-      s.bind(9, static_cast<std::int64_t>(std::max<std::size_t>(1, c.limit)));
-      while (s.step()) out.push_back(read_message(s));
+        auto s = db_->statement(
+            "SELECT " + kReadColumns +
+            " FROM deferred_messages WHERE topic = ?1 AND subscription = ?2 AND generation = 0"
+            " AND sequence_number > ?3 AND state IN (" +
+            states +
+            ") AND ("
+            " (?4 AND owner = ?5 AND (?6 = 0 OR updated < ?6))"
+            " OR (?7 AND owner <> ?5 AND (owner = '' OR " +
+            lapsed("?8") +
+            ")))"
+            " ORDER BY sequence_number LIMIT ?9");
+        s.bind(1, c.topic).bind(2, c.subscription).bind(3, c.after);
+        s.bind(4, c.own ? 1 : 0).bind(5, me_.id);
+        s.bind(6, c.own_updated_before ? to_ms(*c.own_updated_before) : std::int64_t{0});
+        s.bind(7, c.lapsed ? 1 : 0).bind(8, now);
+        s.bind(9, static_cast<std::int64_t>(std::max<std::size_t>(1, c.limit)));
+        while (s.step()) out.push_back(read_message(s));
       }
       auto lease_until = me_.id.empty() ? 0 : now + me_.lease.count();
       for (auto& m : out) {
@@ -659,8 +689,7 @@ class SqliteLedger : public Ledger {
       u.bind(5, me_.id).bind(6, lease_until).bind(7, now);
       u.run();
       if (db_->changes() == 0) return std::size_t{0};
-      auto s = db_->statement(std::string("SELECT ") + kColumns + " FROM deferred_messages" +
-                              kKeyWhere);
+      auto s = db_->statement("SELECT " + kReadColumns + " FROM deferred_messages" + kKeyWhere);
       bind_key(s, key);
       if (s.step()) out = read_message(s);
       return std::size_t{1};
@@ -697,12 +726,22 @@ class SqliteLedger : public Ledger {
         s.bind(14, to_ms(m.enqueued_time)).bind(15, m.owner).bind(16, to_ms(m.lease_until));
         s.bind(17, m.trace_parent);
         s.run();
+        if (m.body_dropped) {
+          auto d = db_->statement(std::string("UPDATE deferred_messages SET body_dropped = 1") +
+                                  kKeyWhere);
+          bind_key(d, m.key);
+          d.run();
+        }
         // The runs file the row under its failure group again (a row without runs: at the next
         // open).
         for (const auto& r : runs) insert_run(m.key, r);
       }
       return rows.size();
     });
+  }
+
+  WriteStats write_stats() const override {
+    return {writes_.load(std::memory_order_relaxed), commits_.load(std::memory_order_relaxed)};
   }
 
   std::vector<MigrationStatus> migrations() override {
@@ -836,27 +875,67 @@ class SqliteLedger : public Ledger {
 
   std::size_t update_state(const MessageKey& key, State state, const std::string& error)
       REQUIRES(db_mutex_) {
+    // A lean completion drops the body and moves the runs onto the row.
+    bool lean = lean_ && state == State::kCompleted;
+    std::string runs;
+    if (lean) runs = encode_runs(runs_to_keep(table_runs(key)));
     // Final states are never left: a late writer cannot revive a settled message. Any other
     // state is written only by the row's owner (the fencing token; ?8 empty: not an instance).
-    auto s = db_->statement(
-        std::string("UPDATE deferred_messages SET state = ?5, updated = ?6,"
-                    " last_error = CASE WHEN ?7 = '' THEN last_error ELSE ?7 END,"
-                    " lease_until = CASE WHEN ?9 THEN 0 ELSE lease_until END") +
-        kKeyWhere +
-        " AND state NOT IN ('completed', 'dead-lettered')"
-        " AND (?10 OR ?8 = '' OR owner IN ('', ?8))");
+    auto s =
+        db_->statement(std::string("UPDATE deferred_messages SET state = ?5, updated = ?6,"
+                                   " last_error = CASE WHEN ?7 = '' THEN last_error ELSE ?7 END,"
+                                   " lease_until = CASE WHEN ?9 THEN 0 ELSE lease_until END,"
+                                   " body = CASE WHEN ?11 THEN X'' ELSE body END,"
+                                   " body_dropped = CASE WHEN ?11 THEN 1 ELSE body_dropped END,"
+                                   " runs = CASE WHEN ?11 THEN ?12 ELSE runs END") +
+                       kKeyWhere +
+                       " AND state NOT IN ('completed', 'dead-lettered')"
+                       " AND (?10 OR ?8 = '' OR owner IN ('', ?8))");
     bind_key(s, key);
     s.bind(5, to_string(state)).bind(6, to_ms(Clock::now())).bind(7, error);
     s.bind(8, me_.id).bind(9, releases_lease(state) ? 1 : 0).bind(10, is_final(state) ? 1 : 0);
+    s.bind(11, lean ? 1 : 0).bind(12, runs);
     s.run();
-    return static_cast<std::size_t>(db_->changes());
+    auto changed = static_cast<std::size_t>(db_->changes());
+    if (lean && changed != 0) {
+      auto d = db_->statement(std::string("DELETE FROM handler_runs") + kKeyWhere);
+      bind_key(d, key);
+      d.run();
+    }
+    return changed;
+  }
+
+  /// The runs of a message in the runs table (not those collapsed on a lean row).
+  std::vector<HandlerRun> table_runs(const MessageKey& key) REQUIRES(db_mutex_) {
+    auto s = db_->statement(
+        std::string("SELECT handler, attempt, outcome, started, finished, error, task_id, retries"
+                    " FROM handler_runs") +
+        kKeyWhere + " ORDER BY started, handler, attempt");
+    bind_key(s, key);
+    std::vector<HandlerRun> out;
+    while (s.step()) {
+      HandlerRun r;
+      r.handler = s.text(0);
+      r.attempt = static_cast<int>(s.integer(1));
+      r.outcome = outcome_from_string(s.text(2)).value_or(HandlerRun::Outcome::kRunning);
+      r.started = from_ms(s.integer(3));
+      if (!s.is_null(4) && s.integer(4) != 0) r.finished = from_ms(s.integer(4));
+      r.error = s.text(5);
+      r.task_id = s.text(6);
+      r.retries = static_cast<int>(s.integer(7));
+      out.push_back(std::move(r));
+    }
+    return out;
   }
 
   void insert_run(const MessageKey& key, const HandlerRun& run) REQUIRES(db_mutex_) {
+    // A run that ends after its message completed lean goes on the row with the others.
     auto s = db_->statement(
-        "INSERT OR REPLACE INTO handler_runs (topic, subscription, sequence_number, generation,"
-        " handler, attempt, outcome, started, finished, error, task_id, retries)"
-        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)");
+        std::string("INSERT OR REPLACE INTO handler_runs (topic, subscription, sequence_number,"
+                    " generation, handler, attempt, outcome, started, finished, error, task_id,"
+                    " retries) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12"
+                    " WHERE NOT EXISTS (SELECT 1 FROM deferred_messages") +
+        kKeyWhere + " AND body_dropped = 1)");
     bind_key(s, key);
     s.bind(5, run.handler).bind(6, std::int64_t{run.attempt});
     s.bind(7, to_string(run.outcome)).bind(8, to_ms(run.started));
@@ -867,6 +946,23 @@ class SqliteLedger : public Ledger {
     }
     s.bind(10, run.error).bind(11, run.task_id).bind(12, std::int64_t{run.retries});
     s.run();
+    if (db_->changes() == 0) {
+      std::vector<HandlerRun> runs;
+      {
+        auto row = db_->statement(std::string("SELECT runs FROM deferred_messages") + kKeyWhere);
+        bind_key(row, key);
+        if (row.step()) runs = decode_runs(row.text(0));
+      }
+      std::erase_if(runs, [&](const HandlerRun& r) {
+        return r.handler == run.handler && r.attempt == run.attempt;
+      });
+      runs.push_back(run);
+      auto u = db_->statement(std::string("UPDATE deferred_messages SET runs = ?5") + kKeyWhere);
+      bind_key(u, key);
+      u.bind(5, encode_runs(runs_to_keep(runs)));
+      u.run();
+      return;  // Settled: no failure group to file it under.
+    }
     bool failed =
         run.outcome == HandlerRun::Outcome::kFailed || run.outcome == HandlerRun::Outcome::kRetry;
     if (failed && run.finished) file_failure(key, run.handler, run.error, to_ms(*run.finished));
@@ -968,6 +1064,10 @@ class SqliteLedger : public Ledger {
         }
       }
       tx.commit();
+      commits_.fetch_add(1, std::memory_order_relaxed);
+      for (auto& p : group) {
+        if (!p->error) writes_.fetch_add(1, std::memory_order_relaxed);
+      }
     } catch (...) {
       failed = std::current_exception();
     }
@@ -978,6 +1078,9 @@ class SqliteLedger : public Ledger {
 
   const std::string path_;
   const bool migrate_;
+  const bool lean_;  // completed_rows = "lean".
+  std::atomic<std::uint64_t> writes_{0};
+  std::atomic<std::uint64_t> commits_{0};
   std::optional<std::pair<dev_t, ino_t>> identity_;  // The file opened; set once.
   mutable Mutex db_mutex_;                           // The connection and its statements.
   std::unique_ptr<sqlite::Database> db_ GUARDED_BY(db_mutex_);
@@ -993,7 +1096,7 @@ class SqliteLedger : public Ledger {
 namespace detail {
 
 std::unique_ptr<Ledger> open_sqlite_ledger(const std::string& path, const OpenOptions& options) {
-  return std::make_unique<SqliteLedger>(path, options.migrate);
+  return std::make_unique<SqliteLedger>(path, options);
 }
 
 }  // namespace detail

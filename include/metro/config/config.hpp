@@ -121,6 +121,15 @@ struct MetroOptions {
   /// How long an instance's claim on a message holds without a heartbeat (renewed every third
   /// of it); past it, another instance takes the message over.
   milliseconds lease{std::chrono::seconds(30)};
+
+  // ---- the ledger's size: what a completed message's row keeps, and for how long ----
+  /// `completed_rows`: kLean drops a completed message's body and moves its handler runs onto
+  /// its row (at most 20); kFull keeps everything.
+  enum class CompletedRows { kLean, kFull };
+  CompletedRows completed_rows = CompletedRows::kLean;
+  /// Completed ledger rows older than this are deleted; 0 keeps them. When the file does not set
+  /// it: the shorter of 1 day and `ledger_retention` (0 when that is 0).
+  milliseconds completed_retention{std::chrono::hours(24)};
 };
 
 /// `[celery]`: the Redis broker and result backend of the team's Celery workers, for `python`

@@ -69,6 +69,9 @@ struct DeferredMessage {
   std::string correlation_id;
   std::string body;  ///< Up to the configured limit.
   bool body_truncated = false;
+  /// The body was dropped when the message completed (`completed_rows = "lean"`): `body` is
+  /// empty (and the handler runs were moved onto the row, at most 20 of them).
+  bool body_dropped = false;
   /// When Service Bus enqueued it (the epoch when unknown). With `message_id` it tells a new
   /// message with a known sequence number from the one the ledger recorded.
   Clock::time_point enqueued_time{};
@@ -230,6 +233,12 @@ class Exclusive {
   virtual ~Exclusive() = default;
 };
 
+/// What a ledger wrote since it was opened, through this object.
+struct WriteStats {
+  std::uint64_t writes = 0;   ///< Write calls that committed (`record_all`, `set_state_all` …).
+  std::uint64_t commits = 0;  ///< Transactions committed for them: group commit shares one.
+};
+
 /// A schema migration and whether the ledger has it.
 struct MigrationStatus {
   int version = 0;
@@ -274,7 +283,11 @@ class Ledger {
                                                            const std::string& subscription) = 0;
   /// Deletes `completed` and `dead-lettered` messages, and superseded records, (with their runs)
   /// last updated before `before`; returns how many.
-  virtual std::size_t prune(Clock::time_point before) = 0;
+  std::size_t prune(Clock::time_point before) { return prune(before, before); }
+  /// The same with a retention of its own for `completed` messages: those last updated before
+  /// `completed_before`, and dead-lettered and superseded ones before `settled_before`.
+  virtual std::size_t prune(Clock::time_point settled_before,
+                            Clock::time_point completed_before) = 0;
   /// Whether a write can be made now: true when `write_problem()` has none.
   bool writable() { return !write_problem(); }
   /// Makes a small real write and says why it failed (the file is read-only, the disk is full,
@@ -340,6 +353,8 @@ class Ledger {
                            rows) = 0;
   /// The ledger's schema migrations (applied or pending).
   virtual std::vector<MigrationStatus> migrations() = 0;
+  /// Counts of this object's writes and commits (for benchmarks and metrics).
+  virtual WriteStats write_stats() const = 0;
 };
 
 /// A page cursor: the last key of the previous page, as every ledger pages
@@ -349,9 +364,21 @@ std::string cursor_of(const MessageKey& key);
 /// parts, from before generations, are still read).
 std::optional<MessageKey> parse_cursor(std::string_view cursor);
 
+/// What stays of a message's row once it completed (`[metro] completed_rows`).
+enum class CompletedRows {
+  /// The body is dropped (`body_dropped`) and the handler runs move from rows of their own into
+  /// one field of the message's row (at most 20: the last of each handler and the latest
+  /// others): with a 55-byte body and one run, about 120 bytes less per message on SQLite and
+  /// 220 on PostgreSQL.
+  kLean,
+  kFull,  ///< Everything is kept, as for every other state.
+};
+
 struct OpenOptions {
   /// Bring the schema up to date at open. false: open as it is, only to read `migrations()`.
   bool migrate = true;
+  /// What a completed message keeps. Dead-lettered, failed and unfinished rows keep everything.
+  CompletedRows completed_rows = CompletedRows::kLean;
   /// PostgreSQL: connections in the pool (at least 2).
   std::size_t connections = 4;
 };

@@ -236,6 +236,45 @@ handler = "f"
   EXPECT_EQ(errors[1], "t.toml:3: metro.defer_after: expected a duration from 1ms to 4m");
 }
 
+TEST(Config, CompletedRowsAndTheirRetention) {
+  const char* subscription = R"(
+[[subscriptions]]
+topic_name = "t"
+subscription_name = "s"
+connection_string = "${CS}"
+[[subscriptions.handlers]]
+subject = "x"
+handler = "f"
+)";
+  auto with = [&](const std::string& metro) {
+    return parse_config("[metro]\n" + metro + subscription, "t.toml", kEnv).metro;
+  };
+  auto defaults = parse_config(subscription, "t.toml", kEnv).metro;
+  EXPECT_EQ(defaults.completed_rows, MetroOptions::CompletedRows::kLean);
+  EXPECT_EQ(defaults.completed_retention, 24h);
+  EXPECT_EQ(defaults.ledger_retention, 7 * 24h);
+  EXPECT_EQ(with("workers = 2\n").completed_retention, 24h);
+  EXPECT_EQ(with("completed_rows = \"full\"\n").completed_rows, MetroOptions::CompletedRows::kFull);
+  EXPECT_EQ(with("completed_rows = \"lean\"\n").completed_rows, MetroOptions::CompletedRows::kLean);
+  EXPECT_EQ(with("completed_retention = \"3d\"\n").completed_retention, 72h);
+  EXPECT_EQ(with("completed_retention = 0\n").completed_retention, 0ms);
+  // Unset, it follows a shorter ledger_retention, and keeps completed rows when that does.
+  EXPECT_EQ(with("ledger_retention = \"12h\"\n").completed_retention, 12h);
+  EXPECT_EQ(with("ledger_retention = \"30d\"\n").completed_retention, 24h);
+  EXPECT_EQ(with("ledger_retention = 0\n").completed_retention, 0ms);
+  EXPECT_EQ(with("ledger_retention = 0\ncompleted_retention = \"2h\"\n").completed_retention, 2h);
+  auto errors = errors_of(std::string("[metro]\ncompleted_rows = \"slim\"\n"
+                                      "completed_retention = \"soon\"\n") +
+                          subscription);
+  ASSERT_EQ(errors.size(), 2u);
+  EXPECT_EQ(errors[0],
+            "t.toml:2: metro.completed_rows: expected one of \"lean\" or \"full\", "
+            "got \"slim\"");
+  EXPECT_EQ(errors[1],
+            "t.toml:3: metro.completed_retention: expected a duration such as \"250ms\", "
+            "\"30s\", \"5m\", \"1h30m\", or whole seconds, got \"soon\"");
+}
+
 TEST(Config, DeduplicatesDefaultHandlerNames) {
   auto c = parse_config(R"(
 [[subscriptions]]

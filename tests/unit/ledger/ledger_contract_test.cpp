@@ -35,6 +35,14 @@ metro::test::PostgresServer& server() {
   return *s;
 }
 
+using namespace std::chrono_literals;
+
+/// A time as the ledger keeps it (whole milliseconds).
+Clock::time_point from_ms_for_test(Clock::time_point t) {
+  return Clock::time_point(
+      std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()));
+}
+
 class LedgerContract : public ::testing::TestWithParam<Backend> {
  protected:
   void SetUp() override {
@@ -783,6 +791,206 @@ TEST_P(LedgerContract, TheSchemaIsUpToDateAndSaysSo) {
   EXPECT_TRUE(pending_migrations(url_).empty());
 }
 
+// ---- lean completed rows, retention -------------------------------------------------------
+
+/// A message with three runs: handler a failed once then succeeded, handler b succeeded.
+void run_three(Ledger& ledger, const MessageKey& key, Clock::time_point t0) {
+  using Outcome = HandlerRun::Outcome;
+  ledger.begin_run(key, {"a", 1, Outcome::kRunning, t0, {}, {}, {}, 0});
+  ledger.record_run(key, {"a", 1, Outcome::kFailed, t0, t0 + 5ms, "a: boom 1", {}, 0});
+  ledger.begin_run(key, {"a", 2, Outcome::kRunning, t0 + 10ms, {}, {}, {}, 0});
+  ledger.record_run(key, {"a", 2, Outcome::kSucceeded, t0 + 10ms, t0 + 17ms, {}, "task-2", 1});
+  ledger.record_run(key, {"b", 1, Outcome::kSucceeded, t0 + 20ms, t0 + 21ms, {}, {}, 0});
+}
+
+TEST_P(LedgerContract, ALeanCompletionDropsTheBodyAndMovesTheRunsOntoTheRow) {
+  auto m = message("a", 1, "Orders/Created");
+  m.trace_parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+  ledger_->record(m);
+  auto t0 = from_ms_for_test(Clock::now());
+  run_three(*ledger_, m.key, t0);
+  ASSERT_TRUE(ledger_->set_state(m.key, State::kCompleted));
+  auto found = ledger_->find(m.key);
+  ASSERT_TRUE(found);
+  EXPECT_EQ(found->state, State::kCompleted);
+  EXPECT_TRUE(found->body_dropped);
+  EXPECT_EQ(found->body, "");
+  // What names the message stays.
+  EXPECT_EQ(found->subject, m.subject);
+  EXPECT_EQ(found->message_id, m.message_id);
+  EXPECT_EQ(found->correlation_id, m.correlation_id);
+  EXPECT_EQ(found->trace_parent, m.trace_parent);
+  // Every run stays, as it was recorded, in the order they started.
+  auto runs = ledger_->runs(m.key);
+  ASSERT_EQ(runs.size(), 3u);
+  EXPECT_EQ(runs[0].handler, "a");
+  EXPECT_EQ(runs[0].attempt, 1);
+  EXPECT_EQ(runs[0].outcome, HandlerRun::Outcome::kFailed);
+  EXPECT_EQ(runs[0].error, "a: boom 1");
+  EXPECT_EQ(runs[1].handler, "a");
+  EXPECT_EQ(runs[1].attempt, 2);
+  EXPECT_EQ(runs[1].outcome, HandlerRun::Outcome::kSucceeded);
+  EXPECT_EQ(runs[1].started, t0 + 10ms);
+  EXPECT_EQ(runs[1].finished, t0 + 17ms);
+  EXPECT_EQ(runs[1].task_id, "task-2");
+  EXPECT_EQ(runs[1].retries, 1);
+  EXPECT_EQ(runs[2].handler, "b");
+  EXPECT_EQ(runs[2].attempt, 1);
+  // Listed and counted as before, flagged in the listing too.
+  auto page = ledger_->list({});
+  ASSERT_EQ(page.items.size(), 1u);
+  EXPECT_TRUE(page.items[0].body_dropped);
+  EXPECT_EQ(ledger_->counts()[State::kCompleted], 1u);
+  // A run that ends after its message completed (explicit completion) joins the others.
+  ledger_->record_run(m.key, {"c",
+                              1,
+                              HandlerRun::Outcome::kSucceeded,
+                              t0 + 30ms,
+                              t0 + 31ms,
+                              std::string("x\0y", 3),
+                              {},
+                              0});
+  ledger_->record_run(m.key,
+                      {"b", 1, HandlerRun::Outcome::kSucceeded, t0 + 20ms, t0 + 25ms, {}, {}, 0});
+  runs = ledger_->runs(m.key);
+  ASSERT_EQ(runs.size(), 4u);
+  EXPECT_EQ(runs[2].handler, "b");
+  EXPECT_EQ(runs[2].finished, t0 + 25ms);
+  EXPECT_EQ(runs[3].handler, "c");
+  EXPECT_EQ(runs[3].error, std::string("x\0y", 3));
+  // Completing again changes nothing.
+  EXPECT_FALSE(ledger_->set_state(m.key, State::kCompleted));
+  EXPECT_EQ(ledger_->runs(m.key).size(), 4u);
+}
+
+TEST_P(LedgerContract, RowsNotCompletedKeepTheirBodyAndEveryRun) {
+  auto t0 = from_ms_for_test(Clock::now());
+  for (auto [seq, state] : {std::pair{1, State::kFailed}, std::pair{2, State::kDeadLettered},
+                            std::pair{3, State::kRetrying}, std::pair{4, State::kDeferred},
+                            std::pair{5, State::kOrphaned}}) {
+    auto m = message("a", seq, "s");
+    ledger_->record(m);
+    run_three(*ledger_, m.key, t0);
+    ASSERT_TRUE(ledger_->set_state(m.key, state, "why"));
+    auto found = ledger_->find(m.key);
+    ASSERT_TRUE(found);
+    EXPECT_EQ(found->body, m.body) << to_string(state);
+    EXPECT_FALSE(found->body_dropped) << to_string(state);
+    EXPECT_EQ(ledger_->runs(m.key).size(), 3u) << to_string(state);
+  }
+}
+
+TEST_P(LedgerContract, FullCompletedRowsKeepEverything) {
+  OpenOptions options;
+  options.completed_rows = CompletedRows::kFull;
+  ledger_ = open_ledger(url_, options);
+  auto m = message("a", 1, "s");
+  ledger_->record(m);
+  run_three(*ledger_, m.key, from_ms_for_test(Clock::now()));
+  ASSERT_TRUE(ledger_->set_state(m.key, State::kCompleted));
+  auto found = ledger_->find(m.key);
+  ASSERT_TRUE(found);
+  EXPECT_EQ(found->body, m.body);
+  EXPECT_FALSE(found->body_dropped);
+  EXPECT_EQ(ledger_->runs(m.key).size(), 3u);
+}
+
+TEST_P(LedgerContract, ALeanRowIsCopiedWithItsRunsAndItsFlag) {
+  auto m = message("a", 1, "s");
+  ledger_->record(m);
+  run_three(*ledger_, m.key, from_ms_for_test(Clock::now()));
+  ledger_->set_state(m.key, State::kCompleted);
+  auto target_path = std::filesystem::temp_directory_path() /
+                     ("metro-ledger-lean-copy-" + std::to_string(::getpid()) + ".db");
+  std::filesystem::remove(target_path);
+  {
+    auto target = open_ledger("sqlite://" + target_path.string());
+    EXPECT_EQ(copy_ledger(*ledger_, *target), 1u);
+    auto copied = target->find(m.key);
+    ASSERT_TRUE(copied);
+    EXPECT_TRUE(copied->body_dropped);
+    EXPECT_EQ(copied->body, "");
+    EXPECT_EQ(target->runs(m.key).size(), 3u);
+  }
+  for (auto suffix : {"", "-wal", "-shm"}) std::filesystem::remove(target_path.string() + suffix);
+}
+
+TEST_P(LedgerContract, CompletedRowsHaveARetentionOfTheirOwn) {
+  ledger_->record_all(
+      {message("a", 1, "s"), message("a", 2, "s"), message("a", 3, "s"), message("a", 4, "s")});
+  ledger_->set_state({"metro-demo", "a", 1}, State::kCompleted);
+  ledger_->set_state({"metro-demo", "a", 2}, State::kDeadLettered);
+  ledger_->set_state({"metro-demo", "a", 3}, State::kFailed);
+  // A new message with sequence number 4: the earlier record is superseded (generation 1).
+  auto again = message("a", 4, "s");
+  again.message_id = "another";
+  ledger_->record(again);
+  ASSERT_TRUE(ledger_->find({"metro-demo", "a", 4, 1}));
+  auto past = Clock::now() - std::chrono::hours(1);
+  auto future = Clock::now() + std::chrono::seconds(1);
+  // Completed rows past their retention go; dead-lettered and superseded ones are younger than
+  // theirs.
+  EXPECT_EQ(ledger_->prune(past, future), 1u);
+  EXPECT_FALSE(ledger_->find({"metro-demo", "a", 1}));
+  EXPECT_TRUE(ledger_->find({"metro-demo", "a", 2}));
+  EXPECT_TRUE(ledger_->find({"metro-demo", "a", 4, 1}));
+  // And the other way round.
+  ledger_->set_state({"metro-demo", "a", 4}, State::kCompleted);
+  EXPECT_EQ(ledger_->prune(future, past), 2u);
+  EXPECT_FALSE(ledger_->find({"metro-demo", "a", 2}));
+  EXPECT_FALSE(ledger_->find({"metro-demo", "a", 4, 1}));
+  EXPECT_EQ(ledger_->find({"metro-demo", "a", 4})->state, State::kCompleted);
+  EXPECT_EQ(ledger_->find({"metro-demo", "a", 3})->state, State::kFailed);  // Never pruned.
+  // The epoch as a cutoff keeps everything (a retention of 0).
+  EXPECT_EQ(ledger_->prune(Clock::time_point{}, Clock::time_point{}), 0u);
+}
+
+TEST_P(LedgerContract, PruningManyRowsTakesThemAllWithTheirRuns) {
+  // More than one batch of the prune's.
+  OpenOptions options;
+  options.completed_rows = CompletedRows::kFull;
+  ledger_ = open_ledger(url_, options);
+  constexpr int kRows = 4500;
+  std::vector<DeferredMessage> rows;
+  std::vector<MessageKey> keys;
+  for (int i = 1; i <= kRows; ++i) {
+    rows.push_back(message("a", i, "s"));
+    keys.push_back(rows.back().key);
+  }
+  ledger_->record_all(rows);
+  ledger_->record_run(keys.front(),
+                      {"h", 1, HandlerRun::Outcome::kSucceeded, Clock::now(), {}, {}, {}, 0});
+  ledger_->record_run(keys.back(),
+                      {"h", 1, HandlerRun::Outcome::kSucceeded, Clock::now(), {}, {}, {}, 0});
+  EXPECT_EQ(ledger_->set_state_all(keys, State::kCompleted), static_cast<std::size_t>(kRows));
+  auto future = Clock::now() + std::chrono::seconds(1);
+  EXPECT_EQ(ledger_->prune(future, future), static_cast<std::size_t>(kRows));
+  EXPECT_EQ(ledger_->counts()[State::kCompleted], 0u);
+  EXPECT_TRUE(ledger_->runs(keys.front()).empty());
+  EXPECT_TRUE(ledger_->runs(keys.back()).empty());
+}
+
+TEST_P(LedgerContract, WritesAndTheirCommitsAreCounted) {
+  auto before = ledger_->write_stats();
+  ledger_->record(message("a", 1, "s"));
+  ledger_->set_state({"metro-demo", "a", 1}, State::kDeferred);
+  auto after = ledger_->write_stats();
+  EXPECT_EQ(after.writes - before.writes, 2u);
+  EXPECT_EQ(after.commits - before.commits, 2u);
+  // Writers at once share commits: never more commits than writes.
+  std::vector<std::thread> writers;
+  for (int t = 0; t < 4; ++t) {
+    writers.emplace_back([&, t] {
+      for (int i = 0; i < 20; ++i) ledger_->record(message("b", t * 100 + i, "s"));
+    });
+  }
+  for (auto& w : writers) w.join();
+  auto end = ledger_->write_stats();
+  EXPECT_EQ(end.writes - after.writes, 80u);
+  EXPECT_LE(end.commits - after.commits, 80u);
+  EXPECT_GE(end.commits - after.commits, 1u);
+}
+
 std::string backend_name(const ::testing::TestParamInfo<Backend>& info) {
   return info.param == Backend::kSqlite ? "sqlite" : "postgres";
 }
@@ -802,6 +1010,43 @@ TEST_P(LedgerContract, ADeletedOrReplacedFileIsNoticed) {
   EXPECT_NE(problem->find("deleted or replaced"), std::string::npos) << *problem;
   EXPECT_THROW(ledger_->record(message("a", 2, "s")), Error);
   EXPECT_FALSE(ledger_->writable());
+}
+
+TEST_P(LedgerContract, TheFileStopsGrowingOncePruningKeepsUp) {
+  if (postgres()) GTEST_SKIP() << "a SQLite file";
+  // Rounds of messages completed then pruned: the pages freed by a round are used by the next.
+  auto page_count = [&] {
+    sqlite3* db = nullptr;
+    EXPECT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+    sqlite3_exec(db, "PRAGMA wal_checkpoint(TRUNCATE)", nullptr, nullptr, nullptr);
+    sqlite3_stmt* s = nullptr;
+    sqlite3_prepare_v2(db, "PRAGMA page_count", -1, &s, nullptr);
+    std::int64_t pages = sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    return pages;
+  };
+  std::int64_t seq = 0;
+  auto round = [&] {
+    std::vector<DeferredMessage> rows;
+    std::vector<MessageKey> keys;
+    for (int i = 0; i < 2000; ++i) {
+      rows.push_back(message("a", ++seq, "s"));
+      keys.push_back(rows.back().key);
+    }
+    ledger_->record_all(rows);
+    for (const auto& k : keys) {
+      ledger_->record_run(
+          k, {"h", 1, HandlerRun::Outcome::kSucceeded, Clock::now(), Clock::now(), {}, {}, 0});
+    }
+    ledger_->set_state_all(keys, State::kCompleted);
+    auto future = Clock::now() + std::chrono::seconds(1);
+    EXPECT_EQ(ledger_->prune(future, future), keys.size());
+  };
+  round();
+  auto first = page_count();
+  for (int i = 0; i < 3; ++i) round();
+  EXPECT_LE(page_count(), first + 2) << "after one round: " << first;
 }
 
 /// Runs SQL on a SQLite file (as another program would).
