@@ -221,16 +221,22 @@ class Checkpointer {
       }
       due_ = false;
       lock.unlock();
-      try {
-        sqlite::Database db(path_);
-        db.exec("PRAGMA synchronous=NORMAL");
-        sqlite3_wal_checkpoint_v2(db.handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr,
-                                  nullptr);
-      } catch (const sqlite::SqliteError&) {
-        // Not now (the file is gone, the disk full): the next commit over the threshold asks again.
-      }
+      checkpoint();
       lock.lock();
     }
+  }
+
+  /// A passive checkpoint on a connection of its own. The file is never created here: gone or
+  /// not writable, it waits for the next commit over the threshold.
+  void checkpoint() {
+    sqlite3* raw = nullptr;
+    int rc = sqlite3_open_v2(path_.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+                             nullptr);
+    sqlite::ConnectionPtr db(raw);  // Owned even when the open failed.
+    if (rc != SQLITE_OK) return;
+    sqlite3_busy_timeout(db.get(), 1000);
+    sqlite3_exec(db.get(), "PRAGMA synchronous=NORMAL", nullptr, nullptr, nullptr);
+    sqlite3_wal_checkpoint_v2(db.get(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
   }
 
   const std::string path_;
