@@ -42,7 +42,7 @@ void Listener::start() {
   for (const auto& route : routes_) arm(*route);
 }
 
-void Listener::arm(Route& route) {
+void Listener::arm(Route& route, std::size_t least) {
   std::size_t want = 0;
   {
     MutexLock lock(mutex_);
@@ -50,7 +50,7 @@ void Listener::arm(Route& route) {
     if (slot.receiving) return;  // One receive armed per subscription.
     auto room = in_flight_.room();
     room = room > in_hand_ ? room - in_hand_ : 0;
-    bool can = !stopping_ && room > 0 && health_.ok();
+    bool can = !stopping_ && room > 0 && room >= least && health_.ok();
     slot.receiving = can;
     // Parked only with nothing in hand: the end of a batch in hand arms it again.
     slot.waiting = !stopping_ && !can && slot.batches == 0;
@@ -87,9 +87,11 @@ void Listener::received(Route& route, std::vector<sb::ReceivedMessage> messages)
     handled(route, count);
     return;
   }
-  // The next batch is on its way while this one is recorded. An empty batch (the wait ran out)
-  // is re-armed by its handling, not here, so that an idle subscription does not spin.
-  if (count > 0) arm(route);
+  // The next batch is on its way while this one is recorded, when there is room for one as large
+  // (else the end of this one arms it: slivers of room would make batches of one or two). An
+  // empty batch (the wait ran out) is re-armed by its handling, so an idle subscription does not
+  // spin.
+  if (count > 0) arm(route, count);
 }
 
 void Listener::listen_once(Route& route, std::vector<sb::ReceivedMessage>& messages) {

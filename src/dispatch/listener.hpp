@@ -59,7 +59,8 @@ class Listener {
     bool busy() const { return receiving || batches > 0; }
   };
 
-  void arm(Route& route) EXCLUDES(mutex_);
+  /// Asks for messages when there is room for at least `least` (and a writable ledger).
+  void arm(Route& route, std::size_t least = 1) EXCLUDES(mutex_);
   void received(Route& route, std::vector<sb::ReceivedMessage> messages) EXCLUDES(mutex_);
   void listen_once(Route& route, std::vector<sb::ReceivedMessage>& messages) EXCLUDES(mutex_);
   /// A batch of `count` messages of `route` is handled (or given back).
