@@ -42,19 +42,15 @@ void Listener::start() {
   for (const auto& route : routes_) arm(*route);
 }
 
-void Listener::arm(Route& route, std::size_t least) {
+void Listener::arm(Route& route) {
   std::size_t want = 0;
   {
     MutexLock lock(mutex_);
     auto& slot = slots_[route.index];
-    if (slot.receiving) return;  // One receive armed per subscription.
     auto room = in_flight_.room();
-    room = room > in_hand_ ? room - in_hand_ : 0;
-    bool can = !stopping_ && room > 0 && room >= least && health_.ok();
-    slot.receiving = can;
-    // Parked only with nothing in hand: the end of a batch in hand arms it again.
-    slot.waiting = !stopping_ && !can && slot.batches == 0;
-    if (!can) {
+    slot.busy = !stopping_ && room > 0 && health_.ok();
+    slot.waiting = !stopping_ && !slot.busy;
+    if (!slot.busy) {
       changed_.notify_all();
       return;
     }
@@ -73,32 +69,17 @@ void Listener::arm(Route& route, std::size_t least) {
 
 void Listener::received(Route& route, std::vector<sb::ReceivedMessage> messages) {
   auto batch = std::make_shared<std::vector<sb::ReceivedMessage>>(std::move(messages));
-  auto count = batch->size();
-  {
-    MutexLock lock(mutex_);
-    auto& slot = slots_[route.index];
-    slot.receiving = false;
-    ++slot.batches;
-    in_hand_ += count;
-  }
   bool queued = pool_->submit([this, r = &route, batch] { listen_once(*r, *batch); });
   if (!queued) {
     for (auto& m : *batch) give_back(*route.receiver, m);
-    handled(route, count);
-    return;
+    idle(route);
   }
-  // The next batch is on its way while this one is recorded, when there is room for one as large
-  // (else the end of this one arms it: slivers of room would make batches of one or two). An
-  // empty batch (the wait ran out) is re-armed by its handling, so an idle subscription does not
-  // spin.
-  if (count > 0) arm(route, count);
 }
 
 void Listener::listen_once(Route& route, std::vector<sb::ReceivedMessage>& messages) {
-  auto count = messages.size();
   if (stopping()) {
     for (auto& m : messages) give_back(*route.receiver, m);
-    handled(route, count);
+    idle(route);
     return;
   }
   if (!messages.empty()) {
@@ -120,26 +101,17 @@ void Listener::listen_once(Route& route, std::vector<sb::ReceivedMessage>& messa
       }
       if (stopping()) {
         for (auto& w : work) give_back(*route.receiver, *w.message);
-        handled(route, count);
+        idle(route);
         return;
       }
     }
   }
-  handled(route, count);
   arm(route);
-}
-
-void Listener::handled(Route& route, std::size_t count) {
-  MutexLock lock(mutex_);
-  auto& slot = slots_[route.index];
-  --slot.batches;
-  in_hand_ -= count;
-  changed_.notify_all();
 }
 
 void Listener::idle(Route& route) {
   MutexLock lock(mutex_);
-  slots_[route.index].receiving = false;
+  slots_[route.index].busy = false;
   changed_.notify_all();
 }
 
@@ -152,11 +124,14 @@ void Listener::wake() {
       auto& slot = slots_[r->index];
       if (slot.waiting) {
         slot.waiting = false;
+        slot.busy = true;
         waking.push_back(r.get());
       }
     }
   }
-  for (auto* r : waking) (void)pool_->submit([this, r] { arm(*r); });
+  for (auto* r : waking) {
+    if (!pool_->submit([this, r] { arm(*r); })) idle(*r);
+  }
 }
 
 void Listener::watch_ledger(const std::stop_token& stop) {
@@ -193,7 +168,7 @@ void Listener::stop() {
   {
     MutexLock lock(mutex_);
     auto deadline = std::chrono::steady_clock::now() + kStopWait;
-    while (std::any_of(slots_.begin(), slots_.end(), [](const Slot& s) { return s.busy(); })) {
+    while (std::any_of(slots_.begin(), slots_.end(), [](const Slot& s) { return s.busy; })) {
       if (changed_.wait_until(lock, deadline) == std::cv_status::timeout) {
         spdlog::warn("listeners: batches still in hand after {} s; stopping without them",
                      kStopWait.count());

@@ -3,9 +3,7 @@
 // The listeners: no thread waits on a subscription. `arm` asks a subscription's receiver for as
 // many messages as there is room for, with a callback; the client hands them over on its thread,
 // and a pool of at most four listener threads (shared by every subscription) sorts, records,
-// defers and dispatches them. The receiver is armed again as soon as a batch is handed over, so
-// that messages published meanwhile are on their way while the batch is recorded (the messages in
-// hand count against the room). A subscription waits (asks for
+// defers and dispatches them, then arms the receiver again. A subscription waits (asks for
 // nothing) while the service has no room or the ledger cannot be written; a watcher probes an
 // unwritable ledger with backoff and wakes the listeners when it can be written again.
 // Thread-safety: `wake` from any thread; `start`/`stop` from the service's.
@@ -53,19 +51,13 @@ class Listener {
 
  private:
   struct Slot {
-    bool receiving = false;   // A receive is armed (from arming until its batch is handed over).
-    std::size_t batches = 0;  // Batches handed over and not yet handled.
-    bool waiting = false;     // Parked until there is room and a writable ledger.
-    bool busy() const { return receiving || batches > 0; }
+    bool busy = false;     // From arming a receive until its batch is handled (or cancelled).
+    bool waiting = false;  // Parked until there is room and a writable ledger.
   };
 
-  /// Asks for messages when there is room for at least `least` (and a writable ledger).
-  void arm(Route& route, std::size_t least = 1) EXCLUDES(mutex_);
+  void arm(Route& route) EXCLUDES(mutex_);
   void received(Route& route, std::vector<sb::ReceivedMessage> messages) EXCLUDES(mutex_);
   void listen_once(Route& route, std::vector<sb::ReceivedMessage>& messages) EXCLUDES(mutex_);
-  /// A batch of `count` messages of `route` is handled (or given back).
-  void handled(Route& route, std::size_t count) EXCLUDES(mutex_);
-  /// The armed receive of `route` ended without a batch (refused or cancelled).
   void idle(Route& route) EXCLUDES(mutex_);
   bool stopping() const { return stopping_.load(); }
   void watch_ledger(const std::stop_token& stop);
@@ -79,7 +71,6 @@ class Listener {
   mutable Mutex mutex_;
   CondVar changed_;
   std::vector<Slot> slots_ GUARDED_BY(mutex_);  // By route index.
-  std::size_t in_hand_ GUARDED_BY(mutex_) = 0;  // Messages received and not yet handled.
   std::atomic<bool> stopping_{false};  // Read without the lock (by waits' stop predicates).
   bool started_ GUARDED_BY(mutex_) = false;
   std::unique_ptr<WorkerPool> pool_;  // Set in start, before any callback can run.
