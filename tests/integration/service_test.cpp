@@ -799,9 +799,9 @@ TEST_F(ServiceTest, StartUpResumesOnlyAsManyMessagesAsThereIsRoomFor) {
   EXPECT_LE(most.load(), 4u);
 }
 
-TEST_F(ServiceTest, MessagesInHandCountAgainstTheRoomWhileTheNextReceiveIsArmed) {
-  // One worker: room for 4. The receive armed while a batch is recorded asks only for the room
-  // that batch leaves, so no more than 4 messages are ever locked or deferred by this service.
+TEST_F(ServiceTest, TheListenerNeverHoldsMoreMessagesThanThereIsRoomFor) {
+  // One worker: room for 4. Receives ask only for the room there is, so no more than 4 messages
+  // are ever locked or deferred by this service, however many wait.
   constexpr int kPublished = 40;
   publish(R"({"subject": "s"})", kPublished);
   auto c = config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"f\"\n");
