@@ -5,11 +5,6 @@
 // cost of what it measures, not of publishing), CPU time and context switches of this process,
 // and percentiles.
 
-#include <spawn.h>
-#include <sys/resource.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -17,6 +12,11 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <spawn.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <metro/sb/client.hpp>
 

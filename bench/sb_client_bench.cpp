@@ -147,9 +147,8 @@ int main(int argc, char** argv) {
             << ",\"cpp_receive_complete_per_s\":" << static_cast<long>(n / complete_s)
             << ",\"cpp_receive_complete_cpu_us_per_message\":" << us_per(complete_used, n)
             << ",\"cpp_receive_defer_fetch_complete_per_s\":" << static_cast<long>(n / defer_s)
-            << ",\"cpp_receive_defer_fetch_complete_cpu_us_per_message\":"
-            << us_per(defer_used, n) << ",\"cpp_peak_rss_kib\":" << peak.ru_maxrss << "}"
-            << std::endl;
+            << ",\"cpp_receive_defer_fetch_complete_cpu_us_per_message\":" << us_per(defer_used, n)
+            << ",\"cpp_peak_rss_kib\":" << peak.ru_maxrss << "}" << std::endl;
   client.close();
   return 0;
 }

@@ -117,10 +117,11 @@ void wait_completed(metro::dispatch::Service& service, std::uint64_t total) {
 nlohmann::json cost(const bench::Usage& used, std::uint64_t messages) {
   auto per = [&](double v) { return v / static_cast<double>(messages); };
   auto rounded = [](double v, double unit) { return std::round(v / unit) * unit; };
-  return {{"cpu_us_per_message", rounded(per(used.cpu_s) * 1e6, 0.1)},
-          {"voluntary_switches_per_message", rounded(per(static_cast<double>(used.voluntary)), 0.01)},
-          {"involuntary_switches_per_message",
-           rounded(per(static_cast<double>(used.involuntary)), 0.01)}};
+  return {
+      {"cpu_us_per_message", rounded(per(used.cpu_s) * 1e6, 0.1)},
+      {"voluntary_switches_per_message", rounded(per(static_cast<double>(used.voluntary)), 0.01)},
+      {"involuntary_switches_per_message",
+       rounded(per(static_cast<double>(used.involuntary)), 0.01)}};
 }
 
 /// Drains a preloaded backlog of `n` messages spread over `subscriptions`.
@@ -185,7 +186,8 @@ nlohmann::json paced(int subscriptions, int n, int rate, int workers, const std:
 int main(int argc, char** argv) {
   if (int rc = bench::publisher_main(argc, argv); rc >= 0) return rc;
   if (argc < 2) {
-    std::cerr << "usage: bench_service <port> [N] [workers] [drain1,drain8,latency1,latency8,paced]\n";
+    std::cerr
+        << "usage: bench_service <port> [N] [workers] [drain1,drain8,latency1,latency8,paced]\n";
     return 2;
   }
   int n = argc > 2 ? std::stoi(argv[2]) : 20000;

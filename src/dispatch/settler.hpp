@@ -5,9 +5,9 @@
 // retrying what failed for a passing reason for about two minutes, and records the outcome in the
 // ledger. A settlement waits up to 10 ms for others to share its requests and its ledger write
 // (not when 100 are queued, nor when stopping), and the thread is woken once per batch, not per
-// settlement. An outcome the ledger cannot take now (PostgreSQL restarting, a full disk) is kept and
-// written when it can be, so the ledger ends up saying what Service Bus did. Thread-safety: `enqueue` may be called from any thread; `start`/`stop` from the
-// service's.
+// settlement. An outcome the ledger cannot take now (PostgreSQL restarting, a full disk) is kept
+// and written when it can be, so the ledger ends up saying what Service Bus did. Thread-safety:
+// `enqueue` may be called from any thread; `start`/`stop` from the service's.
 
 #include <chrono>
 #include <deque>

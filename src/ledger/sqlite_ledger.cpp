@@ -7,12 +7,11 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <thread>
 
 #include <sqlite3.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <thread>
 
 #include <metro/ledger/ledger.hpp>
 
@@ -214,9 +213,8 @@ class Checkpointer {
     MutexLock lock(mutex_);
     while (!stop.stop_requested()) {
       if (!due_) {
-        wake_.wait_for(lock, stop, std::chrono::seconds(1), [this]() REQUIRES(mutex_) {
-          return due_;
-        });
+        wake_.wait_for(lock, stop, std::chrono::seconds(1),
+                       [this]() REQUIRES(mutex_) { return due_; });
         continue;
       }
       due_ = false;
@@ -230,8 +228,8 @@ class Checkpointer {
   /// not writable, it waits for the next commit over the threshold.
   void checkpoint() {
     sqlite3* raw = nullptr;
-    int rc = sqlite3_open_v2(path_.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
-                             nullptr);
+    int rc =
+        sqlite3_open_v2(path_.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nullptr);
     sqlite::ConnectionPtr db(raw);  // Owned even when the open failed.
     if (rc != SQLITE_OK) return;
     sqlite3_busy_timeout(db.get(), 1000);
