@@ -432,11 +432,13 @@ void Engine::lost(const std::string& why) {
     spdlog::debug("sb: connection to {} ended (attempt {}): {}", peer(), attempts_, printable(why));
     set_state(ConnectionState::kDisconnected, why);
   }
-  auto error = connection_lost(why);
-  cbs_.lost(error);
+  // An exception object of its own for each link: the callers of one link's operations (a
+  // receiver's settlements, an entity's $management requests) are on different threads from
+  // another's, and one object released from two threads races (see fresh_exception).
+  cbs_.lost(connection_lost(why));
   std::vector<std::shared_ptr<Link>> links;
   for (auto& [raw, link] : links_) links.push_back(link);
-  for (auto& link : links) link->lost(error);
+  for (auto& link : links) link->lost(connection_lost(why));
   if (closing) return;
   // Exponential backoff with jitter.
   backoff_ = backoff_.count() == 0 ? options_.reconnect_initial_backoff
