@@ -3,9 +3,11 @@
 // The settler: one thread that completes and dead-letters deferred messages by sequence number
 // (receive-by-sequence-number + update-disposition), completions 100 at a time per subscription,
 // retrying what failed for a passing reason for about two minutes, and records the outcome in the
-// ledger. An outcome the ledger cannot take now (PostgreSQL restarting, a full disk) is kept and
-// written when it can be, so the ledger ends up saying what Service Bus did. Thread-safety: `enqueue` may be called from any thread; `start`/`stop` from the
-// service's.
+// ledger. A settlement waits up to 10 ms for others to share its requests and its ledger write
+// (not when 100 are queued, nor when stopping), and the thread is woken once per batch, not per
+// settlement. An outcome the ledger cannot take now (PostgreSQL restarting, a full disk) is kept
+// and written when it can be, so the ledger ends up saying what Service Bus did. Thread-safety:
+// `enqueue` may be called from any thread; `start`/`stop` from the service's.
 
 #include <chrono>
 #include <deque>
@@ -56,6 +58,7 @@ class Settler {
     std::shared_ptr<std::promise<void>> done;
     int attempts = 0;  // Failed tries so far.
     std::chrono::steady_clock::time_point not_before{};
+    std::chrono::steady_clock::time_point queued{};  // When first enqueued.
   };
 
   /// A settlement Service Bus confirmed that the ledger has not recorded yet.
@@ -84,6 +87,8 @@ class Settler {
   std::chrono::milliseconds record_backoff_ GUARDED_BY(mutex_){0};
   bool stopping_ GUARDED_BY(mutex_) = false;
   bool gone_ GUARDED_BY(mutex_) = false;
+  bool idle_ GUARDED_BY(mutex_) = false;       // Asleep with nothing due: enqueue wakes it.
+  bool gathering_ GUARDED_BY(mutex_) = false;  // Waiting for more to share a request.
   std::thread thread_;  // Started and joined by the service's thread only.
 };
 

@@ -17,6 +17,8 @@ bool WorkerPool::submit(std::function<void()> job) {
     MutexLock lock(mutex_);
     if (stopping_) return false;
     queue_.push_back(std::move(job));
+    // A worker not asleep takes it when it looks at the queue next.
+    if (sleeping_ == 0) return true;
   }
   wake_.notify_one();
   return true;
@@ -58,18 +60,24 @@ void WorkerPool::work() {
     std::function<void()> job;
     {
       MutexLock lock(mutex_);
-      while (!stopping_ && queue_.empty()) wake_.wait(lock);
+      while (!stopping_ && queue_.empty()) {
+        ++sleeping_;
+        wake_.wait(lock);
+        --sleeping_;
+      }
       if (queue_.empty()) return;
       job = std::move(queue_.front());
       queue_.pop_front();
       ++busy_;
     }
     job();
+    bool shutting_down = false;
     {
       MutexLock lock(mutex_);
       --busy_;
+      shutting_down = stopping_;
     }
-    finished_.notify_all();
+    if (shutting_down) finished_.notify_all();  // Only shutdown waits for it.
   }
 }
 

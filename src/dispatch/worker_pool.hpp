@@ -41,6 +41,7 @@ class WorkerPool {
   CondVar finished_;
   std::deque<std::function<void()>> queue_ GUARDED_BY(mutex_);
   std::size_t busy_ GUARDED_BY(mutex_) = 0;
+  std::size_t sleeping_ GUARDED_BY(mutex_) = 0;  // Workers waiting for a job: submit wakes one.
   bool stopping_ GUARDED_BY(mutex_) = false;
   const std::size_t size_;
   std::vector<std::jthread> threads_;  // Made in the constructor, joined in the destructor.

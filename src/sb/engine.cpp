@@ -90,6 +90,9 @@ bool Engine::post(std::function<void()> task) {
   // Not closing: the proactor lives (it is freed only after closing and joining).
   if (closing_) return false;
   tasks_.push_back(std::move(task));
+  // One wake per batch: tasks already queued have asked for a turn that has not taken them yet
+  // (every wake and interrupt ends in run_tasks, or in lost() or the loop's end, which run them).
+  if (tasks_.size() > 1) return true;
   if (wakeable_ != nullptr) {
     pn_connection_wake(wakeable_);  // run in the connection's own turn, where its writes go out
   } else {
@@ -159,6 +162,7 @@ void Engine::run_loop() {
       ours = ours || (connection_ != nullptr && pn_event_connection(e) == connection_);
       if (!handle(e)) done = true;
     }
+    end_batch();
     if (ours && connection_ != nullptr) note_input();
     // Released links are detached in the connection's turn (or forgotten without one).
     if (ours || connection_ == nullptr) sweep();
@@ -168,6 +172,7 @@ void Engine::run_loop() {
   // whoever waits for messages gets an empty answer.
   set_state(ConnectionState::kClosed, "closed");
   run_tasks();
+  end_batch();
   auto error = fresh_exception([&] { return closed_error("the operation"); });
   cbs_.lost(error);
   for (auto& [raw, link] : links_) {
@@ -175,6 +180,14 @@ void Engine::run_loop() {
     if (auto* receiver = dynamic_cast<ReceiverLink*>(raw)) receiver->close_buffer();
   }
   links_.clear();
+}
+
+void Engine::end_batch() {
+  while (!batch_end_.empty()) {
+    auto links = std::move(batch_end_);
+    batch_end_.clear();
+    for (auto& link : links) link->on_batch_end();
+  }
 }
 
 void Engine::sweep() {
@@ -419,11 +432,13 @@ void Engine::lost(const std::string& why) {
     spdlog::debug("sb: connection to {} ended (attempt {}): {}", peer(), attempts_, printable(why));
     set_state(ConnectionState::kDisconnected, why);
   }
-  auto error = connection_lost(why);
-  cbs_.lost(error);
+  // An exception object of its own for each link: the callers of one link's operations (a
+  // receiver's settlements, an entity's $management requests) are on different threads from
+  // another's, and one object released from two threads races (see fresh_exception).
+  cbs_.lost(connection_lost(why));
   std::vector<std::shared_ptr<Link>> links;
   for (auto& [raw, link] : links_) links.push_back(link);
-  for (auto& link : links) link->lost(error);
+  for (auto& link : links) link->lost(connection_lost(why));
   if (closing) return;
   // Exponential backoff with jitter.
   backoff_ = backoff_.count() == 0 ? options_.reconnect_initial_backoff

@@ -20,6 +20,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <metro/sb/client.hpp>
 
@@ -84,11 +85,15 @@ class Engine : public std::enable_shared_from_this<Engine> {
   std::uint64_t generation() const { return generation_; }
   pn_connection_t* connection() const { return connection_; }
   Cbs& cbs() { return cbs_; }
+  /// Calls `link->on_batch_end()` once the events of the batch under way are handled.
+  void after_batch(std::shared_ptr<Link> link) { batch_end_.push_back(std::move(link)); }
 
  private:
   void run_loop();
   bool handle(pn_event_t* event);
   void run_tasks() EXCLUDES(mutex_);
+  /// Calls what asked for the end of the batch (after_batch).
+  void end_batch();
   void connect();
   void tick();
   /// Notes when a frame last arrived.
@@ -121,6 +126,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   std::string abort_reason_;
   bool tick_due_ = false;
   std::map<Link*, std::shared_ptr<Link>> links_;
+  std::vector<std::shared_ptr<Link>> batch_end_;  // after_batch, for this batch
   Cbs cbs_;
 
   // ---- Shared ----

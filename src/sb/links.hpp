@@ -153,6 +153,9 @@ class Link : public std::enable_shared_from_this<Link> {
   void on_remote_close(pn_link_t* link);
   virtual void on_flow(pn_link_t* link) = 0;
   virtual void on_delivery(pn_delivery_t* delivery) = 0;
+  /// The events of one batch (what one read from the socket brought) have all been handled: act
+  /// once on what they changed. Called for links that asked with Engine::after_batch.
+  virtual void on_batch_end() {}
 
  protected:
   /// The path its token is for.
@@ -277,6 +280,9 @@ class ReceiverLink : public Link {
               Done done, TimePoint deadline);
   void on_flow(pn_link_t*) override {}
   void on_delivery(pn_delivery_t* delivery) override;
+  /// Hands what arrived in the batch to the waiters at once: a waiter gets every message that
+  /// came in one read, not the first of them (one hand-off per batch, not per message).
+  void on_batch_end() override;
   void tick(TimePoint now, Unanswered& unanswered) override;
 
  protected:
@@ -295,6 +301,7 @@ class ReceiverLink : public Link {
 
   const ReceiverOptions options_;
   pn_link_t* link_ = nullptr;
+  bool arrived_in_batch_ = false;       // messages buffered since the last on_batch_end
   std::size_t last_grant_ = 0;          // credit last asked for (receivers without prefetch)
   std::set<pn_delivery_t*> unsettled_;  // deliveries that may still be settled
   struct Settlement {

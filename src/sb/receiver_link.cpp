@@ -50,7 +50,10 @@ std::vector<ReceivedMessage> ReceiverLink::take(std::size_t max, milliseconds ti
   while (buffer_.empty() && !closed_) {
     if (arrived_.wait_until(lock, deadline) == std::cv_status::timeout) break;
   }
-  return take_from(buffer_, max);
+  auto out = take_from(buffer_, max);
+  // One blocked taker is woken per arrival; it passes on what it left.
+  if (!buffer_.empty()) arrived_.notify_one();
+  return out;
 }
 
 std::optional<std::vector<ReceivedMessage>> ReceiverLink::take_or_wait(Waiter waiter) {
@@ -101,8 +104,9 @@ void ReceiverLink::serve_waiters() {
       handed.emplace_back(std::move(waiter), std::move(messages));
     }
     if (!waiters_.empty()) next = waiters_.front().max;
+    // A blocked take gets what is left (and wakes the next taker when it leaves some).
+    if (!buffer_.empty()) arrived_.notify_one();
   }
-  arrived_.notify_all();
   for (auto& [waiter, messages] : handed) waiter.callback(std::move(messages));
   // Without prefetch, credit follows what is asked for: the next waiter's.
   if (next > 0) grant(next);
@@ -232,6 +236,14 @@ void ReceiverLink::on_message(pn_delivery_t* d, std::string bytes) {
     MutexLock lock(mutex_);
     buffer_.push_back(std::move(received));
   }
+  if (!arrived_in_batch_) {
+    arrived_in_batch_ = true;
+    engine_.after_batch(shared_from_this());
+  }
+}
+
+void ReceiverLink::on_batch_end() {
+  arrived_in_batch_ = false;
   serve_waiters();
   top_up();
 }

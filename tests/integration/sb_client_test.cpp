@@ -136,6 +136,35 @@ TEST_F(SbClient, ReceiveWithACallbackWaitsWithoutAThread) {
   EXPECT_TRUE(calls[2].empty());
 }
 
+TEST_F(SbClient, ACallbackGetsWhatArrivedTogetherNotOnlyTheFirstMessage) {
+  Client client(bus_.connection_string(), quick());
+  auto sender = client.create_sender("q");
+  std::vector<Message> batch;
+  for (int i = 0; i < 10; ++i) batch.push_back(text("m" + std::to_string(i)));
+  sender.send(batch);
+  ASSERT_TRUE(test::wait_until([&] { return bus_.counts("q").active == 10; }, 10s));
+  auto receiver = client.create_receiver("q");  // No prefetch: credit only for what is asked.
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::vector<ReceivedMessage> got;
+  receiver.receive_async(10, 30s, [&](std::vector<ReceivedMessage> messages) {
+    std::lock_guard lock(mutex);
+    got = std::move(messages);
+    changed.notify_all();
+  });
+  {
+    std::unique_lock lock(mutex);
+    ASSERT_TRUE(changed.wait_for(lock, 10s, [&] { return !got.empty(); }));
+  }
+  // The ten answer one grant of credit and come in one read: the callback gets them together
+  // (it used to get the first alone, and every other waiter one each).
+  EXPECT_GT(got.size(), 1u);
+  for (const auto& m : got) receiver.complete(m);
+  auto rest = receiver.receive(10, 5s);
+  for (const auto& m : rest) receiver.complete(m);
+  EXPECT_EQ(got.size() + rest.size(), 10u);
+}
+
 TEST_F(SbClient, DefersAndCompletesBySequenceNumberInOneBatch) {
   Client client(bus_.connection_string(), quick());
   auto sender = client.create_sender("q");

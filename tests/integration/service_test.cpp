@@ -3,6 +3,7 @@
 // the reaper, graceful stop and an emulator restart.
 
 #include <atomic>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -796,6 +797,36 @@ TEST_F(ServiceTest, StartUpResumesOnlyAsManyMessagesAsThereIsRoomFor) {
   ASSERT_TRUE(wait_until([&] { return all_completed(kLeft); }, 60s));
   EXPECT_EQ(runs, kLeft);
   EXPECT_LE(most.load(), 4u);
+}
+
+TEST_F(ServiceTest, TheListenerNeverHoldsMoreMessagesThanThereIsRoomFor) {
+  // One worker: room for 4. Receives ask only for the room there is, so no more than 4 messages
+  // are ever locked or deferred by this service, however many wait.
+  constexpr int kPublished = 40;
+  publish(R"({"subject": "s"})", kPublished);
+  auto c = config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"f\"\n");
+  c.metro.workers = 1;
+  std::mutex mutex;
+  std::condition_variable released;
+  bool release = false;
+  ServiceOptions options;
+  options.functions = {{"f", [&](const Task&) {
+                          std::unique_lock lock(mutex);
+                          released.wait_for(lock, 60s, [&] { return release; });
+                        }}};
+  start(c, std::move(options));
+  ASSERT_TRUE(wait_until([&] { return counts().deferred == 4; }, 30s));
+  for (int i = 0; i < 50; ++i) {
+    auto now = counts();
+    EXPECT_LE(now.deferred + now.locked, 4u);
+    std::this_thread::sleep_for(5ms);
+  }
+  {
+    std::lock_guard lock(mutex);
+    release = true;
+  }
+  released.notify_all();
+  ASSERT_TRUE(wait_until([&] { return all_completed(kPublished); }, 60s));
 }
 
 TEST_F(ServiceTest, DestroyingAServiceWhileAHandlerRunsWaitsForIt) {
