@@ -139,6 +139,11 @@ const std::string& Value::as_bytes() const {
   throw DecodeError(std::string("expected a string, got ") + name_of(type_));
 }
 
+std::string& Value::as_bytes() {
+  if (auto* s = std::get_if<std::string>(&storage_)) return *s;
+  throw DecodeError(std::string("expected a string, got ") + name_of(type_));
+}
+
 const Uuid& Value::as_uuid() const {
   if (auto* u = std::get_if<Uuid>(&storage_)) return *u;
   throw DecodeError(std::string("expected a uuid, got ") + name_of(type_));
