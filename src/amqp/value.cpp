@@ -82,6 +82,7 @@ Value Value::array(Type element_type, std::vector<Value> items) {
 
 Value Value::described(Value descriptor, Value value) {
   std::vector<Value> items;
+  items.reserve(2);
   items.push_back(std::move(descriptor));
   items.push_back(std::move(value));
   return Value(Type::kDescribed, std::move(items));

@@ -3,7 +3,6 @@
 
 #include "value_pn.hpp"
 
-#include <algorithm>
 #include <cstring>
 #include <memory>
 
@@ -459,19 +458,14 @@ void encode_into(std::string& out, const Value& value) {
   if (put_scalar(out, value)) return;
   auto* d = scratch();
   put(d, value);
+  auto size = pn_data_encoded_size(d);
+  if (size < 0) throw Error("AMQP encoding failed");
   auto offset = out.size();
-  out.resize(offset + std::max<std::size_t>(256, out.capacity() - offset));
-  while (true) {
-    auto n = pn_data_encode(d, out.data() + offset, out.size() - offset);
-    if (n >= 0) {
-      out.resize(offset + static_cast<std::size_t>(n));
-      return;
-    }
-    if (n != PN_OVERFLOW) {
-      out.resize(offset);
-      throw Error("AMQP encoding failed");
-    }
-    out.resize(offset + (out.size() - offset) * 2);
+  out.resize(offset + static_cast<std::size_t>(size));
+  auto n = pn_data_encode(d, out.data() + offset, static_cast<std::size_t>(size));
+  if (n != size) {
+    out.resize(offset);
+    throw Error("AMQP encoding failed");
   }
 }
 
