@@ -78,8 +78,7 @@ int main(int argc, char** argv) {
   }
   publisher.join();
   for (auto& w : workers) w.join();
-  double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::cout << "{\"messages\":" << total << ",\"rate\":" << rate << ",\"seconds\":" << seconds
             << "}" << std::endl;
   client.close();

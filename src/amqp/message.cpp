@@ -216,9 +216,9 @@ void put_annotations(std::string& out, Section section, const Value& stored,
     if (has_stored) {
       const auto& flat = stored.items();
       for (std::size_t i = 0; i + 1 < flat.size(); i += 2) {
-        if (flat[i].is_text() &&
-            std::any_of(added.begin(), added.end(),
-                        [&](const Annotation& a) { return a.key == flat[i].as_bytes(); })) {
+        if (flat[i].is_text() && std::any_of(added.begin(), added.end(), [&](const Annotation& a) {
+              return a.key == flat[i].as_bytes();
+            })) {
           continue;
         }
         encode_into(out, flat[i]);

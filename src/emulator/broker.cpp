@@ -7,9 +7,9 @@
 
 #include <algorithm>
 #include <array>
-#include <span>
 #include <cctype>
 #include <chrono>
+#include <span>
 
 #include <malloc.h>
 

@@ -199,7 +199,7 @@ class Broker {
   std::map<std::string, std::unique_ptr<Entity>> entities_;  // by lower-case path
   std::set<std::pair<Entity*, std::int64_t>> dirty_;
   std::set<Entity*> dirty_sequences_;
-  bool journaled_ = false;  // whether changes are kept for a journal
+  bool journaled_ = false;       // whether changes are kept for a journal
   std::size_t stored_peak_ = 0;  // messages held at most since the heap was last trimmed
 };
 

@@ -309,8 +309,12 @@ TEST(EmulatorHooks, SettledMessagesLeaveTheTablesEmpty) {
     }
     ASSERT_EQ(settled, kMessages);
     EntityTables t;
-    wait_until([&] { t = bus.tables("hooks"); return t.messages == 0 && t.unsettled_deliveries == 0; },
-               std::chrono::seconds(30), "every message settled");
+    wait_until(
+        [&] {
+          t = bus.tables("hooks");
+          return t.messages == 0 && t.unsettled_deliveries == 0;
+        },
+        std::chrono::seconds(30), "every message settled");
     EXPECT_EQ(t.available, 0u);
     EXPECT_EQ(t.locks, 0u);
     EXPECT_EQ(t.lock_expiries, 0u);

@@ -193,8 +193,16 @@ void expect_empty_tables(const Broker& broker, const Entity& entity) {
 }
 
 /// Each way a message can leave an entity, many times over.
-enum class Settle { kComplete, kReceiveAndDelete, kDeferThenComplete, kAbandonThenComplete,
-                    kDeadLetterThenComplete, kLockExpiryThenComplete, kExpiry, kCancelSchedule };
+enum class Settle {
+  kComplete,
+  kReceiveAndDelete,
+  kDeferThenComplete,
+  kAbandonThenComplete,
+  kDeadLetterThenComplete,
+  kLockExpiryThenComplete,
+  kExpiry,
+  kCancelSchedule
+};
 
 class SettledMessages : public BrokerTest, public ::testing::WithParamInterface<Settle> {};
 
@@ -275,11 +283,12 @@ TEST_P(SettledMessages, LeaveNothingInTheEntitysTables) {
   expect_empty_tables(broker_, topic);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    EveryWay, SettledMessages,
-    ::testing::Values(Settle::kComplete, Settle::kReceiveAndDelete, Settle::kDeferThenComplete,
-                      Settle::kAbandonThenComplete, Settle::kDeadLetterThenComplete,
-                      Settle::kLockExpiryThenComplete, Settle::kExpiry, Settle::kCancelSchedule));
+INSTANTIATE_TEST_SUITE_P(EveryWay, SettledMessages,
+                         ::testing::Values(Settle::kComplete, Settle::kReceiveAndDelete,
+                                           Settle::kDeferThenComplete, Settle::kAbandonThenComplete,
+                                           Settle::kDeadLetterThenComplete,
+                                           Settle::kLockExpiryThenComplete, Settle::kExpiry,
+                                           Settle::kCancelSchedule));
 
 TEST(BrokerJournal, ChangesAreKeptOnlyUntilTheyAreWritten) {
   BusConfig c;
@@ -295,7 +304,8 @@ TEST(BrokerJournal, ChangesAreKeptOnlyUntilTheyAreWritten) {
     EXPECT_EQ(broker.tables(q).pending_changes, 2u);
     broker.flush(journal);
     EXPECT_EQ(broker.tables(q).pending_changes, 0u);
-    while (auto out = broker.acquire(q, true, 1, 1)) ASSERT_FALSE(broker.complete(q, *out->lock, 1));
+    while (auto out = broker.acquire(q, true, 1, 1))
+      ASSERT_FALSE(broker.complete(q, *out->lock, 1));
     broker.flush(journal);
     expect_empty_tables(broker, q);
   }
