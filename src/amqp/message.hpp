@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -73,11 +74,33 @@ Message parse_message(std::string_view bytes);
 /// True when every section of `bytes` parses and the first is a message section: the shape of
 /// an inner message of a batch (message-format 0x80013700, one encoded message per data section).
 bool looks_like_encoded_message(std::string_view bytes);
+/// The message in `bytes` when they look like an encoded message (as above), else nullopt: the
+/// check and the parse in one pass.
+std::optional<Message> parse_encoded_message(std::string_view bytes);
 
 /// Encodes header, annotations and the bare message. Properties and application-properties are
 /// taken from the raw copies when present and `reencode_*` is false, else from the fields.
 std::string encode_message(const Message& message, bool reencode_properties = false,
                            bool reencode_application_properties = false);
+
+/// The properties section encoded from the fields (empty without properties): what
+/// `properties_raw` should hold after a field was set.
+std::string encode_properties(const Message& message);
+
+/// An annotation a broker adds to the ones a message carries.
+struct Annotation {
+  std::string_view key;  ///< A symbol.
+  Value value;
+};
+
+/// Encodes `message` as it goes out to a receiver: `header` instead of the message's header,
+/// its delivery and message annotations with `delivery_annotations` / `message_annotations`
+/// added (replacing entries of the same key), then the bare message as `encode_message` does.
+/// Nothing of the message is copied on the way.
+std::string encode_delivery(const Message& message, std::span<const Value> header,
+                            std::span<const Annotation> delivery_annotations,
+                            std::span<const Annotation> message_annotations,
+                            bool reencode_application_properties = false);
 
 /// A message with an amqp-value body and the given properties / application-properties, as
 /// request-response exchanges ($cbs, $management) use.

@@ -82,6 +82,7 @@ Value Value::array(Type element_type, std::vector<Value> items) {
 
 Value Value::described(Value descriptor, Value value) {
   std::vector<Value> items;
+  items.reserve(2);
   items.push_back(std::move(descriptor));
   items.push_back(std::move(value));
   return Value(Type::kDescribed, std::move(items));
@@ -135,6 +136,11 @@ double Value::as_double() const {
 }
 
 const std::string& Value::as_bytes() const {
+  if (auto* s = std::get_if<std::string>(&storage_)) return *s;
+  throw DecodeError(std::string("expected a string, got ") + name_of(type_));
+}
+
+std::string& Value::as_bytes() {
   if (auto* s = std::get_if<std::string>(&storage_)) return *s;
   throw DecodeError(std::string("expected a string, got ") + name_of(type_));
 }

@@ -99,6 +99,7 @@ class Value {
   double as_double() const;
   /// String, symbol or binary contents. Throws DecodeError for other types.
   const std::string& as_bytes() const;
+  std::string& as_bytes();
   const Uuid& as_uuid() const;
   std::int64_t as_timestamp() const;
 
@@ -146,6 +147,8 @@ Value from_simple(const Simple& simple);
 
 /// The wire encoding of one value.
 std::string encode(const Value& value);
+/// Appends the wire encoding of one value to `out`.
+void encode_into(std::string& out, const Value& value);
 /// Decodes one value from the start of `bytes`; `consumed` receives its length.
 /// Throws DecodeError when the bytes are not a complete value.
 Value decode(std::string_view bytes, std::size_t* consumed = nullptr);

@@ -326,32 +326,166 @@ void write_data(pn_data_t* data, const Value& value) {
   put(data, value);
 }
 
-std::string encode(const Value& value) {
-  Data d(pn_data(16));
-  put(d.get(), value);
-  std::string out(256, '\0');
-  while (true) {
-    auto n = pn_data_encode(d.get(), out.data(), out.size());
-    if (n >= 0) {
-      out.resize(static_cast<std::size_t>(n));
-      return out;
-    }
-    if (n != PN_OVERFLOW) throw Error("AMQP encoding failed");
-    out.resize(out.size() * 2);
+namespace {
+
+// One pn_data_t per thread for encode and decode: cleared, not freed, between values, so its
+// buffers are allocated once instead of for every value.
+pn_data_t* scratch() {
+  thread_local Data data(pn_data(16));
+  pn_data_clear(data.get());
+  return data.get();
+}
+
+void put_u8(std::string& out, std::uint8_t b) { out.push_back(static_cast<char>(b)); }
+
+template <typename T>
+void put_be(std::string& out, T v) {
+  for (int shift = (sizeof(T) - 1) * 8; shift >= 0; shift -= 8) {
+    put_u8(out, static_cast<std::uint8_t>(static_cast<std::uint64_t>(v) >> shift));
   }
+}
+
+void put_variable(std::string& out, std::uint8_t code8, const std::string& bytes) {
+  if (bytes.size() < 256) {
+    put_u8(out, code8);
+    put_u8(out, static_cast<std::uint8_t>(bytes.size()));
+  } else {
+    put_u8(out, static_cast<std::uint8_t>(code8 + 0x10));
+    put_be(out, static_cast<std::uint32_t>(bytes.size()));
+  }
+  out += bytes;
+}
+
+// The scalars messages carry, written as Proton writes them (its compact forms included);
+// false for the others, which go through Proton.
+bool put_scalar(std::string& out, const Value& v) {
+  switch (v.type()) {
+    case Type::kNull:
+      put_u8(out, 0x40);
+      return true;
+    case Type::kBool:
+      put_u8(out, v.as_bool() ? 0x41 : 0x42);
+      return true;
+    case Type::kUbyte:
+      put_u8(out, 0x50);
+      put_u8(out, static_cast<std::uint8_t>(v.as_uint64()));
+      return true;
+    case Type::kUshort:
+      put_u8(out, 0x60);
+      put_be(out, static_cast<std::uint16_t>(v.as_uint64()));
+      return true;
+    case Type::kUint: {
+      auto u = static_cast<std::uint32_t>(v.as_uint64());
+      if (u == 0) {
+        put_u8(out, 0x43);
+      } else if (u < 256) {
+        put_u8(out, 0x52);
+        put_u8(out, static_cast<std::uint8_t>(u));
+      } else {
+        put_u8(out, 0x70);
+        put_be(out, u);
+      }
+      return true;
+    }
+    case Type::kUlong: {
+      auto u = v.as_uint64();
+      if (u == 0) {
+        put_u8(out, 0x44);
+      } else if (u < 256) {
+        put_u8(out, 0x53);
+        put_u8(out, static_cast<std::uint8_t>(u));
+      } else {
+        put_u8(out, 0x80);
+        put_be(out, u);
+      }
+      return true;
+    }
+    case Type::kByte:
+      put_u8(out, 0x51);
+      put_u8(out, static_cast<std::uint8_t>(v.as_int64()));
+      return true;
+    case Type::kShort:
+      put_u8(out, 0x61);
+      put_be(out, static_cast<std::uint16_t>(v.as_int64()));
+      return true;
+    case Type::kInt: {
+      auto i = static_cast<std::int32_t>(v.as_int64());
+      if (i >= -128 && i <= 127) {
+        put_u8(out, 0x54);
+        put_u8(out, static_cast<std::uint8_t>(i));
+      } else {
+        put_u8(out, 0x71);
+        put_be(out, static_cast<std::uint32_t>(i));
+      }
+      return true;
+    }
+    case Type::kLong: {
+      auto i = v.as_int64();
+      if (i >= -128 && i <= 127) {
+        put_u8(out, 0x55);
+        put_u8(out, static_cast<std::uint8_t>(i));
+      } else {
+        put_u8(out, 0x81);
+        put_be(out, static_cast<std::uint64_t>(i));
+      }
+      return true;
+    }
+    case Type::kTimestamp:
+      put_u8(out, 0x83);
+      put_be(out, static_cast<std::uint64_t>(v.as_timestamp()));
+      return true;
+    case Type::kUuid:
+      put_u8(out, 0x98);
+      out.append(reinterpret_cast<const char*>(v.as_uuid().data()), 16);
+      return true;
+    case Type::kBinary:
+      put_variable(out, 0xa0, v.as_bytes());
+      return true;
+    case Type::kString:
+      put_variable(out, 0xa1, v.as_bytes());
+      return true;
+    case Type::kSymbol:
+      put_variable(out, 0xa3, v.as_bytes());
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+void encode_into(std::string& out, const Value& value) {
+  if (put_scalar(out, value)) return;
+  auto* d = scratch();
+  put(d, value);
+  auto size = pn_data_encoded_size(d);
+  if (size < 0) throw Error("AMQP encoding failed");
+  auto offset = out.size();
+  out.resize(offset + static_cast<std::size_t>(size));
+  auto n = pn_data_encode(d, out.data() + offset, static_cast<std::size_t>(size));
+  if (n != size) {
+    out.resize(offset);
+    throw Error("AMQP encoding failed");
+  }
+}
+
+std::string encode(const Value& value) {
+  std::string out;
+  encode_into(out, value);
+  return out;
 }
 
 Value decode(std::string_view bytes, std::size_t* consumed) {
   if (bytes.empty()) throw DecodeError("no bytes to decode");
   // Bounded and checked first: Proton's decoder, and everything after it, recurse per level.
   auto length = check_encoding(bytes);
-  Data d(pn_data(16));
-  auto n = pn_data_decode(d.get(), bytes.data(), length);
+  auto* d = scratch();
+  auto n = pn_data_decode(d, bytes.data(), length);
   if (n <= 0) throw DecodeError("not a valid AMQP encoding");
   if (consumed != nullptr) *consumed = static_cast<std::size_t>(n);
-  pn_data_rewind(d.get());
-  if (!pn_data_next(d.get())) throw DecodeError("not a valid AMQP encoding");
-  return get(d.get(), 0);
+  pn_data_rewind(d);
+  if (!pn_data_next(d)) throw DecodeError("not a valid AMQP encoding");
+  return get(d, 0);
 }
 
 }  // namespace metro::amqp

@@ -6,8 +6,12 @@
 #include "broker.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <chrono>
+#include <span>
+
+#include <malloc.h>
 
 namespace metro::emulator {
 namespace {
@@ -15,6 +19,8 @@ namespace {
 using amqp::Value;
 
 constexpr std::string_view kDeadLetterSuffix = "/$deadletterqueue";
+/// Messages held at once after which emptying the emulator returns its free memory to the system.
+constexpr std::size_t kTrimAfter = 10000;
 
 std::string lower(std::string_view s) {
   std::string out(s);
@@ -62,7 +68,7 @@ std::string normalize_address(std::string_view address) {
   return lower(out);
 }
 
-Broker::Broker(const BusConfig& config) {
+Broker::Broker(const BusConfig& config, bool journaled) : journaled_(journaled) {
   for (const auto& q : config.queues) add_entity(q.name, Entity::Kind::kQueue, q.options);
   for (const auto& t : config.topics) {
     auto& topic = add_entity(t.name, Entity::Kind::kTopic, t.options);
@@ -111,11 +117,11 @@ std::vector<const Entity*> Broker::entities() const {
   return out;
 }
 
-void Broker::enqueue(Entity& entity, const amqp::Message& message, std::int64_t sequence,
-                     TimeMs now, std::optional<TimeMs> scheduled_for) {
+void Broker::enqueue(Entity& entity, amqp::Message message, std::int64_t sequence, TimeMs now,
+                     std::optional<TimeMs> scheduled_for) {
   StoredMessage m;
   m.sequence_number = sequence;
-  m.message = message;
+  m.message = std::move(message);
   m.message.delivery_annotations = Value::null();
   if (m.message.message_annotations.type() == amqp::Type::kMap) {
     // The service owns these annotations; a sender's are dropped.
@@ -128,7 +134,7 @@ void Broker::enqueue(Entity& entity, const amqp::Message& message, std::int64_t 
   }
   m.enqueued = now;
   std::optional<TimeMs> ttl;
-  if (const auto& t = message.header_field(amqp::kTtl); t.is_integer()) ttl = t.as_int64();
+  if (const auto& t = m.message.header_field(amqp::kTtl); t.is_integer()) ttl = t.as_int64();
   if (entity.options_.default_ttl) {
     auto limit = entity.options_.default_ttl->count();
     ttl = ttl ? std::min(*ttl, limit) : limit;
@@ -152,14 +158,14 @@ std::vector<std::int64_t> Broker::send(Entity& target, std::vector<amqp::Message
   std::vector<std::int64_t> numbers;
   for (auto& message : messages) {
     auto sequence = target.next_sequence_++;
-    dirty_sequences_.insert(&target);
+    dirty_sequence(target);
     numbers.push_back(sequence);
     if (message.property(amqp::kMessageId).is_null()) {
       // Service Bus gives every message an id; the SDKs rely on it (JS tracks locks by it).
       auto id = amqp::to_string(amqp::random_uuid());
       id.erase(std::remove(id.begin(), id.end(), '-'), id.end());
       message.set_property(amqp::kMessageId, Value::string(id));
-      message.properties_raw.clear();  // Encoded again from the fields.
+      message.properties_raw = amqp::encode_properties(message);
     }
     if (target.options_.requires_duplicate_detection) {
       if (auto id = message.property_text(amqp::kMessageId)) {
@@ -177,13 +183,18 @@ std::vector<std::int64_t> Broker::send(Entity& target, std::vector<amqp::Message
       }
     }
     if (target.kind_ == Entity::Kind::kTopic) {
+      // Each matching subscription gets a copy; the last one takes the message itself.
+      Entity* previous = nullptr;
       for (auto* sub : target.subscriptions_) {
         bool match = std::any_of(sub->rules_.begin(), sub->rules_.end(),
                                  [&](const Rule& r) { return r.filter->matches(message); });
-        if (match) enqueue(*sub, message, sequence, now, scheduled_for);
+        if (!match) continue;
+        if (previous != nullptr) enqueue(*previous, message, sequence, now, scheduled_for);
+        previous = sub;
       }
+      if (previous != nullptr) enqueue(*previous, std::move(message), sequence, now, scheduled_for);
     } else {
-      enqueue(target, message, sequence, now, scheduled_for);
+      enqueue(target, std::move(message), sequence, now, scheduled_for);
     }
   }
   return numbers;
@@ -212,23 +223,34 @@ void Broker::cancel_scheduled(Entity& target, const std::vector<std::int64_t>& n
 }
 
 Outgoing Broker::encode(const StoredMessage& m, bool with_lock) const {
-  amqp::Message out = m.message;
-  out.set_header_field(amqp::kDeliveryCount, Value::uint(m.delivery_count));
-  if (out.header_field(amqp::kDurable).is_null())
-    out.set_header_field(amqp::kDurable, Value::boolean(true));
-  out.delivery_annotations = Value::null();
-  if (with_lock && m.lock) {
-    out.delivery_annotations = Value::map({});
-    out.delivery_annotations.set(Value::symbol("x-opt-lock-token"), Value::uuid(*m.lock));
+  const auto& stored = m.message.header;
+  std::vector<Value> long_header;
+  std::array<Value, amqp::kHeaderFieldCount> short_header;
+  std::span<Value> header(short_header);
+  if (stored.size() > short_header.size()) {
+    long_header = stored;
+    header = long_header;
+  } else {
+    std::copy(stored.begin(), stored.end(), short_header.begin());
   }
-  if (out.message_annotations.type() != amqp::Type::kMap) out.message_annotations = Value::map({});
-  auto& ma = out.message_annotations;
-  ma.set(Value::symbol("x-opt-sequence-number"), Value::long_(m.sequence_number));
-  ma.set(Value::symbol("x-opt-enqueued-time"), Value::timestamp(m.enqueued));
-  if (m.lock) ma.set(Value::symbol("x-opt-locked-until"), Value::timestamp(m.locked_until));
-  ma.set(Value::symbol("x-opt-message-state"), Value::int_(static_cast<std::int32_t>(m.state)));
+  header[amqp::kDeliveryCount] = Value::uint(m.delivery_count);
+  if (header[amqp::kDurable].is_null()) header[amqp::kDurable] = Value::boolean(true);
+  std::array<amqp::Annotation, 1> lock_token{{{"x-opt-lock-token", Value::null()}}};
+  std::span<const amqp::Annotation> delivery_annotations;
+  if (with_lock && m.lock) {
+    lock_token[0].value = Value::uuid(*m.lock);
+    delivery_annotations = lock_token;
+  }
+  std::array<amqp::Annotation, 4> annotations{{
+      {"x-opt-sequence-number", Value::long_(m.sequence_number)},
+      {"x-opt-enqueued-time", Value::timestamp(m.enqueued)},
+      {"x-opt-message-state", Value::int_(static_cast<std::int32_t>(m.state))},
+      {"x-opt-locked-until", Value::timestamp(m.locked_until)},
+  }};
   Outgoing o;
-  o.bytes = amqp::encode_message(out, false, m.application_properties_modified);
+  o.bytes = amqp::encode_delivery(m.message, header, delivery_annotations,
+                                  std::span(annotations).first(m.lock ? 4 : 3),
+                                  m.application_properties_modified);
   o.sequence_number = m.sequence_number;
   if (with_lock) o.lock = m.lock;
   o.locked_until = m.locked_until;
@@ -511,8 +533,10 @@ void Broker::expire_locks_due(Entity& entity, TimeMs now) {
 
 bool Broker::tick(TimeMs now) {
   bool available = false;
+  std::size_t stored = 0;
   for (auto& [key, e] : entities_) {
     auto& entity = *e;
+    stored += entity.messages_.size();
     auto before = entity.available_.size();
     expire_locks_due(entity, now);
     while (!entity.schedule_.empty() && entity.schedule_.begin()->first <= now) {
@@ -536,6 +560,13 @@ bool Broker::tick(TimeMs now) {
       expire(entity, sequence);
     }
     if (entity.available_.size() > before) available = true;
+  }
+  // A drained backlog leaves its memory in glibc's free lists, scattered among what is still in
+  // use: hand it back once the emulator is empty again after holding many messages.
+  stored_peak_ = std::max(stored_peak_, stored);
+  if (stored == 0 && stored_peak_ >= kTrimAfter) {
+    malloc_trim(0);
+    stored_peak_ = 0;
   }
   return available;
 }
@@ -636,6 +667,19 @@ void Broker::expire_locks(Entity& entity, TimeMs now) {
     count_delivery(entity, m);
   }
   (void)now;
+}
+
+EntityTables Broker::tables(const Entity& entity) const {
+  EntityTables t;
+  t.messages = entity.messages_.size();
+  t.available = entity.available_.size();
+  t.locks = entity.locks_.size();
+  t.lock_expiries = entity.lock_expiries_.size();
+  t.schedule = entity.schedule_.size();
+  t.expiries = entity.expiries_.size();
+  t.message_ids = entity.recent_message_ids_.size();
+  for (const auto& [e, sequence] : dirty_) t.pending_changes += e == &entity ? 1 : 0;
+  return t;
 }
 
 EntityCounts Broker::counts(const Entity& entity) const {

@@ -5,12 +5,14 @@
 // Thread-safety: none; the server calls it from its one event thread.
 
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <optional>
 #include <set>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include <metro/emulator/emulator.hpp>
@@ -39,6 +41,15 @@ struct StoredMessage {
   std::optional<amqp::Uuid> lock;
   TimeMs locked_until = 0;
   std::uint64_t lock_owner = 0;  ///< The link that holds the lock; 0 for $management locks.
+};
+
+/// Lock tokens are random: their first bytes are hash enough.
+struct UuidHash {
+  std::size_t operator()(const amqp::Uuid& u) const {
+    std::size_t h;
+    std::memcpy(&h, u.data(), sizeof(h));
+    return h;
+  }
 };
 
 struct Rule {
@@ -74,7 +85,7 @@ class Entity {
   std::set<std::pair<TimeMs, std::int64_t>> lock_expiries_;
   std::set<std::pair<TimeMs, std::int64_t>> schedule_;
   std::set<std::pair<TimeMs, std::int64_t>> expiries_;  // Active messages with a TTL.
-  std::map<amqp::Uuid, std::int64_t> locks_;
+  std::unordered_map<amqp::Uuid, std::int64_t, UuidHash> locks_;
   std::map<std::string, TimeMs> recent_message_ids_;
 };
 
@@ -95,7 +106,9 @@ struct Failure {
 
 class Broker {
  public:
-  explicit Broker(const BusConfig& config);
+  /// `journaled`: whether changes are kept for `flush` (without a journal nothing is kept, so a
+  /// settled message leaves nothing behind).
+  explicit Broker(const BusConfig& config, bool journaled = false);
 
   /// Finds an entity by path (`queue`, `topic`, `topic/Subscriptions/sub`, with an optional
   /// `/$DeadLetterQueue`), case-insensitively. Nullptr when unknown.
@@ -147,6 +160,9 @@ class Broker {
   void expire_locks(Entity& entity, TimeMs now);
   EntityCounts counts(const Entity& entity) const;
 
+  /// Test hook: the sizes of the entity's internal tables.
+  EntityTables tables(const Entity& entity) const;
+
   /// Loads what a journal holds (messages lose their locks, as after a broker restart).
   void restore(Journal& journal, TimeMs now);
   /// Whether anything changed since the last flush.
@@ -159,10 +175,15 @@ class Broker {
   void reload(Journal& journal, TimeMs now);
 
  private:
-  void dirty(Entity& entity, std::int64_t sequence) { dirty_.insert({&entity, sequence}); }
+  void dirty(Entity& entity, std::int64_t sequence) {
+    if (journaled_) dirty_.insert({&entity, sequence});
+  }
+  void dirty_sequence(Entity& entity) {
+    if (journaled_) dirty_sequences_.insert(&entity);
+  }
   void expire(Entity& entity, std::int64_t sequence);
   Entity& add_entity(std::string path, Entity::Kind kind, const EntityOptions& options);
-  void enqueue(Entity& entity, const amqp::Message& message, std::int64_t sequence, TimeMs now,
+  void enqueue(Entity& entity, amqp::Message message, std::int64_t sequence, TimeMs now,
                std::optional<TimeMs> scheduled_for);
   StoredMessage* locked_message(Entity& entity, const amqp::Uuid& lock, TimeMs now);
   void unlock(Entity& entity, StoredMessage& m);
@@ -178,6 +199,8 @@ class Broker {
   std::map<std::string, std::unique_ptr<Entity>> entities_;  // by lower-case path
   std::set<std::pair<Entity*, std::int64_t>> dirty_;
   std::set<Entity*> dirty_sequences_;
+  bool journaled_ = false;       // whether changes are kept for a journal
+  std::size_t stored_peak_ = 0;  // messages held at most since the heap was last trimmed
 };
 
 /// Lower-cases and strips an address to an entity path: drops `scheme://authority`, a leading

@@ -126,4 +126,15 @@ EntityCounts Emulator::counts(std::string_view entity) const {
   });
 }
 
+EntityTables Emulator::tables(std::string_view entity) const {
+  std::string path(entity);
+  return impl_->server.call([&] {
+    auto* e = impl_->server.broker().find(path);
+    if (e == nullptr) throw InvalidArgument("no entity '" + path + "'");
+    auto t = impl_->server.broker().tables(*e);
+    t.unsettled_deliveries = impl_->server.unsettled_deliveries(*e);
+    return t;
+  });
+}
+
 }  // namespace metro::emulator

@@ -79,7 +79,8 @@ inline constexpr int kCreditWindow = 500;
 
 class Server {
  public:
-  explicit Server(EmulatorOptions options) : options_(std::move(options)), broker_(options_.bus) {}
+  explicit Server(EmulatorOptions options)
+      : options_(std::move(options)), broker_(options_.bus, !options_.data_dir.empty()) {}
   ~Server() { stop(); }
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
@@ -122,6 +123,8 @@ class Server {
   /// Marks every connection to be dropped; returns how many.
   std::size_t drop_all_connections();
   std::size_t dropping() const { return dropping_; }
+  /// Deliveries of `entity`'s messages still awaiting their settlement, over every link.
+  std::size_t unsettled_deliveries(const Entity& entity);
 
  private:
   // server.cpp: life, connections, attaches.

@@ -15,6 +15,9 @@ namespace {
 
 using amqp::Value;
 
+/// A link keeps the buffer of its last transfer for the next one, up to this size.
+constexpr std::size_t kKeptBuffer = 64 * 1024;
+
 void settle_with_error(pn_delivery_t* d, const std::string& condition,
                        const std::string& description) {
   auto* local = pn_delivery_local(d);
@@ -100,19 +103,21 @@ void Server::on_incoming(pn_link_t* link, LinkState& state, pn_delivery_t* deliv
   }
   state.buffer.resize(offset + static_cast<std::size_t>(std::max<ssize_t>(n, 0)));
   if (pn_delivery_partial(delivery)) return;
-  std::string bytes;
-  bytes.swap(state.buffer);
   pn_link_advance(link);
   pn_link_flow(link, kCreditWindow - pn_link_credit(link));
 
+  // The buffer keeps its capacity for the link's next transfer.
   amqp::Message message;
   try {
-    message = amqp::parse_message(bytes);
+    message = amqp::parse_message(state.buffer);
   } catch (const Error& e) {
+    state.buffer.clear();
     settle_with_error(delivery, "amqp:decode-error",
                       std::string("The message could not be decoded: ") + e.what());
     return;
   }
+  state.buffer.clear();
+  if (state.buffer.capacity() > kKeptBuffer) std::string().swap(state.buffer);
   on_message(link, state, delivery, std::move(message));
 }
 
@@ -132,21 +137,18 @@ void Server::on_message(pn_link_t* link, LinkState& state, pn_delivery_t* delive
     case LinkKind::kEntityIn: {
       std::vector<amqp::Message> messages;
       // A batch (message-format 0x80013700): every data section holds one encoded message.
-      bool batch =
-          !message.data_sections.empty() && !message.value_body &&
-          std::all_of(message.data_sections.begin(), message.data_sections.end(),
-                      [](const std::string& d) { return amqp::looks_like_encoded_message(d); });
-      try {
-        if (batch) {
-          for (const auto& d : message.data_sections) messages.push_back(amqp::parse_message(d));
-        } else {
-          messages.push_back(std::move(message));
+      if (!message.data_sections.empty() && !message.value_body) {
+        messages.reserve(message.data_sections.size());
+        for (const auto& d : message.data_sections) {
+          auto inner = amqp::parse_encoded_message(d);
+          if (!inner) {
+            messages.clear();  // not a batch: one message whose data looks otherwise
+            break;
+          }
+          messages.push_back(std::move(*inner));
         }
-      } catch (const Error& e) {
-        settle_with_error(delivery, "amqp:decode-error",
-                          std::string("The message could not be decoded: ") + e.what());
-        return;
       }
+      if (messages.empty()) messages.push_back(std::move(message));
       broker_.send(*state.entity, std::move(messages), now_ms());
       wake_receivers();  // receivers are pumped in later turns, after this one is written
       after_write([delivery](const std::optional<std::string>& refused) {
@@ -289,6 +291,19 @@ void Server::pump_connection(pn_connection_t* connection) {
       send_pending(l, *state);
     }
   }
+}
+
+std::size_t Server::unsettled_deliveries(const Entity& entity) {
+  std::size_t n = 0;
+  for (auto* c : connections_) {
+    for (auto* l = pn_link_head(c, 0); l != nullptr; l = pn_link_next(l, 0)) {
+      for (auto* d = pn_unsettled_head(l); d != nullptr; d = pn_unsettled_next(d)) {
+        auto* ds = static_cast<DeliveryState*>(pn_delivery_get_context(d));
+        if (ds != nullptr && ds->entity == &entity) ++n;
+      }
+    }
+  }
+  return n;
 }
 
 void Server::wake_receivers() {

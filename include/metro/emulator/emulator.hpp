@@ -107,6 +107,20 @@ struct EntityCounts {
   std::size_t total() const { return active + deferred + scheduled; }
 };
 
+/// Sizes of one entity's internal tables: each is empty again once every message the entity held
+/// is settled (the sequence-number counter is all a settled message leaves behind).
+struct EntityTables {
+  std::size_t messages = 0;
+  std::size_t available = 0;
+  std::size_t locks = 0;
+  std::size_t lock_expiries = 0;
+  std::size_t schedule = 0;
+  std::size_t expiries = 0;
+  std::size_t message_ids = 0;      ///< Duplicate detection's recent ids (kept for its window).
+  std::size_t pending_changes = 0;  ///< Changes not yet written to the journal.
+  std::size_t unsettled_deliveries = 0;  ///< Deliveries out under a lock, awaiting settlement.
+};
+
 class Emulator {
  public:
   explicit Emulator(EmulatorOptions options);
@@ -135,6 +149,9 @@ class Emulator {
   void drop_connections();
   /// Test hook: the entity's message counts. Throws `metro::InvalidArgument` for an unknown one.
   EntityCounts counts(std::string_view entity) const;
+  /// Test hook: the sizes of the entity's internal tables and its deliveries awaiting
+  /// settlement. Throws `metro::InvalidArgument` for an unknown entity.
+  EntityTables tables(std::string_view entity) const;
 
  private:
   struct Impl;

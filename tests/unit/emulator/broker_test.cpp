@@ -1,7 +1,10 @@
 // Service Bus semantics of the emulator's broker, without any networking.
 #include "../../../src/emulator/broker.hpp"
 
+#include <filesystem>
+
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 namespace metro::emulator {
 namespace {
@@ -173,6 +176,140 @@ TEST_F(BrokerTest, RulesCanBeAddedOnceAndRemoved) {
   EXPECT_EQ(duplicate->status, 409);
   EXPECT_FALSE(broker_.remove_rule(sub, "extra"));
   EXPECT_EQ(broker_.remove_rule(sub, "extra")->status, 404);
+}
+
+/// Every table of `entity` is empty: nothing of a settled message is left behind.
+void expect_empty_tables(const Broker& broker, const Entity& entity) {
+  auto t = broker.tables(entity);
+  SCOPED_TRACE(entity.path());
+  EXPECT_EQ(t.messages, 0u);
+  EXPECT_EQ(t.available, 0u);
+  EXPECT_EQ(t.locks, 0u);
+  EXPECT_EQ(t.lock_expiries, 0u);
+  EXPECT_EQ(t.schedule, 0u);
+  EXPECT_EQ(t.expiries, 0u);
+  EXPECT_EQ(t.message_ids, 0u);
+  EXPECT_EQ(t.pending_changes, 0u);
+}
+
+/// Each way a message can leave an entity, many times over.
+enum class Settle {
+  kComplete,
+  kReceiveAndDelete,
+  kDeferThenComplete,
+  kAbandonThenComplete,
+  kDeadLetterThenComplete,
+  kLockExpiryThenComplete,
+  kExpiry,
+  kCancelSchedule
+};
+
+class SettledMessages : public BrokerTest, public ::testing::WithParamInterface<Settle> {};
+
+TEST_P(SettledMessages, LeaveNothingInTheEntitysTables) {
+  constexpr int kMessages = 200;
+  auto& topic = *broker_.find("t");
+  auto& sub = *broker_.find("t/Subscriptions/all");
+  auto& ttl = *broker_.find("ttl");
+  for (int i = 0; i < kMessages; ++i) {
+    auto m = text_message("m" + std::to_string(i));
+    if (GetParam() == Settle::kCancelSchedule) {
+      m.message_annotations = Value::map(
+          {{Value::symbol("x-opt-scheduled-enqueue-time"), Value::timestamp(now_ + 60'000)}});
+    }
+    if (GetParam() == Settle::kExpiry) {
+      broker_.send(ttl, {m}, now_);
+    } else {
+      broker_.send(topic, {m}, now_);
+      broker_.send(q(), {std::move(m)}, now_);
+    }
+  }
+  auto drain = [&](Entity& e) {
+    auto* dlq = broker_.find(e.path() + "/$DeadLetterQueue");
+    while (auto out = broker_.acquire(e, GetParam() != Settle::kReceiveAndDelete, 1, now_)) {
+      if (!out->lock) continue;
+      switch (GetParam()) {
+        case Settle::kDeferThenComplete: {
+          ASSERT_FALSE(broker_.defer(e, *out->lock, Value::null(), now_));
+          std::optional<Failure> error;
+          auto fetched = broker_.receive_deferred(e, {out->sequence_number}, true, now_, error);
+          ASSERT_FALSE(error);
+          ASSERT_FALSE(broker_.complete(e, *fetched.at(0).lock, now_));
+          break;
+        }
+        case Settle::kAbandonThenComplete:
+          ASSERT_FALSE(broker_.abandon(e, *out->lock, Value::null(), now_));
+          ASSERT_FALSE(broker_.complete(e, *broker_.acquire(e, true, 1, now_)->lock, now_));
+          break;
+        case Settle::kDeadLetterThenComplete:
+          ASSERT_FALSE(broker_.dead_letter(e, *out->lock, "r", "d", Value::null(), now_));
+          ASSERT_FALSE(broker_.complete(*dlq, *broker_.acquire(*dlq, true, 1, now_)->lock, now_));
+          break;
+        case Settle::kLockExpiryThenComplete: {
+          broker_.expire_locks(e, now_);
+          auto again = broker_.acquire(e, true, 1, now_);
+          ASSERT_TRUE(again);
+          ASSERT_FALSE(broker_.complete(e, *again->lock, now_));
+          break;
+        }
+        default:
+          ASSERT_FALSE(broker_.complete(e, *out->lock, now_));
+      }
+    }
+    expect_empty_tables(broker_, e);
+    if (dlq != nullptr) expect_empty_tables(broker_, *dlq);
+  };
+  switch (GetParam()) {
+    case Settle::kExpiry:
+      broker_.tick(now_ + 1'000);
+      broker_.tick(now_ + 1'001);
+      drain(*broker_.find("ttl/$DeadLetterQueue"));
+      expect_empty_tables(broker_, ttl);
+      break;
+    case Settle::kCancelSchedule: {
+      std::vector<std::int64_t> numbers;
+      for (int i = 1; i <= kMessages; ++i) numbers.push_back(i);
+      broker_.cancel_scheduled(q(), numbers);
+      broker_.cancel_scheduled(topic, numbers);
+      expect_empty_tables(broker_, q());
+      expect_empty_tables(broker_, sub);
+      break;
+    }
+    default:
+      drain(q());
+      drain(sub);
+      drain(*broker_.find("t/Subscriptions/red"));
+  }
+  expect_empty_tables(broker_, topic);
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryWay, SettledMessages,
+                         ::testing::Values(Settle::kComplete, Settle::kReceiveAndDelete,
+                                           Settle::kDeferThenComplete, Settle::kAbandonThenComplete,
+                                           Settle::kDeadLetterThenComplete,
+                                           Settle::kLockExpiryThenComplete, Settle::kExpiry,
+                                           Settle::kCancelSchedule));
+
+TEST(BrokerJournal, ChangesAreKeptOnlyUntilTheyAreWritten) {
+  BusConfig c;
+  c.queues.push_back({"q", {}});
+  auto dir = std::filesystem::temp_directory_path() /
+             ("metro-broker-tables-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  {
+    Journal journal(dir);
+    Broker broker(c, true);
+    auto& q = *broker.find("q");
+    broker.send(q, {text_message("a"), text_message("b")}, 1);
+    EXPECT_EQ(broker.tables(q).pending_changes, 2u);
+    broker.flush(journal);
+    EXPECT_EQ(broker.tables(q).pending_changes, 0u);
+    while (auto out = broker.acquire(q, true, 1, 1))
+      ASSERT_FALSE(broker.complete(q, *out->lock, 1));
+    broker.flush(journal);
+    expect_empty_tables(broker, q);
+  }
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -53,7 +53,7 @@ class JournalRefuses : public ::testing::TestWithParam<Refusal> {
 
 TEST_P(JournalRefuses, AFailedFlushRollsBackAndTheNextOneWorks) {
   Journal journal(dir_);
-  Broker broker(one_queue());
+  Broker broker(one_queue(), true);
   auto& q = *broker.find("q");
   broker.send(q, {body_of(10), body_of(10)}, 1);
   broker.flush(journal);
@@ -78,7 +78,7 @@ TEST_P(JournalRefuses, AFailedFlushRollsBackAndTheNextOneWorks) {
 
 TEST_P(JournalRefuses, SequenceNumbersDoNotGoBackAfterARefusedWrite) {
   Journal journal(dir_);
-  Broker broker(one_queue());
+  Broker broker(one_queue(), true);
   auto& q = *broker.find("q");
   auto first = broker.send(q, {body_of(10)}, 1);
   broker.flush(journal);
