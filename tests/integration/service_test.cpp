@@ -5,6 +5,7 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <regex>
 #include <set>
@@ -1032,6 +1033,148 @@ TEST_F(ServiceTest, WhenSlowAStopGivesBackWhatIsHeldAndTheNextStartHandlesIt) {
   start(c, std::move(again));
   ASSERT_TRUE(wait_until([&] { return ran == 6 && counts().total() == 0; }));
   EXPECT_TRUE(service_->ledger().counts().empty());
+}
+
+TEST_F(ServiceTest, WhenSlowRunsEndingAroundDeferAfterLoseAndSettleNothingTwice) {
+  // defer_after as short as the runs: runs end just before, at and after it, with two handlers
+  // per message, one of which fails once for some messages. Each message ends completed once,
+  // on its link or (deferred) by sequence number, with nothing left behind.
+  constexpr int kMessages = 120;
+  std::mutex mutex;
+  std::map<std::int64_t, int> succeeded;  // Successful runs by message.
+  ServiceOptions options;
+  auto handler = [&](int salt) {
+    return [&, salt](const Task& t) {
+      std::this_thread::sleep_for(std::chrono::microseconds(((t.sequence_number + salt) % 7) * 700));
+      if (salt == 1 && t.sequence_number % 4 == 0 && t.attempt == 1) {
+        throw std::runtime_error("once");
+      }
+      std::lock_guard lock(mutex);
+      ++succeeded[t.sequence_number];
+    };
+  };
+  options.functions = {{"a", handler(0)}, {"b", handler(1)}};
+  start(config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"a\"\n"
+               "[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"b\"\n"
+               "backoff = \"5ms\"\n",
+               when_slow("2ms")),
+        std::move(options));
+  publish(R"({"subject": "s"})", kMessages);
+  auto settled = [&] {
+    auto c = service_->ledger().counts();
+    std::size_t others = 0;
+    for (const auto& [state, n] : c) others += state == State::kCompleted ? 0 : n;
+    return counts().total() == 0 && service_->in_flight() == 0 && others == 0;
+  };
+  ASSERT_TRUE(wait_until(settled, 120s));
+  EXPECT_TRUE(service_->stop(30s));
+  std::lock_guard lock(mutex);
+  ASSERT_EQ(succeeded.size(), static_cast<std::size_t>(kMessages));
+  for (const auto& [n, runs] : succeeded) EXPECT_EQ(runs, 2) << "#" << n;
+  EXPECT_EQ(counts().dead_lettered, 0u);
+  auto c = service_->ledger().counts();
+  EXPECT_EQ(c[State::kCompleted], service_->counters().deferred);
+  EXPECT_EQ(service_->counters().completed, static_cast<std::uint64_t>(kMessages));
+}
+
+TEST_F(ServiceTest, WhenSlowARunThatEndsAfterItsMessageWasCompletedOnTheLinkWritesNothing) {
+  // A handler completes its held message itself (on the link, with no ledger row), then returns;
+  // a second handler of the same message ends later still, one well and one failing. Neither
+  // end may be written to the ledger: a run without its message would be shown as a run of the
+  // next message given this sequence number.
+  std::promise<void> release;
+  auto released = release.get_future().share();
+  std::atomic<int> ended{0};
+  ServiceOptions options;
+  options.functions = {
+      {"self",
+       [](const Task& t) {
+         metro::complete_deferred_message(t.sequence_number, t.topic_name, t.subscription_name);
+       }},
+      {"after", [&, released](const Task& t) {
+         released.wait_for(60s);
+         ++ended;
+         if (t.subject == "fails") throw std::runtime_error("after the completion");
+       }}};
+  start(config(R"(
+[[subscriptions.handlers]]
+subject = "*"
+glob = true
+handler = "self"
+completion = "explicit"
+[[subscriptions.handlers]]
+subject = "*"
+glob = true
+handler = "after"
+)",
+               when_slow("30s")),
+        std::move(options));
+  publish(R"({"subject": "works"})");
+  publish(R"({"subject": "fails"})");
+  ASSERT_TRUE(wait_until([&] { return counts().total() == 0; }));  // Completed on the link.
+  release.set_value();
+  ASSERT_TRUE(wait_until([&] { return ended == 2; }));
+  EXPECT_TRUE(service_->stop(30s));  // Every run has ended and was recorded (or not) by now.
+  for (std::int64_t n : {1, 2}) {
+    EXPECT_TRUE(service_->ledger().runs({"orders", "billing", n}).empty()) << "#" << n;
+    EXPECT_FALSE(state_of(n).has_value()) << "#" << n;
+  }
+  EXPECT_EQ(service_->counters().deferred, 0u);
+}
+
+TEST_F(ServiceTest, WhenSlowARunOfAMessageGoneWithARestartDoesNotSpeakForItsSuccessor) {
+  // A message is held and its handler runs; the emulator restarts without its state, and a new
+  // message is given the same sequence number while the first run is still going. What the
+  // first run reports (a failure) is of the message that is gone: it must neither defer the
+  // new one nor be recorded as one of its runs.
+  auto port = bus_->port();
+  std::promise<void> release_first;
+  std::promise<void> release_second;
+  auto first_released = release_first.get_future().share();
+  auto second_released = release_second.get_future().share();
+  std::atomic<bool> first_started{false};
+  std::atomic<bool> first_ended{false};
+  std::atomic<bool> second_started{false};
+  ServiceOptions options;
+  options.functions = {{"f", [&, first_released, second_released](const Task& t) {
+                          if (t.subject == "s/first") {
+                            first_started = true;
+                            first_released.wait_for(60s);
+                            first_ended = true;
+                            throw std::runtime_error("the first message failed");
+                          }
+                          second_started = true;
+                          second_released.wait_for(60s);
+                        }}};
+  options.client.reconnect_max_backoff = 200ms;
+  options.client.operation_timeout = 5s;
+  start(config("[[subscriptions.handlers]]\nsubject = \"s/**\"\nglob = true\nhandler = \"f\"\n",
+               when_slow("60s")),
+        std::move(options));
+  publish(R"({"subject": "s/first"})");
+  ASSERT_TRUE(wait_until([&] { return first_started.load(); }));
+  bus_->stop();
+  bus_.reset();
+  start_emulator(port, false);  // Its sequence numbers start at 1 again.
+  ASSERT_TRUE(wait_until(
+      [&] {
+        try {
+          publish(R"({"subject": "s/second"})");
+          return true;
+        } catch (const std::exception&) {
+          return false;
+        }
+      },
+      60s));
+  ASSERT_TRUE(wait_until([&] { return second_started.load(); }, 60s));
+  release_first.set_value();
+  ASSERT_TRUE(wait_until([&] { return first_ended.load(); }));
+  release_second.set_value();
+  ASSERT_TRUE(wait_until([&] { return counts().total() == 0; }, 60s));
+  EXPECT_TRUE(service_->stop(30s));  // Every run has ended and was recorded (or not) by now.
+  EXPECT_EQ(service_->counters().deferred, 0u);
+  EXPECT_FALSE(state_of(1).has_value());
+  EXPECT_TRUE(service_->ledger().runs({"orders", "billing", 1}).empty());
 }
 
 }  // namespace
