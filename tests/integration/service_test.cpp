@@ -21,6 +21,7 @@
 #include <metro/emulator/emulator.hpp>
 #include <metro/sb/client.hpp>
 
+#include "../support/fault_proxy.hpp"
 #include "../support/test_support.hpp"
 
 namespace {
@@ -54,12 +55,15 @@ class ServiceTest : public ::testing::Test {
     std::filesystem::remove_all(dir_);
   }
 
-  void start_emulator(std::uint16_t port, bool durable = false) {
+  void start_emulator(std::uint16_t port, bool durable = false,
+                      std::chrono::milliseconds lock_duration = 60s) {
     metro::emulator::EmulatorOptions options;
     options.port = port;
     if (durable) options.data_dir = dir_ / "bus";
     metro::emulator::TopicOptions topic{"orders", {}, {}};
-    topic.subscriptions.push_back({"billing", {}, {}});
+    metro::emulator::EntityOptions subscription;
+    subscription.lock_duration = lock_duration;
+    topic.subscriptions.push_back({"billing", subscription, {}});
     options.bus.topics.push_back(topic);
     bus_ = std::make_unique<metro::emulator::Emulator>(options);
     bus_->start();
@@ -71,7 +75,8 @@ class ServiceTest : public ::testing::Test {
                        (dir_ / "ledger.db").string() + "\"\n" + extra +
                        "\n[[subscriptions]]\ntopic_name = \"orders\"\n"
                        "subscription_name = \"billing\"\nconnection_string = \"" +
-                       bus_->connection_string() + "\"\n" + handlers +
+                       (through_.empty() ? bus_->connection_string() : through_) + "\"\n" +
+                       handlers +
                        "\n[admin]\nenabled = false\n";
     return metro::config::parse_config(text, "test.toml");
   }
@@ -113,6 +118,7 @@ class ServiceTest : public ::testing::Test {
   std::unique_ptr<metro::emulator::Emulator> bus_;
   std::unique_ptr<Service> service_;
   std::chrono::milliseconds reaper_interval_{0};
+  std::string through_;  // A connection string metro uses instead of the emulator's own.
 };
 
 const char* kJoke = R"({"subject": "MetroDemo/Type/GeekJokes", "joke": "x"})";
@@ -1076,6 +1082,73 @@ TEST_F(ServiceTest, WhenSlowRunsEndingAroundDeferAfterLoseAndSettleNothingTwice)
   EXPECT_EQ(c[State::kCompleted], service_->counters().deferred);
   EXPECT_EQ(service_->counters().completed, static_cast<std::uint64_t>(kMessages));
 }
+
+class WhenSlowConnectionCutTest : public ServiceTest,
+                                  public ::testing::WithParamInterface<const char*> {};
+
+TEST_P(WhenSlowConnectionCutTest, MessagesHeldWhenTheConnectionIsCutAreNotLost) {
+  // The connection is cut while three held messages are being handled: their locks (2 s) end
+  // with it. With defer_after 30s the runs end first and the completions on the link fail; with
+  // 300ms the deferrals come while the connection is down. Either way each message is handled
+  // again or resumed, and ends completed, with nothing dead-lettered or left behind.
+  reaper_interval_ = 100ms;
+  bus_.reset();
+  start_emulator(0, false, 2s);
+  metro::test::FaultProxy proxy("127.0.0.1", bus_->port());
+  through_ = "Endpoint=sb://localhost:" + std::to_string(proxy.port()) +
+             ";SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;"
+             "UseDevelopmentEmulator=true";
+  std::promise<void> release;
+  auto released = release.get_future().share();
+  std::mutex mutex;
+  std::map<std::int64_t, int> started;
+  ServiceOptions options;
+  options.functions = {{"f", [&, released](const Task& t) {
+                          {
+                            std::lock_guard lock(mutex);
+                            ++started[t.sequence_number];
+                          }
+                          released.wait_for(60s);
+                        }}};
+  options.client.reconnect_initial_backoff = 50ms;
+  options.client.reconnect_max_backoff = 200ms;
+  options.client.operation_timeout = 3s;
+  start(config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"f\"\n",
+               when_slow(GetParam()) + "deferred_deadline = \"2s\"\n"),
+        std::move(options));
+  publish(R"({"subject": "s"})", 3);
+  ASSERT_TRUE(wait_until([&] {
+    std::lock_guard lock(mutex);
+    return started.size() == 3;
+  }));
+  proxy.cut();
+  if (std::string(GetParam()) != "30s") {
+    // The deferrals are tried (and fail, or wait) while the connection is down.
+    std::this_thread::sleep_for(1s);
+  }
+  release.set_value();
+  auto settled = [&] {
+    auto c = service_->ledger().counts();
+    std::size_t others = 0;
+    for (const auto& [state, n] : c) others += state == State::kCompleted ? 0 : n;
+    return counts().total() == 0 && service_->in_flight() == 0 && others == 0;
+  };
+  ASSERT_TRUE(wait_until(settled, 90s)) << service_->in_flight() << " in flight, "
+                                        << counts().total() << " in the subscription";
+  EXPECT_EQ(counts().dead_lettered, 0u);
+  std::lock_guard lock(mutex);
+  EXPECT_EQ(started.size(), 3u);
+  if (std::string(GetParam()) == "30s") {
+    // Their completions failed with the connection: each was delivered again and run again.
+    for (const auto& [n, runs] : started) EXPECT_GE(runs, 2) << "#" << n;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(DeferAfter, WhenSlowConnectionCutTest, ::testing::Values("30s", "300ms"),
+                         [](const auto& after) {
+                           return std::string(after.param) == "30s" ? "RunsEndFirst"
+                                                                    : "DeferralsWhileCut";
+                         });
 
 TEST_F(ServiceTest, WhenSlowARunThatEndsAfterItsMessageWasCompletedOnTheLinkWritesNothing) {
   // A handler completes its held message itself (on the link, with no ledger row), then returns;
