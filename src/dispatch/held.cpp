@@ -199,12 +199,24 @@ std::optional<std::future<void>> Held::complete(const MessageKey& key) {
       return future;
     }
     settling_.push_back({key, e.base.correlation_id, std::move(confirmed), done});
-    // Kept a while, so that what its other runs still report is dropped, not written.
+    // Kept (without its body) until its runs have ended, so that what those still going report
+    // is dropped, not written.
     e.stage = Stage::kSettled;
     e.gone_at = Clock::now();
     e.runs.clear();
+    e.message = {};
+    e.base.body.clear();
     if (settling_.size() == 1) changed_.notify_all();
     return future;
+  }
+}
+
+void Held::ended(const MessageKey& key, const std::string& message_id) {
+  MutexLock lock(mutex_);
+  auto it = entries_.find(key);
+  if (it != entries_.end() && it->second.stage == Stage::kSettled &&
+      it->second.base.message_id == message_id) {
+    entries_.erase(it);
   }
 }
 

@@ -9,11 +9,12 @@
 //
 // Each held message is in one stage: locked (its handlers may run), deferring (being recorded and
 // deferred: callers that want to write about it wait for the end), settled (completed on its
-// link, confirmed later: what its runs still report is dropped, as it has no ledger row) or gone
-// (its lock was lost: it is delivered again, and what its runs report is dropped). A run reports
-// for the message it was started for: a run of an earlier message with the same sequence number
-// (the numbers started again) is dropped, never taken for one of the new message's. One thread defers the messages whose `defer_after`
-// passed and collects the confirmations of completions.
+// link while some of its runs go on: what they report is dropped, as it has no ledger row) or
+// gone (its lock was lost: it is delivered again, and what its runs report is dropped). A run
+// reports for the message it was started for: a run of an earlier message with the same sequence
+// number (the numbers started again) is dropped, never taken for one of the new message's. One
+// thread defers the messages whose `defer_after` passed and collects the confirmations of
+// completions.
 // Thread-safety: every member may be called from any thread; `start`/`stop` from the service's.
 
 #include <chrono>
@@ -76,9 +77,9 @@ class Held {
                 const ledger::HandlerRun& run) EXCLUDES(mutex_);
 
   enum class Deferral {
-    kDeferred,  ///< It was held and is deferred and recorded now.
-    kNotHeld,   ///< Not held (deferred before, or never held): act as for any deferred message.
-    kGone,      ///< Its lock was lost, it was given back or completed on its link: drop it.
+    kDeferred,    ///< It was held and is deferred and recorded now.
+    kNotHeld,     ///< Not held (deferred before, or never held): act as for any deferred message.
+    kGone,        ///< Its lock was lost, it was given back or completed on its link: drop it.
     kSuperseded,  ///< A newer message has its sequence number: drop what was of the earlier one.
   };
   /// Defers a held message now, ledger first. While the ledger cannot be written it keeps the
@@ -90,6 +91,9 @@ class Held {
   /// Nullopt when the message is not held (complete it by sequence number); ready at once when
   /// its completion on the link is under way already.
   std::optional<std::future<void>> complete(const ledger::MessageKey& key) EXCLUDES(mutex_);
+
+  /// Every run of `message_id`, completed on its link, has ended: nothing is left to drop.
+  void ended(const ledger::MessageKey& key, const std::string& message_id) EXCLUDES(mutex_);
 
   std::size_t size() const EXCLUDES(mutex_);
 

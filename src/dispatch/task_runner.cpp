@@ -179,9 +179,11 @@ void TaskRunner::record(Route& route, const Task& task, const ledger::HandlerRun
                         bool begin) {
   auto key = key_of(task);
   const auto& correlation = task.correlation_id;
-  if (route.options.defer == config::DeferMode::kWhenSlow &&
-      held_.keep_run(key, task.message_id, run)) {
-    return;
+  if (route.options.defer == config::DeferMode::kWhenSlow) {
+    if (held_.keep_run(key, task.message_id, run)) return;
+    // Not held: deferred, or let go of (its number was given to a new message, which may have
+    // been completed on its link already); only the first has a row to write to.
+    if (!in_flight_.is_current(task)) return;
   }
   if (begin) {
     write(key, correlation, "the start of a run", [&] { ledger_.begin_run(key, run); });
@@ -299,7 +301,10 @@ void TaskRunner::act(Route& route, const Task& task, const Decision& d) {
   switch (d.kind) {
     case Decision::Kind::kUnknown:
     case Decision::Kind::kWait:
+      return;
     case Decision::Kind::kCompletedByRequest:
+      // Completed on its link while runs went on, perhaps: they have all ended now.
+      if (route.options.defer == config::DeferMode::kWhenSlow) held_.ended(key, task.message_id);
       return;
     case Decision::Kind::kRetry:
       ++counters_.retries;
@@ -314,7 +319,10 @@ void TaskRunner::act(Route& route, const Task& task, const Decision& d) {
       return;
     case Decision::Kind::kComplete:
       // A held message is completed on its link: no deferral, no ledger write.
-      if (route.options.defer == config::DeferMode::kWhenSlow && held_.complete(key)) return;
+      if (route.options.defer == config::DeferMode::kWhenSlow && held_.complete(key)) {
+        held_.ended(key, task.message_id);  // No run of it is left.
+        return;
+      }
       (void)settler_.enqueue(route, key, sb::Disposition::kComplete, {}, {}, correlation);
       return;
     case Decision::Kind::kDeadLetter:
