@@ -71,7 +71,8 @@ Held::Hold Held::hold(Route& route, sb::ReceivedMessage message, const Task& bas
       entries_.erase(it);
       it = entries_.end();
     }
-    if (!stopping_ && (it == entries_.end() || it->second.stage == Stage::kGone)) {
+    if (!stopping_ && (it == entries_.end() || it->second.stage == Stage::kGone ||
+                       it->second.stage == Stage::kSettled)) {
       if (it != entries_.end()) entries_.erase(it);
       Entry e;
       e.route = &route;
@@ -91,15 +92,20 @@ Held::Hold Held::hold(Route& route, sb::ReceivedMessage message, const Task& bas
   return Hold::kRefused;
 }
 
-bool Held::keep_run(const MessageKey& key, const ledger::HandlerRun& run) {
+bool Held::keep_run(const MessageKey& key, const std::string& message_id,
+                    const ledger::HandlerRun& run) {
   MutexLock lock(mutex_);
   while (true) {
     auto it = entries_.find(key);
     if (it == entries_.end()) return false;
     auto& e = it->second;
+    // A run of an earlier message with this number: that message is gone from Service Bus.
+    if (e.base.message_id != message_id) return true;
     switch (e.stage) {
       case Stage::kGone:
         return true;  // Nothing to write: it is delivered again.
+      case Stage::kSettled:
+        return true;  // Completed on its link: it has no row to write to.
       case Stage::kDeferring:
         // A deferral waits at most kConfirmWait for Service Bus; look again now and then.
         changed_.wait_for(lock, kLookAgain);
@@ -119,7 +125,8 @@ bool Held::keep_run(const MessageKey& key, const ledger::HandlerRun& run) {
   }
 }
 
-Held::Deferral Held::defer(const MessageKey& key, const std::function<bool()>& stopping) {
+Held::Deferral Held::defer(const MessageKey& key, const std::string& message_id,
+                           const std::function<bool()>& stopping) {
   for (bool refused = false;; refused = true) {
     Route* route = nullptr;
     {
@@ -127,7 +134,8 @@ Held::Deferral Held::defer(const MessageKey& key, const std::function<bool()>& s
       auto it = entries_.find(key);
       if (it == entries_.end()) return Deferral::kNotHeld;
       auto& e = it->second;
-      if (e.stage == Stage::kGone) return Deferral::kGone;
+      if (e.base.message_id != message_id) return Deferral::kSuperseded;
+      if (e.stage == Stage::kGone || e.stage == Stage::kSettled) return Deferral::kGone;
       if (e.stage == Stage::kDeferring) {
         changed_.wait_for(lock, kLookAgain);
         continue;
@@ -165,6 +173,10 @@ std::optional<std::future<void>> Held::complete(const MessageKey& key) {
       changed_.wait_for(lock, kLookAgain);
       continue;
     }
+    if (e.stage == Stage::kSettled) {
+      done->set_value();  // Its completion on the link is under way already.
+      return future;
+    }
     if (e.stage == Stage::kGone) {
       done->set_exception(fresh_exception([&] {
         return ConflictError(name_of(key, e.base.correlation_id) +
@@ -187,9 +199,24 @@ std::optional<std::future<void>> Held::complete(const MessageKey& key) {
       return future;
     }
     settling_.push_back({key, e.base.correlation_id, std::move(confirmed), done});
-    entries_.erase(it);
+    // Kept (without its body) until its runs have ended, so that what those still going report
+    // is dropped, not written.
+    e.stage = Stage::kSettled;
+    e.gone_at = Clock::now();
+    e.runs.clear();
+    e.message = {};
+    e.base.body.clear();
     if (settling_.size() == 1) changed_.notify_all();
     return future;
+  }
+}
+
+void Held::ended(const MessageKey& key, const std::string& message_id) {
+  MutexLock lock(mutex_);
+  auto it = entries_.find(key);
+  if (it != entries_.end() && it->second.stage == Stage::kSettled &&
+      it->second.base.message_id == message_id) {
+    entries_.erase(it);
   }
 }
 
@@ -344,7 +371,8 @@ void Held::loop() {
     auto next = Clock::time_point::max();
     for (auto it = entries_.begin(); it != entries_.end();) {
       auto& e = it->second;
-      if (e.stage == Stage::kGone && now - e.gone_at > kGoneLinger) {
+      bool over = e.stage == Stage::kGone || e.stage == Stage::kSettled;
+      if (over && now - e.gone_at > kGoneLinger) {
         it = entries_.erase(it);
         continue;
       }

@@ -8,10 +8,13 @@
 // so far), and from then on is an ordinary deferred message.
 //
 // Each held message is in one stage: locked (its handlers may run), deferring (being recorded and
-// deferred: callers that want to write about it wait for the end) or gone (its lock was lost: it
-// is delivered again, and what its runs report is dropped). A completion on the link leaves the
-// table at once and is confirmed later. One thread defers the messages whose `defer_after`
-// passed and collects the confirmations of completions.
+// deferred: callers that want to write about it wait for the end), settled (completed on its
+// link while some of its runs go on: what they report is dropped, as it has no ledger row) or
+// gone (its lock was lost: it is delivered again, and what its runs report is dropped). A run
+// reports for the message it was started for: a run of an earlier message with the same sequence
+// number (the numbers started again) is dropped, never taken for one of the new message's. One
+// thread defers the messages whose `defer_after` passed and collects the confirmations of
+// completions.
 // Thread-safety: every member may be called from any thread; `start`/`stop` from the service's.
 
 #include <chrono>
@@ -66,29 +69,36 @@ class Held {
             std::chrono::system_clock::time_point enqueued, Clock::time_point defer_at)
       EXCLUDES(mutex_);
 
-  /// Keeps the record of a run (its start, or its end) of a held message, to be written if it is
-  /// deferred. False when the message is not held: write it to the ledger. Waits while the
-  /// message is being deferred.
-  bool keep_run(const ledger::MessageKey& key, const ledger::HandlerRun& run) EXCLUDES(mutex_);
+  /// Keeps the record of a run (its start, or its end) of a held message (`message_id`: the
+  /// message the run is of), to be written if it is deferred; drops it when that message was
+  /// settled on its link, lost its lock or was superseded. False when the message is not held:
+  /// write it to the ledger. Waits while the message is being deferred.
+  bool keep_run(const ledger::MessageKey& key, const std::string& message_id,
+                const ledger::HandlerRun& run) EXCLUDES(mutex_);
 
   enum class Deferral {
-    kDeferred,  ///< It was held and is deferred and recorded now.
-    kNotHeld,   ///< Not held (deferred before, or never held): act as for any deferred message.
-    kGone,      ///< Its lock was lost or it was given back: it is delivered again; drop it.
+    kDeferred,    ///< It was held and is deferred and recorded now.
+    kNotHeld,     ///< Not held (deferred before, or never held): act as for any deferred message.
+    kGone,        ///< Its lock was lost, it was given back or completed on its link: drop it.
+    kSuperseded,  ///< A newer message has its sequence number: drop what was of the earlier one.
   };
   /// Defers a held message now, ledger first. While the ledger cannot be written it keeps the
   /// message (its lock renewed) and tries again, until `stopping` holds: then it gives it back.
-  Deferral defer(const ledger::MessageKey& key, const std::function<bool()>& stopping)
-      EXCLUDES(mutex_);
+  Deferral defer(const ledger::MessageKey& key, const std::string& message_id,
+                 const std::function<bool()>& stopping) EXCLUDES(mutex_);
 
   /// Completes a held message on its link; the future is ready when Service Bus confirmed.
-  /// Nullopt when the message is not held (complete it by sequence number).
+  /// Nullopt when the message is not held (complete it by sequence number); ready at once when
+  /// its completion on the link is under way already.
   std::optional<std::future<void>> complete(const ledger::MessageKey& key) EXCLUDES(mutex_);
+
+  /// Every run of `message_id`, completed on its link, has ended: nothing is left to drop.
+  void ended(const ledger::MessageKey& key, const std::string& message_id) EXCLUDES(mutex_);
 
   std::size_t size() const EXCLUDES(mutex_);
 
  private:
-  enum class Stage { kLocked, kDeferring, kGone };
+  enum class Stage { kLocked, kDeferring, kSettled, kGone };
   struct Entry {
     Route* route = nullptr;
     sb::ReceivedMessage message;
@@ -97,7 +107,7 @@ class Held {
     Clock::time_point defer_at{};
     Stage stage = Stage::kLocked;
     std::vector<ledger::HandlerRun> runs;  // Kept while locked, written when deferred.
-    Clock::time_point gone_at{};
+    Clock::time_point gone_at{};  // Since when settled or gone.
   };
   /// A completion on the link, until Service Bus confirms it.
   struct Settling {

@@ -51,7 +51,7 @@ class TaskRunner::AsyncRun final : public RunObserver,
       run_.task_id = task_id;
       run = run_;
     }
-    runner_.record(route_, key_, task_.correlation_id, run, true);
+    runner_.record(route_, task_, run, true);
     spdlog::debug("{}: {} attempt {} sent as task {}", name_of(key_, task_.correlation_id),
                   task_.handler, task_.attempt, log_value(task_id, 64));
   }
@@ -90,7 +90,7 @@ class TaskRunner::AsyncRun final : public RunObserver,
     if (recorded_end_ || retries <= run_.retries) return;
     run_.retries = retries;
     auto run = run_;
-    runner_.record(route_, key_, task_.correlation_id, run, false);
+    runner_.record(route_, task_, run, false);
     spdlog::info("{}: {} attempt {}: task {} retries itself ({} so far)",
                  name_of(key_, task_.correlation_id), task_.handler, task_.attempt,
                  log_value(run_.task_id, 64), retries);
@@ -175,9 +175,16 @@ void TaskRunner::write(const ledger::MessageKey& key, const std::string& correla
   }
 }
 
-void TaskRunner::record(Route& route, const ledger::MessageKey& key, const std::string& correlation,
-                        const ledger::HandlerRun& run, bool begin) {
-  if (route.options.defer == config::DeferMode::kWhenSlow && held_.keep_run(key, run)) return;
+void TaskRunner::record(Route& route, const Task& task, const ledger::HandlerRun& run,
+                        bool begin) {
+  auto key = key_of(task);
+  const auto& correlation = task.correlation_id;
+  if (route.options.defer == config::DeferMode::kWhenSlow) {
+    if (held_.keep_run(key, task.message_id, run)) return;
+    // Not held: deferred, or let go of (its number was given to a new message, which may have
+    // been completed on its link already); only the first has a row to write to.
+    if (!in_flight_.is_current(task)) return;
+  }
   if (begin) {
     write(key, correlation, "the start of a run", [&] { ledger_.begin_run(key, run); });
   } else {
@@ -203,7 +210,7 @@ void TaskRunner::run(const Task& task) {
     start_async(*route, *index, task, std::move(run));
     return;
   }
-  record(*route, key, correlation, run, true);
+  record(*route, task, run, true);
   // Lines about a run name the message and its trace.
   const auto who = name_of(key, correlation) + trace_suffix(task.trace_parent);
   spdlog::debug("{}: {} attempt {} started", who, task.handler, task.attempt);
@@ -260,12 +267,18 @@ void TaskRunner::finish(Route& route, std::size_t index, const Task& task, ledge
   run.retries = std::max(run.retries, result.retries);
   if (route.options.defer == config::DeferMode::kWhenSlow && result.outcome != Outcome::kSuccess) {
     // A held message is deferred (recorded first) before a retry, a park or a dead-letter.
-    if (held_.defer(key, [this] { return stopping_.load(); }) == Held::Deferral::kGone) {
-      in_flight_.drop(key);  // Delivered again: this outcome is of no use.
-      return;
+    switch (held_.defer(key, task.message_id, [this] { return stopping_.load(); })) {
+      case Held::Deferral::kGone:
+        in_flight_.drop(key);  // Delivered again, or completed: this outcome is of no use.
+        return;
+      case Held::Deferral::kSuperseded:
+        return;  // Of an earlier message with this number, let go of already.
+      case Held::Deferral::kDeferred:
+      case Held::Deferral::kNotHeld:
+        break;
     }
   }
-  record(route, key, correlation, run, false);
+  record(route, task, run, false);
   if (result.outcome == Outcome::kSuccess) {
     spdlog::debug("{}: {} succeeded in {} ms", who, task.handler, result.duration.count());
   } else {
@@ -288,7 +301,10 @@ void TaskRunner::act(Route& route, const Task& task, const Decision& d) {
   switch (d.kind) {
     case Decision::Kind::kUnknown:
     case Decision::Kind::kWait:
+      return;
     case Decision::Kind::kCompletedByRequest:
+      // Completed on its link while runs went on, perhaps: they have all ended now.
+      if (route.options.defer == config::DeferMode::kWhenSlow) held_.ended(key, task.message_id);
       return;
     case Decision::Kind::kRetry:
       ++counters_.retries;
@@ -303,7 +319,10 @@ void TaskRunner::act(Route& route, const Task& task, const Decision& d) {
       return;
     case Decision::Kind::kComplete:
       // A held message is completed on its link: no deferral, no ledger write.
-      if (route.options.defer == config::DeferMode::kWhenSlow && held_.complete(key)) return;
+      if (route.options.defer == config::DeferMode::kWhenSlow && held_.complete(key)) {
+        held_.ended(key, task.message_id);  // No run of it is left.
+        return;
+      }
       (void)settler_.enqueue(route, key, sb::Disposition::kComplete, {}, {}, correlation);
       return;
     case Decision::Kind::kDeadLetter:
@@ -321,9 +340,9 @@ void TaskRunner::act(Route& route, const Task& task, const Decision& d) {
     case Decision::Kind::kAwaitExplicit:
       // The handler completes it itself (perhaps asynchronously, still under way): a held
       // message is deferred first, so that it can be completed by sequence number.
-      if (route.options.defer == config::DeferMode::kWhenSlow &&
-          held_.defer(key, [this] { return stopping_.load(); }) == Held::Deferral::kGone) {
-        return;
+      if (route.options.defer == config::DeferMode::kWhenSlow) {
+        auto deferral = held_.defer(key, task.message_id, [this] { return stopping_.load(); });
+        if (deferral == Held::Deferral::kGone || deferral == Held::Deferral::kSuperseded) return;
       }
       write(key, correlation, "the wait for an explicit completion", [&] {
         auto row = ledger_.find(key);

@@ -70,10 +70,10 @@ class TaskRunner {
   /// A ledger write that must not stop a worker: logged and reported to the health.
   template <class F>
   void write(const ledger::MessageKey& key, const std::string& correlation, const char* what, F f);
-  /// Records a run: kept with its message while that is held, else written to the ledger
-  /// (`begin`: as the start of a run).
-  void record(Route& route, const ledger::MessageKey& key, const std::string& correlation,
-              const ledger::HandlerRun& run, bool begin);
+  /// Records a run of `task`'s message: kept with it while it is held (dropped when it was
+  /// settled on its link or superseded), else written to the ledger (`begin`: as the start of a
+  /// run).
+  void record(Route& route, const Task& task, const ledger::HandlerRun& run, bool begin);
 
   const Routes& routes_;
   ledger::Ledger& ledger_;

@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <regex>
 #include <set>
@@ -21,6 +22,7 @@
 #include <metro/emulator/emulator.hpp>
 #include <metro/sb/client.hpp>
 
+#include "../support/fault_proxy.hpp"
 #include "../support/test_support.hpp"
 
 namespace {
@@ -54,12 +56,15 @@ class ServiceTest : public ::testing::Test {
     std::filesystem::remove_all(dir_);
   }
 
-  void start_emulator(std::uint16_t port, bool durable = false) {
+  void start_emulator(std::uint16_t port, bool durable = false,
+                      std::chrono::milliseconds lock_duration = 60s) {
     metro::emulator::EmulatorOptions options;
     options.port = port;
     if (durable) options.data_dir = dir_ / "bus";
     metro::emulator::TopicOptions topic{"orders", {}, {}};
-    topic.subscriptions.push_back({"billing", {}, {}});
+    metro::emulator::EntityOptions subscription;
+    subscription.lock_duration = lock_duration;
+    topic.subscriptions.push_back({"billing", subscription, {}});
     options.bus.topics.push_back(topic);
     bus_ = std::make_unique<metro::emulator::Emulator>(options);
     bus_->start();
@@ -71,7 +76,8 @@ class ServiceTest : public ::testing::Test {
                        (dir_ / "ledger.db").string() + "\"\n" + extra +
                        "\n[[subscriptions]]\ntopic_name = \"orders\"\n"
                        "subscription_name = \"billing\"\nconnection_string = \"" +
-                       bus_->connection_string() + "\"\n" + handlers +
+                       (through_.empty() ? bus_->connection_string() : through_) + "\"\n" +
+                       handlers +
                        "\n[admin]\nenabled = false\n";
     return metro::config::parse_config(text, "test.toml");
   }
@@ -113,6 +119,7 @@ class ServiceTest : public ::testing::Test {
   std::unique_ptr<metro::emulator::Emulator> bus_;
   std::unique_ptr<Service> service_;
   std::chrono::milliseconds reaper_interval_{0};
+  std::string through_;  // A connection string metro uses instead of the emulator's own.
 };
 
 const char* kJoke = R"({"subject": "MetroDemo/Type/GeekJokes", "joke": "x"})";
@@ -1064,5 +1071,230 @@ TEST_F(ServiceTest, WhenSlowAStopGivesBackWhatIsHeldAndTheNextStartHandlesIt) {
   ASSERT_TRUE(wait_until([&] { return ran == 6 && counts().total() == 0; }));
   EXPECT_TRUE(service_->ledger().counts().empty());
 }
+
+TEST_F(ServiceTest, WhenSlowRunsEndingAroundDeferAfterLoseAndSettleNothingTwice) {
+  // defer_after as short as the runs: runs end just before, at and after it, with two handlers
+  // per message, one of which fails once for some messages. Each message ends completed once,
+  // on its link or (deferred) by sequence number, with nothing left behind.
+  constexpr int kMessages = 120;
+  std::mutex mutex;
+  std::map<std::int64_t, int> succeeded;  // Successful runs by message.
+  ServiceOptions options;
+  auto handler = [&](int salt) {
+    return [&, salt](const Task& t) {
+      std::this_thread::sleep_for(std::chrono::microseconds(((t.sequence_number + salt) % 7) * 700));
+      if (salt == 1 && t.sequence_number % 4 == 0 && t.attempt == 1) {
+        throw std::runtime_error("once");
+      }
+      std::lock_guard lock(mutex);
+      ++succeeded[t.sequence_number];
+    };
+  };
+  options.functions = {{"a", handler(0)}, {"b", handler(1)}};
+  start(config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"a\"\n"
+               "[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"b\"\n"
+               "backoff = \"5ms\"\n",
+               when_slow("2ms")),
+        std::move(options));
+  publish(R"({"subject": "s"})", kMessages);
+  auto settled = [&] {
+    auto c = service_->ledger().counts();
+    std::size_t others = 0;
+    for (const auto& [state, n] : c) others += state == State::kCompleted ? 0 : n;
+    return counts().total() == 0 && service_->in_flight() == 0 && others == 0;
+  };
+  ASSERT_TRUE(wait_until(settled, 120s));
+  EXPECT_TRUE(service_->stop(30s));
+  std::lock_guard lock(mutex);
+  ASSERT_EQ(succeeded.size(), static_cast<std::size_t>(kMessages));
+  for (const auto& [n, runs] : succeeded) EXPECT_EQ(runs, 2) << "#" << n;
+  EXPECT_EQ(counts().dead_lettered, 0u);
+  auto c = service_->ledger().counts();
+  EXPECT_EQ(c[State::kCompleted], service_->counters().deferred);
+  EXPECT_EQ(service_->counters().completed, static_cast<std::uint64_t>(kMessages));
+}
+
+class WhenSlowConnectionCutTest : public ServiceTest,
+                                  public ::testing::WithParamInterface<const char*> {};
+
+TEST_P(WhenSlowConnectionCutTest, MessagesHeldWhenTheConnectionIsCutAreNotLost) {
+  // The connection is cut while three held messages are being handled: their locks (2 s) end
+  // with it. With defer_after 30s the runs end first and the completions on the link fail; with
+  // 300ms the deferrals come while the connection is down. Either way each message is handled
+  // again or resumed, and ends completed, with nothing dead-lettered or left behind.
+  reaper_interval_ = 100ms;
+  bus_.reset();
+  start_emulator(0, false, 2s);
+  metro::test::FaultProxy proxy("127.0.0.1", bus_->port());
+  through_ = "Endpoint=sb://localhost:" + std::to_string(proxy.port()) +
+             ";SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=SAS_KEY_VALUE;"
+             "UseDevelopmentEmulator=true";
+  std::promise<void> release;
+  auto released = release.get_future().share();
+  std::mutex mutex;
+  std::map<std::int64_t, int> started;
+  ServiceOptions options;
+  options.functions = {{"f", [&, released](const Task& t) {
+                          {
+                            std::lock_guard lock(mutex);
+                            ++started[t.sequence_number];
+                          }
+                          released.wait_for(60s);
+                        }}};
+  options.client.reconnect_initial_backoff = 50ms;
+  options.client.reconnect_max_backoff = 200ms;
+  options.client.operation_timeout = 3s;
+  start(config("[[subscriptions.handlers]]\nsubject = \"s\"\nhandler = \"f\"\n",
+               when_slow(GetParam()) + "deferred_deadline = \"2s\"\n"),
+        std::move(options));
+  publish(R"({"subject": "s"})", 3);
+  ASSERT_TRUE(wait_until([&] {
+    std::lock_guard lock(mutex);
+    return started.size() == 3;
+  }));
+  proxy.cut();
+  if (std::string(GetParam()) != "30s") {
+    // The deferrals are tried (and fail, or wait) while the connection is down.
+    std::this_thread::sleep_for(1s);
+  }
+  release.set_value();
+  auto settled = [&] {
+    auto c = service_->ledger().counts();
+    std::size_t others = 0;
+    for (const auto& [state, n] : c) others += state == State::kCompleted ? 0 : n;
+    return counts().total() == 0 && service_->in_flight() == 0 && others == 0;
+  };
+  ASSERT_TRUE(wait_until(settled, 90s)) << service_->in_flight() << " in flight, "
+                                        << counts().total() << " in the subscription";
+  EXPECT_EQ(counts().dead_lettered, 0u);
+  std::lock_guard lock(mutex);
+  EXPECT_EQ(started.size(), 3u);
+  if (std::string(GetParam()) == "30s") {
+    // Their completions failed with the connection: each was delivered again and run again.
+    for (const auto& [n, runs] : started) EXPECT_GE(runs, 2) << "#" << n;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(DeferAfter, WhenSlowConnectionCutTest, ::testing::Values("30s", "300ms"),
+                         [](const auto& after) {
+                           return std::string(after.param) == "30s" ? "RunsEndFirst"
+                                                                    : "DeferralsWhileCut";
+                         });
+
+TEST_F(ServiceTest, WhenSlowARunThatEndsAfterItsMessageWasCompletedOnTheLinkWritesNothing) {
+  // A handler completes its held message itself (on the link, with no ledger row), then returns;
+  // a second handler of the same message ends later still, one well and one failing. Neither
+  // end may be written to the ledger: a run without its message would be shown as a run of the
+  // next message given this sequence number.
+  std::promise<void> release;
+  auto released = release.get_future().share();
+  std::atomic<int> ended{0};
+  ServiceOptions options;
+  options.functions = {
+      {"self",
+       [](const Task& t) {
+         metro::complete_deferred_message(t.sequence_number, t.topic_name, t.subscription_name);
+       }},
+      {"after", [&, released](const Task& t) {
+         released.wait_for(60s);
+         ++ended;
+         if (t.subject == "fails") throw std::runtime_error("after the completion");
+       }}};
+  start(config(R"(
+[[subscriptions.handlers]]
+subject = "*"
+glob = true
+handler = "self"
+completion = "explicit"
+[[subscriptions.handlers]]
+subject = "*"
+glob = true
+handler = "after"
+)",
+               when_slow("30s")),
+        std::move(options));
+  publish(R"({"subject": "works"})");
+  publish(R"({"subject": "fails"})");
+  ASSERT_TRUE(wait_until([&] { return counts().total() == 0; }));  // Completed on the link.
+  release.set_value();
+  ASSERT_TRUE(wait_until([&] { return ended == 2; }));
+  EXPECT_TRUE(service_->stop(30s));  // Every run has ended and was recorded (or not) by now.
+  for (std::int64_t n : {1, 2}) {
+    EXPECT_TRUE(service_->ledger().runs({"orders", "billing", n}).empty()) << "#" << n;
+    EXPECT_FALSE(state_of(n).has_value()) << "#" << n;
+  }
+  EXPECT_EQ(service_->counters().deferred, 0u);
+}
+
+class WhenSlowRestartTest : public ServiceTest, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(WhenSlowRestartTest, ARunOfAMessageGoneWithARestartDoesNotSpeakForItsSuccessor) {
+  // A message is held and its handler runs; the emulator restarts without its state, and a new
+  // message is given the same sequence number while the first run is still going. What the
+  // first run reports (a failure) is of the message that is gone: it must neither defer the
+  // new one nor be recorded as one of its runs, whether it ends before the new one or after the
+  // new one was completed on its link.
+  bool first_ends_first = GetParam();
+  auto port = bus_->port();
+  std::promise<void> release_first;
+  std::promise<void> release_second;
+  auto first_released = release_first.get_future().share();
+  auto second_released = release_second.get_future().share();
+  std::atomic<bool> first_started{false};
+  std::atomic<bool> first_ended{false};
+  std::atomic<bool> second_started{false};
+  ServiceOptions options;
+  options.functions = {{"f", [&, first_released, second_released](const Task& t) {
+                          if (t.subject == "s/first") {
+                            first_started = true;
+                            first_released.wait_for(60s);
+                            first_ended = true;
+                            throw std::runtime_error("the first message failed");
+                          }
+                          second_started = true;
+                          second_released.wait_for(60s);
+                        }}};
+  options.client.reconnect_max_backoff = 200ms;
+  options.client.operation_timeout = 5s;
+  start(config("[[subscriptions.handlers]]\nsubject = \"s/**\"\nglob = true\nhandler = \"f\"\n",
+               when_slow("60s")),
+        std::move(options));
+  publish(R"({"subject": "s/first"})");
+  ASSERT_TRUE(wait_until([&] { return first_started.load(); }));
+  bus_->stop();
+  bus_.reset();
+  start_emulator(port, false);  // Its sequence numbers start at 1 again.
+  ASSERT_TRUE(wait_until(
+      [&] {
+        try {
+          publish(R"({"subject": "s/second"})");
+          return true;
+        } catch (const std::exception&) {
+          return false;
+        }
+      },
+      60s));
+  ASSERT_TRUE(wait_until([&] { return second_started.load(); }, 60s));
+  if (first_ends_first) {
+    release_first.set_value();
+    ASSERT_TRUE(wait_until([&] { return first_ended.load(); }));
+    release_second.set_value();
+    ASSERT_TRUE(wait_until([&] { return counts().total() == 0; }, 60s));
+  } else {
+    release_second.set_value();
+    ASSERT_TRUE(wait_until([&] { return counts().total() == 0; }, 60s));
+    ASSERT_TRUE(wait_until([&] { return service_->counters().completed == 1; }));
+    release_first.set_value();
+    ASSERT_TRUE(wait_until([&] { return first_ended.load(); }));
+  }
+  EXPECT_TRUE(service_->stop(30s));  // Every run has ended and was recorded (or not) by now.
+  EXPECT_EQ(service_->counters().deferred, 0u);
+  EXPECT_FALSE(state_of(1).has_value());
+  EXPECT_TRUE(service_->ledger().runs({"orders", "billing", 1}).empty());
+}
+
+INSTANTIATE_TEST_SUITE_P(Order, WhenSlowRestartTest, ::testing::Bool(), [](const auto& first) {
+  return first.param ? "TheFirstEndsFirst" : "TheNewOneIsCompletedFirst";
+});
 
 }  // namespace
