@@ -4,6 +4,7 @@
 
 #include <csignal>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <regex>
 #include <set>
@@ -177,6 +178,21 @@ class RunTest : public ::testing::Test {
            *seen.rbegin() == n && left() == 0;
   }
 
+  /// Kills metro with SIGKILL (after `ready()` holds), starts it again with `exec`, waits until all
+  /// `n` messages are handled and nothing is left, and stops it with SIGTERM (exit 0).
+  void kill_then_restart(int n, const std::function<bool()>& ready, const std::string& exec = {}) {
+    ASSERT_TRUE(wait_until(ready, 60s)) << metro_->output();
+    metro_->signal(SIGKILL);
+    EXPECT_EQ(metro_->wait(), 128 + SIGKILL);
+    EXPECT_LT(handled().size(), static_cast<std::size_t>(n)) << "killed too late to mean anything";
+    start_metro(exec);
+    ASSERT_TRUE(wait_until([&] { return all_done(n); }, 120s))
+        << handled().size() << " handled, " << left() << " left\n"
+        << metro_->output();
+    metro_->signal(SIGTERM);
+    EXPECT_EQ(metro_->wait(), 0) << metro_->output();
+  }
+
   /// The ledger's rows by state (an empty map when it has none).
   std::map<metro::ledger::State, std::size_t> ledger_counts() {
     return metro::ledger::open_ledger("sqlite://" + (dir_ / "ledger.db").string())->counts();
@@ -205,19 +221,7 @@ TEST_F(RunTest, KillDashNineMidStreamThenRestartLosesNothing) {
   start_emulator(0);
   start_metro();
   publish(kMessages);
-  ASSERT_TRUE(wait_until([&] { return handled().size() >= 60; }, 60s));
-  metro_->signal(SIGKILL);
-  EXPECT_EQ(metro_->wait(), 128 + SIGKILL);
-  auto before = handled().size();
-  EXPECT_LT(before, static_cast<std::size_t>(kMessages)) << "killed too late to mean anything";
-
-  start_metro();
-  ASSERT_TRUE(wait_until([&] { return all_done(kMessages); }, 120s))
-      << handled().size() << " handled, " << left() << " left\n"
-      << metro_->output();
-  // Graceful stop: SIGTERM, exit 0.
-  metro_->signal(SIGTERM);
-  EXPECT_EQ(metro_->wait(), 0) << metro_->output();
+  kill_then_restart(kMessages, [&] { return handled().size() >= 60; });
   EXPECT_NE(metro_->output().find("stopped"), std::string::npos);
   expect_ledger_all_completed(kMessages);
 }
@@ -230,16 +234,7 @@ TEST_F(RunTest, WhenSlowKillDashNineWhileFastHandlersRunLosesNothing) {
   start_emulator(0);
   start_metro();
   publish(kMessages);
-  ASSERT_TRUE(wait_until([&] { return handled().size() >= 60; }, 60s));
-  metro_->signal(SIGKILL);
-  EXPECT_EQ(metro_->wait(), 128 + SIGKILL);
-  EXPECT_LT(handled().size(), static_cast<std::size_t>(kMessages)) << "killed too late";
-  start_metro();
-  ASSERT_TRUE(wait_until([&] { return all_done(kMessages); }, 120s))
-      << handled().size() << " handled, " << left() << " left\n"
-      << metro_->output();
-  metro_->signal(SIGTERM);
-  EXPECT_EQ(metro_->wait(), 0) << metro_->output();
+  kill_then_restart(kMessages, [&] { return handled().size() >= 60; });
   // Nothing in the ledger is unfinished (a message the loaded machine made slow is completed).
   for (const auto& [state, n] : ledger_counts()) {
     EXPECT_EQ(state, metro::ledger::State::kCompleted) << n << " " << to_string(state);
@@ -257,19 +252,16 @@ TEST_F(RunTest, WhenSlowKillDashNineWhileSlowHandlersRunBehavesAsAlways) {
   fs::permissions(slow, fs::perms::owner_all);
   metro_options_ = "defer = \"when-slow\"\ndefer_after = \"200ms\"\n";
   start_emulator(0);
-  start_metro("[\"" + slow.string() + "\"]");
+  auto exec = "[\"" + slow.string() + "\"]";
+  start_metro(exec);
   publish(kMessages);
-  ASSERT_TRUE(wait_until([&] { return handled().size() >= 2; }, 60s));
-  ASSERT_TRUE(wait_until([&] { return ledger_counts()[metro::ledger::State::kRunning] > 0; }))
-      << "slow runs are recorded";
-  metro_->signal(SIGKILL);
-  EXPECT_EQ(metro_->wait(), 128 + SIGKILL);
-  start_metro("[\"" + slow.string() + "\"]");
-  ASSERT_TRUE(wait_until([&] { return all_done(kMessages); }, 120s))
-      << handled().size() << " handled, " << left() << " left\n"
-      << metro_->output();
-  metro_->signal(SIGTERM);
-  EXPECT_EQ(metro_->wait(), 0) << metro_->output();
+  // Slow runs under way are recorded (state running) before the kill.
+  kill_then_restart(
+      kMessages,
+      [&] {
+        return handled().size() >= 2 && ledger_counts()[metro::ledger::State::kRunning] > 0;
+      },
+      exec);
   expect_ledger_all_completed(kMessages);
 }
 
