@@ -80,11 +80,9 @@ Held::Hold Held::hold(Route& route, sb::ReceivedMessage message, const Task& bas
       e.base = base;
       e.enqueued = enqueued;
       e.defer_at = defer_at;
-      bool sooner = std::none_of(entries_.begin(), entries_.end(), [&](const auto& other) {
-        return other.second.stage == Stage::kLocked && other.second.defer_at <= defer_at;
-      });
       entries_.emplace(key, std::move(e));
-      if (sooner) changed_.notify_all();
+      // The thread looks at its timers again by `wake_at_`: wake it only for a sooner one.
+      if (defer_at < wake_at_) changed_.notify_all();
       return Hold::kHeld;
     }
   }
@@ -397,13 +395,15 @@ void Held::loop() {
       // is waited for without the lock. The wait is short so that deferrals come in time.
       auto& front = settling_.front().confirmed;
       auto until = std::min(next, now + kCollectEvery);
+      wake_at_ = until;
       lock.unlock();
       bool ready = front.wait_until(until) == std::future_status::ready;
       if (ready) collect();
       lock.lock();
       continue;
     }
-    changed_.wait_until(lock, std::min(next, Clock::now() + std::chrono::minutes(1)));
+    wake_at_ = std::min(next, Clock::now() + std::chrono::minutes(1));
+    changed_.wait_until(lock, wake_at_);
   }
 }
 

@@ -140,6 +140,8 @@ class Held {
   std::map<ledger::MessageKey, Entry> entries_ GUARDED_BY(mutex_);
   std::deque<Settling> settling_ GUARDED_BY(mutex_);
   bool stopping_ GUARDED_BY(mutex_) = false;
+  /// When the thread looks at its timers next (set under the lock before each of its waits).
+  Clock::time_point wake_at_ GUARDED_BY(mutex_){};
   std::thread thread_;  // Started and joined by the service's thread only.
 };
 
