@@ -171,92 +171,6 @@ std::optional<std::pair<dev_t, ino_t>> identity_of(const std::string& path) {
   return std::pair{st.st_dev, st.st_ino};
 }
 
-/// Moves the WAL into the database file on a thread and a connection of its own, every 1,000
-/// pages. SQLite's automatic checkpoint runs inside the commit that crosses its threshold and
-/// waits for the disk (an fsync of the WAL, then of the file): with group commit every writer
-/// queued behind that commit waited with it, 10 to 150 ms on a busy disk. A passive checkpoint
-/// here lets commits go on meanwhile; what is durable when is unchanged (commits are not synced in
-/// WAL mode with synchronous=NORMAL, checkpoints are). The WAL starts again from its beginning
-/// only after a checkpoint that no commit overlapped, which under steady writes may not come: past
-/// 8,000 pages (32 MiB) the commit checkpoints itself, as SQLite does, so the WAL stays bounded.
-class Checkpointer {
- public:
-  explicit Checkpointer(std::string path) : path_(std::move(path)) {
-    thread_ = std::jthread([this](const std::stop_token& stop) { run(stop); });
-  }
-  ~Checkpointer() {
-    thread_.request_stop();
-    wake_.notify_all();
-  }
-  Checkpointer(const Checkpointer&) = delete;
-  Checkpointer& operator=(const Checkpointer&) = delete;
-
-  /// Takes over the automatic checkpoints of the connection that writes (its WAL hook).
-  void watch(sqlite3* db) { sqlite3_wal_hook(db, &Checkpointer::committed, this); }
-
- private:
-  static constexpr int kPages = 1000;     // SQLite's own threshold.
-  static constexpr int kMaxPages = 8000;  // The WAL's bound.
-
-  /// After each commit, on the writing thread.
-  static int committed(void* self, sqlite3* db, const char*, int pages) {
-    auto& c = *static_cast<Checkpointer*>(self);
-    if (pages < c.last_pages_) c.next_pages_ = kPages;  // The WAL started again.
-    c.last_pages_ = pages;
-    if (pages >= kMaxPages) {
-      sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
-      c.next_pages_ = kPages;
-    } else if (pages >= c.next_pages_) {
-      c.next_pages_ = pages + kPages;
-      c.due();
-    }
-    return SQLITE_OK;
-  }
-  void due() EXCLUDES(mutex_) {
-    {
-      MutexLock lock(mutex_);
-      if (due_) return;
-      due_ = true;
-    }
-    wake_.notify_one();
-  }
-  void run(const std::stop_token& stop) EXCLUDES(mutex_) {
-    MutexLock lock(mutex_);
-    while (!stop.stop_requested()) {
-      if (!due_) {
-        wake_.wait_for(lock, stop, std::chrono::seconds(1),
-                       [this]() REQUIRES(mutex_) { return due_; });
-        continue;
-      }
-      due_ = false;
-      lock.unlock();
-      checkpoint();
-      lock.lock();
-    }
-  }
-
-  /// A passive checkpoint on a connection of its own. The file is never created here: gone or
-  /// not writable, it waits for the next commit over the threshold.
-  void checkpoint() {
-    sqlite3* raw = nullptr;
-    int rc =
-        sqlite3_open_v2(path_.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nullptr);
-    sqlite::ConnectionPtr db(raw);  // Owned even when the open failed.
-    if (rc != SQLITE_OK) return;
-    sqlite3_busy_timeout(db.get(), 1000);
-    sqlite3_exec(db.get(), "PRAGMA synchronous=NORMAL", nullptr, nullptr, nullptr);
-    sqlite3_wal_checkpoint_v2(db.get(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
-  }
-
-  const std::string path_;
-  int last_pages_ = 0;       // The writing thread's (under the ledger's connection lock).
-  int next_pages_ = kPages;  // Likewise: the WAL size that asks for the next checkpoint.
-  Mutex mutex_;
-  CondVar wake_;
-  bool due_ GUARDED_BY(mutex_) = false;
-  std::jthread thread_;  // Last: stopped and joined before the rest goes.
-};
-
 /// One connection (WAL) for everything. Writes are group-committed: each writer queues its
 /// change and waits; whichever writer finds no commit under way takes every queued change into
 /// one transaction, each change in a savepoint of its own, so concurrent writers share one commit
@@ -856,7 +770,6 @@ class SqliteLedger : public Ledger {
     db_->exec("PRAGMA journal_mode=WAL");
     db_->exec("PRAGMA synchronous=NORMAL");
     if (!migrate_) return;  // Opened to read its migrations: nothing written.
-    checkpointer_.watch(db_->handle());
     sqlite::migrate(*db_, sqlite_migrations());
     try {
       file_unfiled();
@@ -1178,7 +1091,6 @@ class SqliteLedger : public Ledger {
   CondVar committed_;
   std::vector<std::shared_ptr<Pending>> queue_ GUARDED_BY(queue_mutex_);
   bool committing_ GUARDED_BY(queue_mutex_) = false;
-  Checkpointer checkpointer_{path_};  // Last: its thread ends before the connection closes.
 };
 
 }  // namespace
